@@ -1,0 +1,250 @@
+//! The local engine: one SQLite database on this server's disk, for a `standalone` store.
+//!
+//! Writes go to one writer thread that applies them in batches (group commit): every command
+//! waiting when the writer becomes free runs in one transaction, each inside its own savepoint
+//! so that a refused command changes nothing, and the batch commits with one fsync
+//! (`journal_mode=WAL`, `synchronous=FULL`). A command's result is released only after that
+//! commit returned: an acknowledged write is on disk. Reads run on a small pool of reader
+//! threads with their own connections and see every acknowledged write.
+
+use crate::machine::{self, StoreError};
+use crate::model::{Applied, Command};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use tokio::sync::{mpsc, oneshot};
+
+/// Tuning of the local engine.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Most commands in one group commit.
+    pub max_batch: usize,
+    /// Reader threads (each with its own connection).
+    pub readers: usize,
+    /// Writes queued before `apply` waits for room.
+    pub queue_depth: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            max_batch: 1024,
+            readers: 2,
+            queue_depth: 8192,
+        }
+    }
+}
+
+/// Counters of the engine, for metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Committed transactions (each one fsync).
+    pub commits: AtomicU64,
+    /// Commands applied successfully.
+    pub applied: AtomicU64,
+    /// Commands refused by the state machine (rolled back, nothing changed).
+    pub refused: AtomicU64,
+    /// Commands lost to a storage failure (not acknowledged).
+    pub failed: AtomicU64,
+}
+
+type WriteJob = (Command, oneshot::Sender<Result<Applied, StoreError>>);
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// A handle on a local store; cheap to clone.
+#[derive(Clone)]
+pub struct LocalStore {
+    writes: mpsc::Sender<WriteJob>,
+    reads: std_mpsc::SyncSender<ReadJob>,
+    stats: Arc<Stats>,
+    path: PathBuf,
+}
+
+fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    if !read_only {
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Storage(format!(
+                "cannot switch {} to WAL mode (got {mode})",
+                path.display()
+            )));
+        }
+        // FULL: every commit fsyncs the WAL before it returns.
+        conn.execute_batch("PRAGMA synchronous = FULL;")?;
+    }
+    Ok(conn)
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) the database at `path` and starts its threads.
+    pub fn open(path: &Path, options: Options) -> Result<LocalStore, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Storage(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut writer = open_connection(path, false)?;
+        machine::init_schema(&writer)?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        let stats = Arc::new(Stats::default());
+        let (wtx, mut wrx) = mpsc::channel::<WriteJob>(options.queue_depth.max(1));
+        let writer_stats = stats.clone();
+        let max_batch = options.max_batch.max(1);
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                let mut batch: Vec<WriteJob> = Vec::with_capacity(max_batch);
+                while let Some(first) = wrx.blocking_recv() {
+                    batch.push(first);
+                    while batch.len() < max_batch {
+                        match wrx.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    commit_batch(&mut writer, &mut batch, &writer_stats);
+                }
+            })
+            .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
+
+        let (rtx, rrx) = std_mpsc::sync_channel::<ReadJob>(options.queue_depth.max(1));
+        let rrx = Arc::new(Mutex::new(rrx));
+        for i in 0..options.readers.max(1) {
+            let conn = open_connection(path, true)?;
+            let rrx = rrx.clone();
+            std::thread::Builder::new()
+                .name(format!("store-reader-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = {
+                            let Ok(guard) = rrx.lock() else { return };
+                            match guard.recv() {
+                                Ok(job) => job,
+                                Err(_) => return,
+                            }
+                        };
+                        job(&conn);
+                    }
+                })
+                .map_err(|e| StoreError::Storage(format!("cannot start a reader thread: {e}")))?;
+        }
+        Ok(LocalStore {
+            writes: wtx,
+            reads: rtx,
+            stats,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Applies a command; returns once it is committed to disk (or refused).
+    pub async fn apply(&self, cmd: Command) -> Result<Applied, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send((cmd, tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a query on a reader connection.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        });
+        let reads = self.reads.clone();
+        // The channel is bounded: a full queue waits on a blocking thread, not on the runtime.
+        match reads.try_send(job) {
+            Ok(()) => {}
+            Err(std_mpsc::TrySendError::Full(job)) => {
+                tokio::task::spawn_blocking(move || reads.send(job))
+                    .await
+                    .map_err(|_| StoreError::Closed)?
+                    .map_err(|_| StoreError::Closed)?;
+            }
+            Err(std_mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Engine counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>, stats: &Stats) {
+    let mut results: Vec<Result<Applied, StoreError>> = Vec::with_capacity(batch.len());
+    let outcome = (|| -> Result<(), StoreError> {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (cmd, _) in batch.iter() {
+            let mut sp = tx.savepoint()?;
+            match machine::apply(&sp, cmd) {
+                Ok(applied) => {
+                    sp.commit()?;
+                    results.push(Ok(applied));
+                }
+                Err(e) if e.is_storage() => return Err(e),
+                Err(e) => {
+                    sp.rollback()?;
+                    sp.commit()?;
+                    results.push(Err(e));
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    match outcome {
+        Ok(()) => {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            for ((_, reply), result) in batch.drain(..).zip(results) {
+                let counter = if result.is_ok() {
+                    &stats.applied
+                } else {
+                    &stats.refused
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, commands = batch.len(), "store commit failed; nothing in the batch is acknowledged");
+            stats
+                .failed
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// fsyncs a directory, so that a file created in it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::Storage(format!("cannot fsync {}: {e}", dir.display())))
+}

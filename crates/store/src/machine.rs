@@ -1,0 +1,798 @@
+//! The SQL state machine: the schema, `apply` (a command inside a transaction) and the queries.
+//!
+//! **Invariant:** `apply` is deterministic. It reads no clock and draws no random numbers; it
+//! depends only on the database and the command. Replicated engines rely on this.
+
+use crate::model::*;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+/// Why a command or query failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("out of order: CSeq {cseq} is not above {have} for Call-ID {call_id}")]
+    OutOfOrder {
+        call_id: String,
+        cseq: u32,
+        have: u32,
+    },
+    #[error("too many contacts for {aor}: {count} (at most {max})")]
+    TooManyContacts { aor: String, count: u32, max: u32 },
+    #[error("no publication with entity-tag {0}")]
+    UnknownEtag(String),
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// True for failures of the storage itself, as opposed to a refused command.
+    pub fn is_storage(&self) -> bool {
+        matches!(self, StoreError::Storage(_) | StoreError::Closed)
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Storage(e.to_string())
+    }
+}
+
+/// Schema version written in `meta`.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    aor TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    realm TEXT NOT NULL,
+    ha1_md5 TEXT NOT NULL,
+    ha1_sha256 TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bindings (
+    aor TEXT NOT NULL,
+    contact TEXT NOT NULL,
+    params TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    cseq INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    transport TEXT NOT NULL,
+    source TEXT NOT NULL,
+    flow TEXT NOT NULL,
+    user_agent TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (aor, contact)
+);
+CREATE INDEX IF NOT EXISTS bindings_expiry ON bindings (expires_ms);
+CREATE TABLE IF NOT EXISTS publications (
+    etag TEXT PRIMARY KEY,
+    aor TEXT NOT NULL,
+    body BLOB NOT NULL,
+    content_type TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS publications_aor ON publications (aor);
+CREATE INDEX IF NOT EXISTS publications_expiry ON publications (expires_ms);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id INTEGER PRIMARY KEY,
+    presentity TEXT NOT NULL,
+    presentity_uri TEXT NOT NULL,
+    watcher TEXT NOT NULL,
+    watcher_uri TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    watcher_tag TEXT NOT NULL,
+    local_tag TEXT NOT NULL,
+    contact TEXT NOT NULL,
+    transport TEXT NOT NULL,
+    source TEXT NOT NULL,
+    flow TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    notify_cseq INTEGER NOT NULL,
+    UNIQUE (call_id, watcher_tag, local_tag)
+);
+CREATE INDEX IF NOT EXISTS subscriptions_presentity ON subscriptions (presentity);
+CREATE INDEX IF NOT EXISTS subscriptions_expiry ON subscriptions (expires_ms);
+";
+
+/// Creates the tables if needed and checks the schema version.
+pub fn init_schema(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(SCHEMA)?;
+    let version: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match version {
+        None => {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                [SCHEMA_VERSION],
+            )?;
+        }
+        Some(v) if v == SCHEMA_VERSION => {}
+        Some(v) => {
+            return Err(StoreError::Storage(format!(
+                "database schema version {v} is not the supported version {SCHEMA_VERSION}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn expiry(now_ms: u64, expires_s: u32) -> u64 {
+    now_ms.saturating_add(u64::from(expires_s) * 1000)
+}
+
+fn remaining_s(expires_ms: u64, now_ms: u64) -> u32 {
+    let ms = expires_ms.saturating_sub(now_ms);
+    u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)
+}
+
+/// Applies one command inside `tx`. On `Err` the caller rolls back what the command did.
+pub fn apply(tx: &Connection, cmd: &Command) -> Result<Applied, StoreError> {
+    match cmd {
+        Command::AddUser { user } => {
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO users (aor, username, realm, ha1_md5, ha1_sha256, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![user.aor, user.username, user.realm, user.ha1_md5, user.ha1_sha256, ms(user.created_ms)],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Exists(format!("user {}", user.aor)));
+            }
+            done()
+        }
+        Command::SetPassword {
+            aor,
+            ha1_md5,
+            ha1_sha256,
+        } => {
+            let n = tx.execute(
+                "UPDATE users SET ha1_md5 = ?2, ha1_sha256 = ?3 WHERE aor = ?1",
+                params![aor, ha1_md5, ha1_sha256],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("user {aor}")));
+            }
+            done()
+        }
+        Command::RemoveUser { aor, now_ms } => remove_user(tx, aor, *now_ms),
+        Command::Register(reg) => register(tx, reg),
+        Command::Publish(p) => publish(tx, p),
+        Command::Subscribe(s) => subscribe(tx, s),
+        Command::Expire { now_ms } => expire(tx, *now_ms),
+    }
+}
+
+fn done() -> Result<Applied, StoreError> {
+    Ok(Applied {
+        outcome: Outcome::Done,
+        notify: Vec::new(),
+    })
+}
+
+fn require_user(tx: &Connection, aor: &str) -> Result<(), StoreError> {
+    let found: Option<i64> = tx
+        .query_row("SELECT 1 FROM users WHERE aor = ?1", [aor], |r| r.get(0))
+        .optional()?;
+    if found.is_none() {
+        return Err(StoreError::NotFound(format!("user {aor}")));
+    }
+    Ok(())
+}
+
+fn remove_user(tx: &Connection, aor: &str, now_ms: u64) -> Result<Applied, StoreError> {
+    require_user(tx, aor)?;
+    // Watchers of this user learn that the resource is gone; its own subscriptions just end.
+    let mut notify = Vec::new();
+    for mut sub in subscriptions_of(tx, aor)? {
+        sub.notify_cseq = sub.notify_cseq.saturating_add(1);
+        let presence = Presence {
+            aor: aor.to_string(),
+            publications: Vec::new(),
+            registered_contacts: 0,
+        };
+        notify.push(Notify {
+            subscription: sub,
+            state: SubscriptionState::Terminated {
+                reason: "noresource".into(),
+            },
+            presence,
+        });
+    }
+    tx.execute(
+        "DELETE FROM subscriptions WHERE presentity = ?1 OR watcher = ?1",
+        [aor],
+    )?;
+    tx.execute("DELETE FROM bindings WHERE aor = ?1", [aor])?;
+    tx.execute("DELETE FROM publications WHERE aor = ?1", [aor])?;
+    tx.execute("DELETE FROM users WHERE aor = ?1", [aor])?;
+    let _ = now_ms;
+    Ok(Applied {
+        outcome: Outcome::Done,
+        notify,
+    })
+}
+
+fn register(tx: &Connection, reg: &Register) -> Result<Applied, StoreError> {
+    require_user(tx, &reg.aor)?;
+    let before = presence(tx, &reg.aor, reg.now_ms)?;
+    // Expired bindings do not count and do not constrain CSeq ordering.
+    tx.execute(
+        "DELETE FROM bindings WHERE aor = ?1 AND expires_ms <= ?2",
+        params![reg.aor, ms(reg.now_ms)],
+    )?;
+    match &reg.update {
+        RegisterUpdate::RemoveAll => {
+            for b in bindings(tx, &reg.aor, reg.now_ms)? {
+                check_order(&b, reg)?;
+            }
+            tx.execute("DELETE FROM bindings WHERE aor = ?1", [&reg.aor])?;
+        }
+        RegisterUpdate::Contacts(updates) => {
+            for u in updates {
+                let existing = binding(tx, &reg.aor, &u.contact)?;
+                if let Some(b) = &existing {
+                    check_order(b, reg)?;
+                }
+                if u.expires_s == 0 {
+                    tx.execute(
+                        "DELETE FROM bindings WHERE aor = ?1 AND contact = ?2",
+                        params![reg.aor, u.contact],
+                    )?;
+                } else {
+                    tx.execute(
+                        "INSERT INTO bindings (aor, contact, params, call_id, cseq, expires_ms, transport, source, flow, user_agent, updated_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                         ON CONFLICT (aor, contact) DO UPDATE SET params = ?3, call_id = ?4, cseq = ?5, expires_ms = ?6,
+                           transport = ?7, source = ?8, flow = ?9, user_agent = ?10, updated_ms = ?11",
+                        params![
+                            reg.aor,
+                            u.contact,
+                            u.params,
+                            reg.call_id,
+                            reg.cseq,
+                            ms(expiry(reg.now_ms, u.expires_s)),
+                            reg.route.transport,
+                            reg.route.source,
+                            reg.route.flow,
+                            reg.user_agent,
+                            ms(reg.now_ms)
+                        ],
+                    )?;
+                }
+            }
+        }
+    }
+    let after = bindings(tx, &reg.aor, reg.now_ms)?;
+    let count = u32::try_from(after.len()).unwrap_or(u32::MAX);
+    if count > reg.max_contacts {
+        return Err(StoreError::TooManyContacts {
+            aor: reg.aor.clone(),
+            count,
+            max: reg.max_contacts,
+        });
+    }
+    let notify = notify_if_changed(tx, before, reg.now_ms)?;
+    Ok(Applied {
+        outcome: Outcome::Bindings(after),
+        notify,
+    })
+}
+
+fn check_order(existing: &Binding, reg: &Register) -> Result<(), StoreError> {
+    if existing.call_id == reg.call_id && existing.cseq >= reg.cseq {
+        return Err(StoreError::OutOfOrder {
+            call_id: reg.call_id.clone(),
+            cseq: reg.cseq,
+            have: existing.cseq,
+        });
+    }
+    Ok(())
+}
+
+fn publication_aor(tx: &Connection, etag: &str, aor: &str, now_ms: u64) -> Result<(), StoreError> {
+    let owner: Option<String> = tx
+        .query_row(
+            "SELECT aor FROM publications WHERE etag = ?1 AND expires_ms > ?2",
+            params![etag, ms(now_ms)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match owner {
+        Some(o) if o == aor => Ok(()),
+        _ => Err(StoreError::UnknownEtag(etag.to_string())),
+    }
+}
+
+fn publish(tx: &Connection, p: &Publish) -> Result<Applied, StoreError> {
+    let (aor, now_ms) = match p {
+        Publish::Create { aor, now_ms, .. }
+        | Publish::Refresh { aor, now_ms, .. }
+        | Publish::Modify { aor, now_ms, .. }
+        | Publish::Remove { aor, now_ms, .. } => (aor.as_str(), *now_ms),
+    };
+    require_user(tx, aor)?;
+    let before = presence(tx, aor, now_ms)?;
+    let etag = match p {
+        Publish::Create {
+            aor,
+            etag,
+            body,
+            content_type,
+            expires_s,
+            now_ms,
+        } => {
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO publications (etag, aor, body, content_type, expires_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![etag, aor, body, content_type, ms(expiry(*now_ms, *expires_s)), ms(*now_ms)],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Exists(format!("entity-tag {etag}")));
+            }
+            Some(etag.clone())
+        }
+        Publish::Refresh {
+            aor,
+            etag,
+            new_etag,
+            expires_s,
+            now_ms,
+        } => {
+            publication_aor(tx, etag, aor, *now_ms)?;
+            tx.execute(
+                "UPDATE publications SET etag = ?2, expires_ms = ?3 WHERE etag = ?1",
+                params![etag, new_etag, ms(expiry(*now_ms, *expires_s))],
+            )?;
+            Some(new_etag.clone())
+        }
+        Publish::Modify {
+            aor,
+            etag,
+            new_etag,
+            body,
+            content_type,
+            expires_s,
+            now_ms,
+        } => {
+            publication_aor(tx, etag, aor, *now_ms)?;
+            tx.execute(
+                "UPDATE publications SET etag = ?2, body = ?3, content_type = ?4, expires_ms = ?5, updated_ms = ?6 WHERE etag = ?1",
+                params![etag, new_etag, body, content_type, ms(expiry(*now_ms, *expires_s)), ms(*now_ms)],
+            )?;
+            Some(new_etag.clone())
+        }
+        Publish::Remove { aor, etag, now_ms } => {
+            publication_aor(tx, etag, aor, *now_ms)?;
+            tx.execute("DELETE FROM publications WHERE etag = ?1", [etag])?;
+            None
+        }
+    };
+    let notify = notify_if_changed(tx, before, now_ms)?;
+    Ok(Applied {
+        outcome: Outcome::Published { etag },
+        notify,
+    })
+}
+
+/// Compares the presentity's state with `before` and, if it changed, counts a NOTIFY for
+/// each of its watchers.
+fn notify_if_changed(
+    tx: &Connection,
+    before: Presence,
+    now_ms: u64,
+) -> Result<Vec<Notify>, StoreError> {
+    let after = presence(tx, &before.aor, now_ms)?;
+    // Only what a watcher can see matters: bodies, and whether any contact is registered.
+    let visible = |p: &Presence| {
+        (
+            p.publications
+                .iter()
+                .map(|x| (x.body.clone(), x.content_type.clone()))
+                .collect::<Vec<_>>(),
+            p.registered_contacts > 0,
+        )
+    };
+    if visible(&before) == visible(&after) {
+        return Ok(Vec::new());
+    }
+    notify_watchers(tx, &after, now_ms)
+}
+
+fn notify_watchers(
+    tx: &Connection,
+    presence: &Presence,
+    now_ms: u64,
+) -> Result<Vec<Notify>, StoreError> {
+    let mut out = Vec::new();
+    for mut sub in subscriptions_of(tx, &presence.aor)? {
+        if sub.expires_ms <= now_ms {
+            continue;
+        }
+        sub.notify_cseq = sub.notify_cseq.saturating_add(1);
+        tx.execute(
+            "UPDATE subscriptions SET notify_cseq = ?2 WHERE id = ?1",
+            params![sub.id, sub.notify_cseq],
+        )?;
+        let expires_s = remaining_s(sub.expires_ms, now_ms);
+        out.push(Notify {
+            subscription: sub,
+            state: SubscriptionState::Active { expires_s },
+            presence: presence.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn subscribe(tx: &Connection, s: &Subscribe) -> Result<Applied, StoreError> {
+    match s {
+        Subscribe::New {
+            subscription,
+            expires_s,
+            now_ms,
+        } => {
+            require_user(tx, &subscription.presentity)?;
+            let presence = presence(tx, &subscription.presentity, *now_ms)?;
+            let mut sub = subscription.clone();
+            sub.notify_cseq = 1;
+            if *expires_s == 0 {
+                // A fetch: one NOTIFY that ends the subscription; nothing to keep.
+                sub.id = 0;
+                sub.expires_ms = *now_ms;
+                let notify = Notify {
+                    subscription: sub.clone(),
+                    state: SubscriptionState::Terminated {
+                        reason: "timeout".into(),
+                    },
+                    presence,
+                };
+                return Ok(Applied {
+                    outcome: Outcome::Subscribed(Box::new(sub)),
+                    notify: vec![notify],
+                });
+            }
+            sub.expires_ms = expiry(*now_ms, *expires_s);
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO subscriptions (presentity, presentity_uri, watcher, watcher_uri, call_id, watcher_tag, local_tag,
+                   contact, transport, source, flow, expires_ms, notify_cseq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    sub.presentity,
+                    sub.presentity_uri,
+                    sub.watcher,
+                    sub.watcher_uri,
+                    sub.call_id,
+                    sub.watcher_tag,
+                    sub.local_tag,
+                    sub.contact,
+                    sub.route.transport,
+                    sub.route.source,
+                    sub.route.flow,
+                    ms(sub.expires_ms),
+                    sub.notify_cseq
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::Exists(format!(
+                    "subscription dialog {}",
+                    sub.call_id
+                )));
+            }
+            sub.id = tx.last_insert_rowid();
+            let notify = Notify {
+                subscription: sub.clone(),
+                state: SubscriptionState::Active {
+                    expires_s: *expires_s,
+                },
+                presence,
+            };
+            Ok(Applied {
+                outcome: Outcome::Subscribed(Box::new(sub)),
+                notify: vec![notify],
+            })
+        }
+        Subscribe::Refresh {
+            call_id,
+            watcher_tag,
+            local_tag,
+            contact,
+            route,
+            expires_s,
+            now_ms,
+        } => {
+            let Some(mut sub) = subscription_by_dialog(tx, call_id, watcher_tag, local_tag)?
+                .filter(|s| s.expires_ms > *now_ms)
+            else {
+                return Err(StoreError::NotFound(format!(
+                    "subscription dialog {call_id}"
+                )));
+            };
+            let presence = presence(tx, &sub.presentity, *now_ms)?;
+            sub.notify_cseq = sub.notify_cseq.saturating_add(1);
+            if let Some(c) = contact {
+                sub.contact = c.clone();
+            }
+            sub.route = route.clone();
+            if *expires_s == 0 {
+                tx.execute("DELETE FROM subscriptions WHERE id = ?1", [sub.id])?;
+                sub.expires_ms = *now_ms;
+                let notify = Notify {
+                    subscription: sub.clone(),
+                    state: SubscriptionState::Terminated {
+                        reason: "timeout".into(),
+                    },
+                    presence,
+                };
+                return Ok(Applied {
+                    outcome: Outcome::Subscribed(Box::new(sub)),
+                    notify: vec![notify],
+                });
+            }
+            sub.expires_ms = expiry(*now_ms, *expires_s);
+            tx.execute(
+                "UPDATE subscriptions SET contact = ?2, transport = ?3, source = ?4, flow = ?5, expires_ms = ?6, notify_cseq = ?7 WHERE id = ?1",
+                params![
+                    sub.id,
+                    sub.contact,
+                    sub.route.transport,
+                    sub.route.source,
+                    sub.route.flow,
+                    ms(sub.expires_ms),
+                    sub.notify_cseq
+                ],
+            )?;
+            let notify = Notify {
+                subscription: sub.clone(),
+                state: SubscriptionState::Active {
+                    expires_s: *expires_s,
+                },
+                presence,
+            };
+            Ok(Applied {
+                outcome: Outcome::Subscribed(Box::new(sub)),
+                notify: vec![notify],
+            })
+        }
+        Subscribe::End { id } => {
+            tx.execute("DELETE FROM subscriptions WHERE id = ?1", [id])?;
+            done()
+        }
+    }
+}
+
+fn expire(tx: &Connection, now_ms: u64) -> Result<Applied, StoreError> {
+    let now = ms(now_ms);
+    let mut notify = Vec::new();
+    // Subscriptions that ran out get a final NOTIFY.
+    let expired_subs: Vec<Subscription> = {
+        let mut stmt = tx.prepare(&format!(
+            "SELECT {SUB_COLS} FROM subscriptions WHERE expires_ms <= ?1 ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([now], row_subscription)?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for mut sub in expired_subs {
+        tx.execute("DELETE FROM subscriptions WHERE id = ?1", [sub.id])?;
+        sub.notify_cseq = sub.notify_cseq.saturating_add(1);
+        let presence = presence(tx, &sub.presentity, now_ms)?;
+        notify.push(Notify {
+            subscription: sub,
+            state: SubscriptionState::Terminated {
+                reason: "timeout".into(),
+            },
+            presence,
+        });
+    }
+    // Presentities whose bindings or publications ran out may look different to watchers.
+    let changed: Vec<String> = {
+        let mut stmt = tx.prepare(
+            "SELECT aor FROM bindings WHERE expires_ms <= ?1 UNION SELECT aor FROM publications WHERE expires_ms <= ?1 ORDER BY 1",
+        )?;
+        let rows = stmt.query_map([now], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for aor in changed {
+        // Rows still present were visible to watchers (the sweep is what removes them), so the
+        // state before is every row, expired or not.
+        let before = presence(tx, &aor, 0)?;
+        tx.execute(
+            "DELETE FROM bindings WHERE aor = ?1 AND expires_ms <= ?2",
+            params![aor, now],
+        )?;
+        tx.execute(
+            "DELETE FROM publications WHERE aor = ?1 AND expires_ms <= ?2",
+            params![aor, now],
+        )?;
+        notify.extend(notify_if_changed(tx, before, now_ms)?);
+    }
+    Ok(Applied {
+        outcome: Outcome::Done,
+        notify,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries. They take a plain connection, so they run on readers and inside `apply` alike.
+
+const BINDING_COLS: &str = "aor, contact, params, call_id, cseq, expires_ms, transport, source, flow, user_agent, updated_ms";
+
+fn row_binding(r: &rusqlite::Row<'_>) -> rusqlite::Result<Binding> {
+    Ok(Binding {
+        aor: r.get(0)?,
+        contact: r.get(1)?,
+        params: r.get(2)?,
+        call_id: r.get(3)?,
+        cseq: r.get(4)?,
+        expires_ms: r.get::<_, i64>(5)?.max(0) as u64,
+        route: Route {
+            transport: r.get(6)?,
+            source: r.get(7)?,
+            flow: r.get(8)?,
+        },
+        user_agent: r.get(9)?,
+        updated_ms: r.get::<_, i64>(10)?.max(0) as u64,
+    })
+}
+
+const SUB_COLS: &str = "id, presentity, presentity_uri, watcher, watcher_uri, call_id, watcher_tag, local_tag, contact, transport, source, flow, expires_ms, notify_cseq";
+
+fn row_subscription(r: &rusqlite::Row<'_>) -> rusqlite::Result<Subscription> {
+    Ok(Subscription {
+        id: r.get(0)?,
+        presentity: r.get(1)?,
+        presentity_uri: r.get(2)?,
+        watcher: r.get(3)?,
+        watcher_uri: r.get(4)?,
+        call_id: r.get(5)?,
+        watcher_tag: r.get(6)?,
+        local_tag: r.get(7)?,
+        contact: r.get(8)?,
+        route: Route {
+            transport: r.get(9)?,
+            source: r.get(10)?,
+            flow: r.get(11)?,
+        },
+        expires_ms: r.get::<_, i64>(12)?.max(0) as u64,
+        notify_cseq: r.get(13)?,
+    })
+}
+
+/// A user with its credentials.
+pub fn user(conn: &Connection, aor: &str) -> Result<Option<User>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT aor, username, realm, ha1_md5, ha1_sha256, created_ms FROM users WHERE aor = ?1",
+            [aor],
+            |r| {
+                Ok(User {
+                    aor: r.get(0)?,
+                    username: r.get(1)?,
+                    realm: r.get(2)?,
+                    ha1_md5: r.get(3)?,
+                    ha1_sha256: r.get(4)?,
+                    created_ms: r.get::<_, i64>(5)?.max(0) as u64,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Every user, by AOR, with its count of unexpired bindings.
+pub fn users(conn: &Connection, now_ms: u64) -> Result<Vec<UserSummary>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT u.aor, u.created_ms, (SELECT count(*) FROM bindings b WHERE b.aor = u.aor AND b.expires_ms > ?1)
+         FROM users u ORDER BY u.aor",
+    )?;
+    let rows = stmt.query_map([ms(now_ms)], |r| {
+        Ok(UserSummary {
+            aor: r.get(0)?,
+            created_ms: r.get::<_, i64>(1)?.max(0) as u64,
+            bindings: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The unexpired bindings of an AOR, by contact.
+pub fn bindings(conn: &Connection, aor: &str, now_ms: u64) -> Result<Vec<Binding>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {BINDING_COLS} FROM bindings WHERE aor = ?1 AND expires_ms > ?2 ORDER BY contact"
+    ))?;
+    let rows = stmt.query_map(params![aor, ms(now_ms)], row_binding)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn binding(conn: &Connection, aor: &str, contact: &str) -> Result<Option<Binding>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {BINDING_COLS} FROM bindings WHERE aor = ?1 AND contact = ?2"),
+            params![aor, contact],
+            row_binding,
+        )
+        .optional()?)
+}
+
+/// A presentity's unexpired publications and registration count.
+pub fn presence(conn: &Connection, aor: &str, now_ms: u64) -> Result<Presence, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT etag, body, content_type, expires_ms, updated_ms FROM publications
+         WHERE aor = ?1 AND expires_ms > ?2 ORDER BY updated_ms, etag",
+    )?;
+    let publications = stmt
+        .query_map(params![aor, ms(now_ms)], |r| {
+            Ok(Publication {
+                etag: r.get(0)?,
+                body: r.get(1)?,
+                content_type: r.get(2)?,
+                expires_ms: r.get::<_, i64>(3)?.max(0) as u64,
+                updated_ms: r.get::<_, i64>(4)?.max(0) as u64,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let registered_contacts: u32 = conn.query_row(
+        "SELECT count(*) FROM bindings WHERE aor = ?1 AND expires_ms > ?2",
+        params![aor, ms(now_ms)],
+        |r| r.get(0),
+    )?;
+    Ok(Presence {
+        aor: aor.to_string(),
+        publications,
+        registered_contacts,
+    })
+}
+
+/// The subscriptions watching a presentity, by id.
+pub fn subscriptions_of(
+    conn: &Connection,
+    presentity: &str,
+) -> Result<Vec<Subscription>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SUB_COLS} FROM subscriptions WHERE presentity = ?1 ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([presentity], row_subscription)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The subscription of a dialog.
+pub fn subscription_by_dialog(
+    conn: &Connection,
+    call_id: &str,
+    watcher_tag: &str,
+    local_tag: &str,
+) -> Result<Option<Subscription>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {SUB_COLS} FROM subscriptions WHERE call_id = ?1 AND watcher_tag = ?2 AND local_tag = ?3"),
+            params![call_id, watcher_tag, local_tag],
+            row_subscription,
+        )
+        .optional()?)
+}
+
+/// The earliest expiry of any binding, publication or subscription.
+pub fn next_expiry(conn: &Connection) -> Result<Option<u64>, StoreError> {
+    let v: Option<i64> = conn.query_row(
+        "SELECT min(m) FROM (SELECT min(expires_ms) AS m FROM bindings
+                           UNION ALL SELECT min(expires_ms) FROM publications
+                           UNION ALL SELECT min(expires_ms) FROM subscriptions)",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(v.map(|v| v.max(0) as u64))
+}

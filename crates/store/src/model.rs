@@ -1,0 +1,265 @@
+//! The store's data types: what commands carry and what queries return.
+//!
+//! Commands are deterministic: every time, tag and entity-tag they need is chosen by the caller
+//! and carried in the command, so applying the same commands in the same order gives the same
+//! state on every replica.
+
+use serde::{Deserialize, Serialize};
+
+/// A provisioned user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Address of record, `sip:user@domain`.
+    pub aor: String,
+    /// The digest username (the user part of the AOR).
+    pub username: String,
+    /// The digest realm the HA1 values were computed for (the SIP domain).
+    pub realm: String,
+    /// MD5(username:realm:password), hex.
+    pub ha1_md5: String,
+    /// SHA-256(username:realm:password), hex.
+    pub ha1_sha256: String,
+    pub created_ms: u64,
+}
+
+/// A user as listed by the admin API (no secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSummary {
+    pub aor: String,
+    pub created_ms: u64,
+    /// Unexpired bindings at the time of the query.
+    pub bindings: u32,
+}
+
+/// How to reach a client again: the transport and address a request came from, and (TCP) the
+/// connection it came on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// `udp` or `tcp`.
+    pub transport: String,
+    /// The source `ip:port` the request came from.
+    pub source: String,
+    /// For connection-oriented transports: `server/boot/connection`, meaningful only to the
+    /// server process that wrote it; empty for UDP.
+    pub flow: String,
+}
+
+/// A registered contact of an AOR.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub aor: String,
+    /// The contact URI.
+    pub contact: String,
+    /// Contact header parameters other than `expires` (e.g. `;q=0.5;+sip.instance="<...>"`).
+    pub params: String,
+    pub call_id: String,
+    pub cseq: u32,
+    pub expires_ms: u64,
+    pub route: Route,
+    pub user_agent: String,
+    pub updated_ms: u64,
+}
+
+/// One change a REGISTER asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactUpdate {
+    pub contact: String,
+    pub params: String,
+    /// Negotiated lifetime; 0 removes the binding.
+    pub expires_s: u32,
+}
+
+/// What a REGISTER does to an AOR's bindings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegisterUpdate {
+    /// `Contact: *` with `Expires: 0`.
+    RemoveAll,
+    /// Add, refresh or remove each contact.
+    Contacts(Vec<ContactUpdate>),
+}
+
+/// A REGISTER, as the registrar decided it (RFC 3261 §10.3 steps 6–8 run in the store).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    pub aor: String,
+    pub call_id: String,
+    pub cseq: u32,
+    pub update: RegisterUpdate,
+    pub route: Route,
+    pub user_agent: String,
+    /// Most bindings an AOR may hold; more fails the whole request.
+    pub max_contacts: u32,
+    pub now_ms: u64,
+}
+
+/// A PUBLISH (RFC 3903), as the presence server decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Publish {
+    /// Initial publication (no SIP-If-Match).
+    Create {
+        aor: String,
+        etag: String,
+        body: Vec<u8>,
+        content_type: String,
+        expires_s: u32,
+        now_ms: u64,
+    },
+    /// Refresh (SIP-If-Match, no body): new entity-tag, new expiry.
+    Refresh {
+        aor: String,
+        etag: String,
+        new_etag: String,
+        expires_s: u32,
+        now_ms: u64,
+    },
+    /// Modify (SIP-If-Match with a body).
+    Modify {
+        aor: String,
+        etag: String,
+        new_etag: String,
+        body: Vec<u8>,
+        content_type: String,
+        expires_s: u32,
+        now_ms: u64,
+    },
+    /// Remove (SIP-If-Match, Expires: 0).
+    Remove {
+        aor: String,
+        etag: String,
+        now_ms: u64,
+    },
+}
+
+/// A subscription dialog for the presence event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscription {
+    /// Store-assigned id (0 for a one-shot fetch that was never stored).
+    pub id: i64,
+    /// The watched AOR.
+    pub presentity: String,
+    /// The To URI of the SUBSCRIBE, used as From of each NOTIFY.
+    pub presentity_uri: String,
+    /// The watcher's AOR (the authenticated user).
+    pub watcher: String,
+    /// The From URI of the SUBSCRIBE, used as To of each NOTIFY.
+    pub watcher_uri: String,
+    pub call_id: String,
+    /// The watcher's From tag.
+    pub watcher_tag: String,
+    /// Our To tag.
+    pub local_tag: String,
+    /// Where NOTIFYs go (the SUBSCRIBE's Contact URI).
+    pub contact: String,
+    pub route: Route,
+    pub expires_ms: u64,
+    /// CSeq of the last NOTIFY sent in this dialog.
+    pub notify_cseq: u32,
+}
+
+/// A SUBSCRIBE, as the presence server decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Subscribe {
+    /// A new dialog (no To tag). `expires_s == 0` is a fetch: one NOTIFY, nothing stored.
+    New {
+        subscription: Subscription,
+        expires_s: u32,
+        now_ms: u64,
+    },
+    /// A refresh inside an existing dialog; `expires_s == 0` ends it.
+    Refresh {
+        call_id: String,
+        watcher_tag: String,
+        local_tag: String,
+        contact: Option<String>,
+        route: Route,
+        expires_s: u32,
+        now_ms: u64,
+    },
+    /// The watcher answered a NOTIFY with 481, or never answered: forget the dialog.
+    End { id: i64 },
+}
+
+/// A publication of a presentity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Publication {
+    pub etag: String,
+    pub body: Vec<u8>,
+    pub content_type: String,
+    pub expires_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// A presentity's state, from which a PIDF document is composed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub aor: String,
+    /// Unexpired publications, oldest first.
+    pub publications: Vec<Publication>,
+    /// Unexpired bindings.
+    pub registered_contacts: u32,
+}
+
+/// Subscription-State of a NOTIFY.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubscriptionState {
+    Active {
+        expires_s: u32,
+    },
+    /// `reason` as in RFC 6665 (`timeout`, `deactivated`, `noresource`).
+    Terminated {
+        reason: String,
+    },
+}
+
+/// A NOTIFY to send, decided by the state machine (its CSeq is already counted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notify {
+    pub subscription: Subscription,
+    pub state: SubscriptionState,
+    pub presence: Presence,
+}
+
+/// Every change the store accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    AddUser {
+        user: User,
+    },
+    SetPassword {
+        aor: String,
+        ha1_md5: String,
+        ha1_sha256: String,
+    },
+    RemoveUser {
+        aor: String,
+        now_ms: u64,
+    },
+    Register(Register),
+    Publish(Publish),
+    Subscribe(Subscribe),
+    /// Removes everything that expired by `now_ms`.
+    Expire {
+        now_ms: u64,
+    },
+}
+
+/// What an applied command produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Done,
+    /// The AOR's bindings after a REGISTER.
+    Bindings(Vec<Binding>),
+    /// The entity-tag of a publication after a PUBLISH (`None` after a removal).
+    Published {
+        etag: Option<String>,
+    },
+    /// The subscription after a SUBSCRIBE.
+    Subscribed(Box<Subscription>),
+}
+
+/// An applied command's outcome and the NOTIFYs it calls for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub outcome: Outcome,
+    pub notify: Vec<Notify>,
+}
