@@ -449,7 +449,7 @@ fn subscribe(tx: &Connection, s: &Subscribe) -> Result<Applied, StoreError> {
         } => {
             require_user(tx, &subscription.presentity)?;
             let presence = presence(tx, &subscription.presentity, *now_ms)?;
-            let mut sub = subscription.clone();
+            let mut sub = subscription.as_ref().clone();
             sub.notify_cseq = 1;
             if *expires_s == 0 {
                 // A fetch: one NOTIFY that ends the subscription; nothing to keep.

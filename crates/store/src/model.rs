@@ -161,7 +161,7 @@ pub struct Subscription {
 pub enum Subscribe {
     /// A new dialog (no To tag). `expires_s == 0` is a fetch: one NOTIFY, nothing stored.
     New {
-        subscription: Subscription,
+        subscription: Box<Subscription>,
         expires_s: u32,
         now_ms: u64,
     },

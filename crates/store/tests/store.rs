@@ -193,7 +193,7 @@ fn subscribe_new(
     now_ms: u64,
 ) -> Command {
     Command::Subscribe(Subscribe::New {
-        subscription: Subscription {
+        subscription: Box::new(Subscription {
             id: 0,
             presentity: presentity.into(),
             presentity_uri: presentity.into(),
@@ -206,7 +206,7 @@ fn subscribe_new(
             route: route(),
             expires_ms: 0,
             notify_cseq: 0,
-        },
+        }),
         expires_s,
         now_ms,
     })

@@ -1,0 +1,429 @@
+//! Tandem's admin HTTP API. Every route needs the admin token (`Authorization: Bearer
+//! <token>`); a request without it gets 401 and changes nothing.
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /api/v1/server` | this server: name, roles, addresses, pid, version |
+//! | `GET /api/v1/users` | every user (no secrets) |
+//! | `POST /api/v1/users` `{aor, password}` | provisions a user (201, 409 if it exists) |
+//! | `DELETE /api/v1/users/{aor}` | removes a user, its bindings, publications and subscriptions |
+//! | `PUT /api/v1/users/{aor}/password` `{password}` | changes a password |
+//! | `GET /api/v1/registrations/{aor}` | the user's current bindings |
+//! | `GET /metrics` | Prometheus text format |
+//!
+//! Passwords never reach the store: it keeps the digest HA1 values only.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use sip::digest::{Algorithm, ha1};
+use std::fmt::Write;
+use std::sync::Arc;
+use store::{Command, Store, StoreError, User};
+use subtle::ConstantTimeEq;
+
+/// What `GET /api/v1/server` reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub server: String,
+    pub pid: u32,
+    pub version: String,
+    pub roles: Vec<String>,
+    pub sip_udp: Option<String>,
+    pub sip_tcp: Option<String>,
+    pub admin: String,
+}
+
+/// A user as listed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRow {
+    pub aor: String,
+    pub created_ms: u64,
+    pub bindings: u32,
+}
+
+/// A binding as listed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindingRow {
+    pub contact: String,
+    pub expires_in_s: u64,
+    pub transport: String,
+    pub source: String,
+    pub user_agent: String,
+    pub call_id: String,
+    pub cseq: u32,
+}
+
+/// `POST /api/v1/users`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewUser {
+    pub aor: String,
+    pub password: String,
+}
+
+/// `PUT /api/v1/users/{aor}/password`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewPassword {
+    pub password: String,
+}
+
+/// Error body of every failed request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+/// What the API serves from.
+pub struct AdminState {
+    pub info: ServerInfo,
+    /// The SIP domain; AORs outside it are refused.
+    pub domain: String,
+    pub token: String,
+    /// The store users live in, when this server has one.
+    pub store: Option<Store>,
+    /// The front end, when this server has that role (for metrics).
+    pub frontend: Option<Arc<frontend::Core>>,
+}
+
+/// The router of the admin API; every route is behind the token check.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/api/v1/server", get(server))
+        .route("/api/v1/users", get(list_users).post(add_user))
+        .route("/api/v1/users/{aor}", axum::routing::delete(remove_user))
+        .route("/api/v1/users/{aor}/password", put(set_password))
+        .route("/api/v1/registrations/{aor}", get(registrations))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
+        .with_state(state)
+}
+
+/// Serves the API on a bound listener until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).await
+}
+
+/// A failed request: its status and a message for the operator.
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(ApiError { error: self.1 })).into_response()
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Failure {
+        match e {
+            StoreError::NotFound(what) => {
+                Failure(StatusCode::NOT_FOUND, format!("{what} not found"))
+            }
+            StoreError::Exists(what) => {
+                Failure(StatusCode::CONFLICT, format!("{what} already exists"))
+            }
+            other => Failure(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+        }
+    }
+}
+
+fn bad_request(msg: impl Into<String>) -> Failure {
+    Failure(StatusCode::BAD_REQUEST, msg.into())
+}
+
+async fn require_token(
+    State(s): State<Arc<AdminState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if given.is_empty() || !bool::from(given.as_bytes().ct_eq(s.token.as_bytes())) {
+        return Failure(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token".into(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+impl AdminState {
+    fn store(&self) -> Result<&Store, Failure> {
+        self.store.as_ref().ok_or_else(|| {
+            Failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("server {} holds no user store", self.info.server),
+            )
+        })
+    }
+
+    fn aor(&self, input: &str) -> Result<(String, String), Failure> {
+        normalize_aor(input, &self.domain).map_err(bad_request)
+    }
+
+    /// The digest HA1 values of a password, checked for length and control characters.
+    fn ha1s(&self, username: &str, password: &str) -> Result<(String, String), Failure> {
+        if password.is_empty() || password.len() > 256 || password.chars().any(char::is_control) {
+            return Err(bad_request(
+                "the password must be 1–256 characters without control characters",
+            ));
+        }
+        Ok((
+            ha1(Algorithm::Md5, username, &self.domain, password),
+            ha1(Algorithm::Sha256, username, &self.domain, password),
+        ))
+    }
+}
+
+/// Normalizes `alice`, `alice@example.com` or `sip:alice@example.com` to the AOR, refusing
+/// other domains and user parts that are not valid in a SIP URI.
+pub fn normalize_aor(input: &str, domain: &str) -> Result<(String, String), String> {
+    let input = input.trim();
+    if input.is_empty() {
+        return Err("the user address is empty".into());
+    }
+    let text = if input.starts_with("sip:") || input.starts_with("sips:") {
+        input.to_string()
+    } else if input.contains('@') {
+        format!("sip:{input}")
+    } else {
+        format!("sip:{input}@{domain}")
+    };
+    let uri = sip::Uri::parse(&text).map_err(|e| format!("'{input}' is not a SIP address: {e}"))?;
+    let Some(user) = uri.user.clone() else {
+        return Err(format!("'{input}' has no user part"));
+    };
+    if !uri.host.eq_ignore_ascii_case(domain) {
+        return Err(format!("'{input}' is not in this server's domain {domain}"));
+    }
+    if uri.port.is_some()
+        || !uri.params.0.is_empty()
+        || uri.headers.is_some()
+        || uri.password.is_some()
+    {
+        return Err(format!("'{input}' must be a plain user@domain address"));
+    }
+    if user.len() > 64
+        || !user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'+".contains(&b))
+    {
+        return Err(format!(
+            "user name '{user}' must be 1–64 letters, digits or -_.!~*'+"
+        ));
+    }
+    Ok((uri.aor(), user))
+}
+
+type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+async fn server(State(s): State<Arc<AdminState>>) -> Json<ServerInfo> {
+    Json(s.info.clone())
+}
+
+async fn list_users(State(s): State<Arc<AdminState>>) -> Result<Json<Vec<UserRow>>, Failure> {
+    let users = s.store()?.users(frontend::now_ms()).await?;
+    Ok(Json(
+        users
+            .into_iter()
+            .map(|u| UserRow {
+                aor: u.aor,
+                created_ms: u.created_ms,
+                bindings: u.bindings,
+            })
+            .collect(),
+    ))
+}
+
+async fn add_user(
+    State(s): State<Arc<AdminState>>,
+    body: Body<NewUser>,
+) -> Result<Response, Failure> {
+    let Json(new) =
+        body.map_err(|_| bad_request("expected a JSON body {\"aor\": ..., \"password\": ...}"))?;
+    let (aor, username) = s.aor(&new.aor)?;
+    let (ha1_md5, ha1_sha256) = s.ha1s(&username, &new.password)?;
+    let created_ms = frontend::now_ms();
+    let user = User {
+        aor: aor.clone(),
+        username,
+        realm: s.domain.clone(),
+        ha1_md5,
+        ha1_sha256,
+        created_ms,
+    };
+    s.store()?.apply(Command::AddUser { user }).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(UserRow {
+            aor,
+            created_ms,
+            bindings: 0,
+        }),
+    )
+        .into_response())
+}
+
+async fn remove_user(
+    State(s): State<Arc<AdminState>>,
+    Path(aor): Path<String>,
+) -> Result<StatusCode, Failure> {
+    let (aor, _) = s.aor(&aor)?;
+    s.store()?
+        .apply(Command::RemoveUser {
+            aor,
+            now_ms: frontend::now_ms(),
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_password(
+    State(s): State<Arc<AdminState>>,
+    Path(aor): Path<String>,
+    body: Body<NewPassword>,
+) -> Result<StatusCode, Failure> {
+    let Json(new) = body.map_err(|_| bad_request("expected a JSON body {\"password\": ...}"))?;
+    let (aor, username) = s.aor(&aor)?;
+    let (ha1_md5, ha1_sha256) = s.ha1s(&username, &new.password)?;
+    s.store()?
+        .apply(Command::SetPassword {
+            aor,
+            ha1_md5,
+            ha1_sha256,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn registrations(
+    State(s): State<Arc<AdminState>>,
+    Path(aor): Path<String>,
+) -> Result<Json<Vec<BindingRow>>, Failure> {
+    let (aor, _) = s.aor(&aor)?;
+    let store = s.store()?;
+    if store.user(&aor).await?.is_none() {
+        return Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("user {aor} not found"),
+        ));
+    }
+    let now = frontend::now_ms();
+    let rows = store
+        .bindings(&aor, now)
+        .await?
+        .into_iter()
+        .map(|b| BindingRow {
+            contact: b.contact,
+            expires_in_s: b.expires_ms.saturating_sub(now).div_ceil(1000),
+            transport: b.route.transport,
+            source: b.route.source,
+            user_agent: b.user_agent,
+            call_id: b.call_id,
+            cseq: b.cseq,
+        })
+        .collect();
+    Ok(Json(rows))
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    let mut out = String::new();
+    if let Some(fe) = &s.frontend {
+        fe.metrics.render(&mut out);
+        let (server_tx, client_tx) = fe.transactions();
+        let _ = writeln!(out, "# TYPE tandem_sip_transactions gauge");
+        let _ = writeln!(
+            out,
+            "tandem_sip_transactions{{side=\"server\"}} {server_tx}"
+        );
+        let _ = writeln!(
+            out,
+            "tandem_sip_transactions{{side=\"client\"}} {client_tx}"
+        );
+        let _ = writeln!(out, "# TYPE tandem_sip_tcp_connections gauge");
+        let _ = writeln!(
+            out,
+            "tandem_sip_tcp_connections {}",
+            fe.transports.connections()
+        );
+    }
+    if let Some(st) = &s.store {
+        let (commits, applied, refused, failed) = st.counters();
+        for (name, v, help) in [
+            (
+                "commits",
+                commits,
+                "store transactions committed (one fsync each)",
+            ),
+            ("applied", applied, "store commands applied"),
+            (
+                "refused",
+                refused,
+                "store commands refused (nothing changed)",
+            ),
+            (
+                "failed",
+                failed,
+                "store commands lost to a storage failure (not acknowledged)",
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP tandem_store_{name}_total {help}");
+            let _ = writeln!(out, "# TYPE tandem_store_{name}_total counter");
+            let _ = writeln!(out, "tandem_store_{name}_total {v}");
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aor_forms_normalize_and_foreign_or_odd_ones_are_refused() {
+        let d = "example.com";
+        for ok in [
+            "alice",
+            "alice@example.com",
+            "sip:alice@example.com",
+            "sip:alice@EXAMPLE.com",
+        ] {
+            assert_eq!(
+                normalize_aor(ok, d),
+                Ok(("sip:alice@example.com".into(), "alice".into())),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "",
+            "alice@other.org",
+            "sip:alice@example.com:5070",
+            "sip:example.com",
+            "al ice",
+            "a\"b",
+            "sip:alice@example.com;x=1",
+        ] {
+            assert!(normalize_aor(bad, d).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! The front end's shared state and the request path: bytes → parse → transaction layer →
+//! the handler of the method → store → response, plus outgoing requests (forwarded MESSAGEs,
+//! NOTIFYs) through client transactions.
+
+use crate::metrics::Metrics;
+use crate::transport::{self, Peer, Transports, Unreachable};
+use sip::digest::Nonces;
+use sip::header::Via;
+use sip::transaction::{
+    ClientAction, ClientEvent, ClientTransactions, ServerEvent, ServerTransactions, TxKey,
+};
+use sip::{Message, Method, ParseError, Request, Response};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use store::Store;
+use tokio::sync::oneshot;
+
+/// What a front-end server needs to know.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This server's name in the topology (it prefixes connection flows).
+    pub server_name: String,
+    /// The SIP domain (and digest realm) of all users.
+    pub domain: String,
+    pub sip_udp: Option<SocketAddr>,
+    pub sip_tcp: Option<SocketAddr>,
+    /// Expiry limits, digest algorithms, contact limits.
+    pub sip: topology::SipSettings,
+    pub limits: sip::Limits,
+    /// Most server transactions alive at once; beyond it requests get 503.
+    pub max_transactions: usize,
+    /// Most TCP connections at once.
+    pub max_tcp_connections: usize,
+    /// Most nonces remembered for replay protection.
+    pub max_nonces: usize,
+}
+
+impl Config {
+    /// Defaults for everything but the identity and addresses.
+    pub fn new(
+        server_name: &str,
+        domain: &str,
+        sip_udp: Option<SocketAddr>,
+        sip_tcp: Option<SocketAddr>,
+    ) -> Config {
+        Config {
+            server_name: server_name.to_string(),
+            domain: domain.to_string(),
+            sip_udp,
+            sip_tcp,
+            sip: topology::SipSettings::default(),
+            limits: sip::Limits::default(),
+            max_transactions: 200_000,
+            max_tcp_connections: 10_000,
+            max_nonces: 1_000_000,
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (expiry times are stored in this clock).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `n` random bytes as hex.
+pub fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    if getrandom::fill(&mut buf).is_err() {
+        // The OS RNG failing is not something to serve through; tags must not repeat.
+        tracing::error!("the operating system's random number generator failed");
+        std::process::abort();
+    }
+    hex::encode(buf)
+}
+
+/// The front end's shared state.
+pub struct Core {
+    pub config: Config,
+    pub store: Store,
+    pub transports: Transports,
+    pub metrics: Metrics,
+    server_txs: Mutex<ServerTransactions<Peer>>,
+    client_txs: Mutex<ClientTransactions<Peer>>,
+    /// Waiters for the final response of our client transactions.
+    pending: Mutex<HashMap<TxKey, oneshot::Sender<Response>>>,
+    pub(crate) nonces: Mutex<Nonces>,
+    started: Instant,
+}
+
+/// How a request we sent ended without a final response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendFailure {
+    /// No final response within 64*T1.
+    Timeout,
+    /// The peer could not be reached.
+    Unreachable(String),
+}
+
+impl Core {
+    pub(crate) fn new(config: Config, store: Store, transports: Transports) -> Core {
+        let mut key = [0u8; 32];
+        if getrandom::fill(&mut key).is_err() {
+            tracing::error!("the operating system's random number generator failed");
+            std::process::abort();
+        }
+        let nonces = Nonces::new(
+            key,
+            &config.domain,
+            u64::from(config.sip.nonce_ttl_s) * 1000,
+            config.max_nonces,
+        );
+        Core {
+            server_txs: Mutex::new(ServerTransactions::new(config.max_transactions)),
+            client_txs: Mutex::new(ClientTransactions::new()),
+            pending: Mutex::new(HashMap::new()),
+            nonces: Mutex::new(nonces),
+            metrics: Metrics::default(),
+            started: Instant::now(),
+            config,
+            store,
+            transports,
+        }
+    }
+
+    /// Monotonic milliseconds since start (transaction timers, nonces).
+    pub fn mono_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// A datagram arrived.
+    pub(crate) fn on_bytes(self: &Arc<Self>, bytes: &[u8], peer: Peer) {
+        let parsed = sip::parse_message(bytes, &self.config.limits);
+        self.on_parsed(parsed, peer);
+    }
+
+    /// A message was framed (datagram or stream).
+    pub(crate) fn on_parsed(self: &Arc<Self>, parsed: Result<Message, ParseError>, peer: Peer) {
+        match parsed {
+            Ok(Message::Request(req)) => {
+                let core = self.clone();
+                tokio::spawn(async move { core.on_request(req, peer).await });
+            }
+            Ok(Message::Response(resp)) => self.on_response(resp),
+            Err(err) => {
+                self.metrics.parse_errors.fetch_add(1, Ordering::Relaxed);
+                match err.partial {
+                    // Enough of a request to answer: say what is wrong.
+                    Some(partial)
+                        if partial.method != Method::Ack
+                            && partial.headers.get("Via").is_some() =>
+                    {
+                        let resp = partial
+                            .response(err.status, Some(&random_hex(4)))
+                            .with_reason(err.reason);
+                        let core = self.clone();
+                        tokio::spawn(async move { core.send_stateless(&peer, resp).await });
+                    }
+                    _ => {
+                        tracing::debug!(peer = %peer.addr(), reason = %err.reason, "dropped an unparsable message")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_request(self: Arc<Self>, req: Request, peer: Peer) {
+        self.metrics.count_request(&req.method);
+        if let Err(rej) = sip::validate_request(&req) {
+            if req.method != Method::Ack {
+                let resp = req
+                    .response(rej.status, Some(&random_hex(4)))
+                    .with_reason(rej.reason);
+                self.send_stateless(&peer, resp).await;
+            }
+            return;
+        }
+        let Some(key) = TxKey::for_request(&req) else {
+            return;
+        };
+        let event = match self.server_txs.lock() {
+            Ok(mut txs) => {
+                txs.on_request(&key, &req, peer.clone(), peer.reliable(), self.mono_ms())
+            }
+            Err(_) => return,
+        };
+        match event {
+            ServerEvent::New => {}
+            ServerEvent::Absorbed { .. } => {
+                self.metrics.retransmissions.fetch_add(1, Ordering::Relaxed);
+                // The client is retransmitting while we work: a 100 Trying quiets it (and later
+                // retransmissions get the 100 again until the final response).
+                if !peer.reliable() && req.method != Method::Invite {
+                    let trying = req.response(100, None);
+                    self.respond(&key, &peer, trying).await;
+                }
+                return;
+            }
+            ServerEvent::Resend(bytes) => {
+                self.metrics.retransmissions.fetch_add(1, Ordering::Relaxed);
+                let _ = self.transports.send(&peer, bytes).await;
+                return;
+            }
+            ServerEvent::Ack => return,
+            ServerEvent::Overloaded => {
+                let resp = req
+                    .response(503, Some(&random_hex(4)))
+                    .with_header("Retry-After", "5");
+                self.send_stateless(&peer, resp).await;
+                return;
+            }
+        }
+        let resp = crate::handlers::dispatch(&self, &req, &peer).await;
+        if let Some(resp) = resp {
+            self.respond(&key, &peer, resp).await;
+        }
+    }
+
+    /// Sends a response within its server transaction.
+    pub(crate) async fn respond(&self, key: &TxKey, peer: &Peer, mut resp: Response) {
+        resp.headers.push("Server", crate::SERVER_NAME);
+        let bytes = resp.to_bytes();
+        if let Ok(mut txs) = self.server_txs.lock() {
+            txs.on_response(key, resp.status, bytes.clone(), self.mono_ms());
+        }
+        self.metrics.count_response(resp.status);
+        if let Err(e) = self.transports.send(peer, bytes).await {
+            tracing::debug!(error = %e.0, "response not sent");
+        }
+    }
+
+    /// Sends a response outside any transaction (to a request we could not match).
+    pub(crate) async fn send_stateless(&self, peer: &Peer, mut resp: Response) {
+        resp.headers.push("Server", crate::SERVER_NAME);
+        self.metrics.count_response(resp.status);
+        let _ = self.transports.send(peer, resp.to_bytes()).await;
+    }
+
+    fn on_response(&self, resp: Response) {
+        let Some(key) = TxKey::for_response(&resp) else {
+            return;
+        };
+        let event = match self.client_txs.lock() {
+            Ok(mut txs) => txs.on_response(&key, resp.status, self.mono_ms()),
+            Err(_) => return,
+        };
+        if event == ClientEvent::Final {
+            let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&key));
+            if let Some(w) = waiter {
+                let _ = w.send(resp);
+            }
+        }
+    }
+
+    /// Our Via for a request sent over `transport`, with a fresh branch.
+    pub(crate) fn new_via(&self, transport: &str) -> (Via, String) {
+        let branch = format!("z9hG4bK{}", random_hex(8));
+        let addr = self.transports.local_addr(transport);
+        let mut params = sip::header::Params::default();
+        params.set("branch", Some(&branch));
+        params.set("rport", None);
+        let via = Via {
+            transport: transport.to_ascii_uppercase(),
+            host: addr
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|| self.config.domain.clone()),
+            port: addr.map(|a| a.port()),
+            params,
+        };
+        (via, branch)
+    }
+
+    /// Our Contact URI for a transport.
+    pub(crate) fn contact_uri(&self, transport: &str) -> String {
+        match self.transports.local_addr(transport) {
+            Some(a) if transport == "tcp" => format!("<sip:{a};transport=tcp>"),
+            Some(a) => format!("<sip:{a}>"),
+            None => format!("<sip:{}>", self.config.domain),
+        }
+    }
+
+    /// Sends a request (whose top Via is ours, with `branch`) in a client transaction and
+    /// waits for its final response.
+    pub(crate) async fn send_request(
+        &self,
+        req: &Request,
+        branch: &str,
+        peer: &Peer,
+    ) -> Result<Response, SendFailure> {
+        let key = TxKey::client(branch, &req.method);
+        let bytes = req.to_bytes();
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(key.clone(), tx);
+        }
+        if let Ok(mut txs) = self.client_txs.lock() {
+            txs.start(
+                key.clone(),
+                peer.clone(),
+                bytes.clone(),
+                peer.reliable(),
+                self.mono_ms(),
+            );
+        }
+        if let Err(Unreachable(why)) = self.transports.send(peer, bytes).await {
+            if let Ok(mut p) = self.pending.lock() {
+                p.remove(&key);
+            }
+            return Err(SendFailure::Unreachable(why));
+        }
+        // The transaction's timer F ends it; the extra margin only guards against a lost wakeup.
+        let limit = Duration::from_millis(64 * sip::transaction::T1_MS + 1_000);
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            _ => {
+                if let Ok(mut p) = self.pending.lock() {
+                    p.remove(&key);
+                }
+                Err(SendFailure::Timeout)
+            }
+        }
+    }
+
+    /// Where to send to a client. TCP: its live connection, else a new connection to its
+    /// contact. UDP: the contact's address (RFC 3261), or the source address of its request
+    /// when the client asked for that (RFC 5626 outbound) or the contact has no IP address.
+    pub(crate) async fn resolve(
+        self: &Arc<Self>,
+        route: &store::Route,
+        contact: &str,
+    ) -> Result<Peer, Unreachable> {
+        let source = || -> Result<Peer, Unreachable> {
+            route
+                .source
+                .parse()
+                .map(Peer::Udp)
+                .map_err(|_| Unreachable(format!("bad source address {}", route.source)))
+        };
+        match route.transport.as_str() {
+            "tcp" => {
+                if let Some(peer) = self
+                    .transports
+                    .peer_of_flow(&self.config.server_name, &route.flow)
+                {
+                    return Ok(peer);
+                }
+                let addr = contact_addr(contact)
+                    .ok_or_else(|| Unreachable(format!("contact {contact} has no IP address")))?;
+                transport::connect(self, addr).await
+            }
+            _ if route.flow == crate::transport::UDP_OUTBOUND => source(),
+            _ => match contact_addr(contact) {
+                Some(addr) => Ok(Peer::Udp(addr)),
+                None => source(),
+            },
+        }
+    }
+
+    /// Runs transaction timers: retransmissions and timeouts.
+    pub(crate) async fn tick(&self) {
+        let now = self.mono_ms();
+        let resends = self
+            .server_txs
+            .lock()
+            .map(|mut t| t.poll(now))
+            .unwrap_or_default();
+        let actions = self
+            .client_txs
+            .lock()
+            .map(|mut t| t.poll(now))
+            .unwrap_or_default();
+        for (peer, bytes) in resends {
+            let _ = self.transports.send(&peer, bytes).await;
+        }
+        for action in actions {
+            match action {
+                ClientAction::Retransmit(peer, bytes) => {
+                    let _ = self.transports.send(&peer, bytes).await;
+                }
+                ClientAction::Timeout(key) => {
+                    // Dropping the waiter's sender ends its wait with a timeout.
+                    if let Ok(mut p) = self.pending.lock() {
+                        p.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Live server and client transactions.
+    pub fn transactions(&self) -> (usize, usize) {
+        let s = self.server_txs.lock().map(|t| t.len()).unwrap_or(0);
+        let c = self.client_txs.lock().map(|t| t.len()).unwrap_or(0);
+        (s, c)
+    }
+}
+
+/// The IP address and port of a contact URI, when its host is an IP literal.
+pub(crate) fn contact_addr(contact: &str) -> Option<SocketAddr> {
+    let uri = sip::Uri::parse(contact).ok()?;
+    let ip: std::net::IpAddr = uri.host.parse().ok()?;
+    Some(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
+}

@@ -1,0 +1,184 @@
+//! `tandem`: one binary for every role and tool.
+//!
+//! - `tandem server` runs one server of a topology (its roles come from the topology).
+//! - `tandem lab up` runs every server of a topology as its own process on this machine.
+//! - `tandem topology check|show` validates and prints a topology file.
+//! - `tandem user …` and `tandem registrations` talk to a server's admin API.
+
+mod client;
+mod lab;
+mod server;
+mod topo;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "tandem", version, about = "Tandem: SIP registrar, presence and IM with HA/DR", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where admin commands send their requests.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AdminTarget {
+    /// Admin API address (host:port); default: the lab's first server.
+    #[arg(long, env = "TANDEM_ADMIN", global = true)]
+    admin: Option<String>,
+    /// File holding the admin token.
+    #[arg(
+        long,
+        env = "TANDEM_TOKEN_FILE",
+        global = true,
+        default_value = "tandem-lab/admin.token"
+    )]
+    token_file: PathBuf,
+    /// Print JSON for scripts instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one server of a topology.
+    Server(server::Args),
+    /// Run a whole topology on this machine.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+    /// Validate or print a topology file.
+    Topology {
+        #[command(subcommand)]
+        command: TopologyCommand,
+    },
+    /// Provision users.
+    User {
+        #[command(flatten)]
+        target: AdminTarget,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Show a user's registered contacts.
+    Registrations {
+        #[command(flatten)]
+        target: AdminTarget,
+        /// The user (alice, alice@example.com or sip:alice@example.com).
+        aor: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Start every server of the topology as its own process and wait for Ctrl-C.
+    Up(lab::Args),
+}
+
+#[derive(Subcommand)]
+enum TopologyCommand {
+    /// Check a topology file: prints every problem with file, line and rule, or that it is valid.
+    Check { file: PathBuf },
+    /// Print a topology file as tables.
+    Show { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user.
+    Add {
+        aor: String,
+        /// The password (asked for on the terminal when absent).
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// List users.
+    List,
+    /// Remove a user and everything it registered, published or subscribed.
+    Remove { aor: String },
+    /// Change a user's password.
+    SetPassword {
+        aor: String,
+        /// The new password (asked for on the terminal when absent).
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server(args) => server::run(args),
+        Command::Lab {
+            command: LabCommand::Up(args),
+        } => lab::up(args),
+        Command::Topology {
+            command: TopologyCommand::Check { file },
+        } => topo::check(&file),
+        Command::Topology {
+            command: TopologyCommand::Show { file },
+        } => topo::show(&file),
+        Command::User { target, command } => client::user(&target, command),
+        Command::Registrations { target, aor } => client::registrations(&target, &aor),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `n` random bytes as hex (tokens).
+pub fn random_hex(n: usize) -> anyhow::Result<String> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    Ok(hex::encode(buf))
+}
+
+/// Reads a token file, or creates it with a new random token (mode 0600).
+pub fn ensure_token(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the admin token {}", path.display()));
+        }
+    }
+    let token = random_hex(24)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(token)
+}
+
+/// Renders a table for the terminal.
+pub fn render_table<H: ToString, C: ToString>(header: &[H], rows: &[Vec<C>]) -> String {
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::UTF8_FULL_CONDENSED);
+    t.set_header(header.iter().map(ToString::to_string).collect::<Vec<_>>());
+    for r in rows {
+        t.add_row(r.iter().map(ToString::to_string).collect::<Vec<_>>());
+    }
+    t.to_string()
+}

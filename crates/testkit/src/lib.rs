@@ -1,0 +1,280 @@
+//! Test harness for process tests: real `tandem server` processes on loopback with free
+//! ports, their admin API, a SIP user agent over real sockets, and SIPp runs.
+
+pub mod sipp;
+pub mod ua;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub use ua::Ua;
+
+/// A port free on `ip` for both UDP and TCP at the time of the call.
+pub fn free_port(ip: &str) -> u16 {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind((ip, 0)).expect("bind tcp");
+        let port = tcp.local_addr().expect("addr").port();
+        if UdpSocket::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip}");
+}
+
+/// The SIP settings a test topology uses.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Digest algorithms offered, most preferred first.
+    pub digest_algorithms: Vec<&'static str>,
+    pub register_expires_min_s: u32,
+    pub max_contacts_per_user: u32,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            digest_algorithms: vec!["SHA-256", "MD5"],
+            register_expires_min_s: 60,
+            max_contacts_per_user: 10,
+        }
+    }
+}
+
+/// A standalone server (front end and store in one process) on free loopback ports.
+pub struct Server {
+    exe: PathBuf,
+    pub dir: PathBuf,
+    pub topology: PathBuf,
+    pub sip: SocketAddr,
+    pub admin: SocketAddr,
+    pub token: String,
+    child: Option<Child>,
+    pub pid: u32,
+}
+
+/// The domain of test topologies.
+pub const DOMAIN: &str = "example.com";
+
+impl Server {
+    /// Writes a one-server topology under `dir` and starts it.
+    pub fn start(exe: &Path, dir: &Path, options: &Options) -> Server {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let port = free_port("127.0.0.1");
+        let admin = free_port("127.0.0.1");
+        let algorithms: Vec<String> = options
+            .digest_algorithms
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect();
+        let topology = format!(
+            r#"name = "test"
+sip_domain = "{DOMAIN}"
+[[site]]
+name = "dc1"
+[[server]]
+name = "fe1"
+site = "dc1"
+sip_udp = "127.0.0.1:{port}"
+sip_tcp = "127.0.0.1:{port}"
+admin = "127.0.0.1:{admin}"
+[[pool]]
+name = "pool1"
+kind = "frontend"
+site = "dc1"
+servers = ["fe1"]
+store = "store1"
+routing_groups = 1
+[[store]]
+name = "store1"
+site = "dc1"
+mode = "standalone"
+[[store.replica]]
+server = "fe1"
+role = "primary"
+[sip]
+digest_algorithms = [{}]
+register_expires_min_s = {}
+max_contacts_per_user = {}
+"#,
+            algorithms.join(", "),
+            options.register_expires_min_s,
+            options.max_contacts_per_user,
+        );
+        let topology_path = dir.join("topology.toml");
+        std::fs::write(&topology_path, topology).expect("write topology");
+        let mut s = Server {
+            exe: exe.to_path_buf(),
+            dir: dir.to_path_buf(),
+            topology: topology_path,
+            sip: format!("127.0.0.1:{port}").parse().expect("addr"),
+            admin: format!("127.0.0.1:{admin}").parse().expect("addr"),
+            token: String::new(),
+            child: None,
+            pid: 0,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("log");
+        let mut child = Command::new(&self.exe)
+            .args(["server", "--topology"])
+            .arg(&self.topology)
+            .args(["--name", "fe1", "--data"])
+            .arg(self.dir.join("data"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tandem server");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(out).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+                panic!("server did not become ready; log:\n{log}");
+            }
+        };
+        let ready: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
+        assert_eq!(ready["event"], "ready", "{line}");
+        self.pid = child.id();
+        self.child = Some(child);
+        self.token = std::fs::read_to_string(self.dir.join("data").join("admin.token"))
+            .expect("token")
+            .trim()
+            .to_string();
+    }
+
+    /// `kill -9` the server and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same topology and data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// An admin API request; returns the status and the JSON body (Null when empty).
+    pub fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        admin_call(&self.admin, Some(&self.token), method, path, body)
+    }
+
+    /// Provisions a user; panics on failure.
+    pub fn add_user(&self, user: &str, password: &str) {
+        let (status, body) = self.admin(
+            "POST",
+            "/api/v1/users",
+            Some(serde_json::json!({"aor": user, "password": password})),
+        );
+        assert_eq!(status, 201, "add {user}: {body}");
+    }
+
+    /// The contacts bound to a user.
+    pub fn contacts(&self, user: &str) -> Vec<String> {
+        let (status, body) = self.admin("GET", &format!("/api/v1/registrations/{user}"), None);
+        assert_eq!(status, 200, "{body}");
+        body.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| b["contact"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A UDP user agent for `user` pointed at this server.
+    pub fn ua(&self, user: &str, password: &str) -> Ua {
+        Ua::udp(self.sip, user, password, DOMAIN)
+    }
+
+    /// A TCP user agent for `user` pointed at this server.
+    pub fn ua_tcp(&self, user: &str, password: &str) -> Ua {
+        Ua::tcp(self.sip, user, password, DOMAIN)
+    }
+
+    /// A counter's value from /metrics (summing labelled series whose line starts with `name`).
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, body) = self.admin("GET", "/metrics", None);
+        let text = body.as_str().unwrap_or_default().to_string();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An admin API request to any server.
+pub fn admin_call(
+    addr: &SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let auth = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
+    let result = match (method, body) {
+        ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
+        ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
+        ("POST", Some(b)) => agent.post(&url).header("Authorization", &auth).send_json(b),
+        ("PUT", Some(b)) => agent.put(&url).header("Authorization", &auth).send_json(b),
+        _ => panic!("unsupported {method}"),
+    };
+    let mut resp = result.expect("admin API reachable");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    let json = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+    };
+    (status, json)
+}
+
+/// A fresh directory `base/name` for one test (kept for post-mortems, emptied first). Pass
+/// `env!("CARGO_TARGET_TMPDIR")` as `base`.
+pub fn test_dir(base: &str, name: &str) -> PathBuf {
+    let dir = Path::new(base).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
