@@ -46,10 +46,15 @@ impl Params {
     /// Parses `;a=b;c` (the leading `;` optional). Quoted values keep their quotes stripped.
     pub fn parse(text: &str) -> Result<Params, String> {
         let mut out = Vec::new();
-        for part in split_semicolons(text) {
+        for (i, part) in split_semicolons(text).into_iter().enumerate() {
             let part = part.trim();
             if part.is_empty() {
-                continue;
+                // Only the text before the leading `;` may be empty: `;;` and a trailing `;`
+                // are extraneous separators (RFC 4475 §3.1.2.1).
+                if i == 0 {
+                    continue;
+                }
+                return Err(format!("empty parameter in '{}'", text.trim()));
             }
             match part.split_once('=') {
                 Some((name, value)) => {
@@ -346,20 +351,37 @@ impl NameAddr {
             let display = value[..lt].trim();
             let display = if display.is_empty() {
                 None
-            } else {
+            } else if display.starts_with('"') {
                 Some(unquote(display)?)
+            } else if display
+                .bytes()
+                .all(|b| is_token_byte(b) || b == b' ' || b == b'\t')
+            {
+                // An unquoted display name is `token *(LWS token)`.
+                Some(display.to_string())
+            } else {
+                return Err(format!("display name '{display}' is not quoted"));
             };
             let after = &value[lt + 1..];
             let Some(gt) = after.find('>') else {
                 return Err(format!("missing '>' in '{value}'"));
             };
-            (display, &after[..gt], &after[gt + 1..])
-        } else {
-            // addr-spec: parameters after ';' belong to the header, not the URI.
-            match value.find(';') {
-                Some(i) => (None, &value[..i], &value[i..]),
-                None => (None, value, ""),
+            let uri_text = &after[..gt];
+            if uri_text.trim() != uri_text {
+                return Err(format!("whitespace inside '<{uri_text}>'"));
             }
+            (display, uri_text, &after[gt + 1..])
+        } else {
+            // addr-spec: parameters after ';' belong to the header, not the URI; a URI with a
+            // comma or headers must be enclosed in '<>' (RFC 3261 §20.10).
+            let (uri_text, rest) = match value.find(';') {
+                Some(i) => (&value[..i], &value[i..]),
+                None => (value, ""),
+            };
+            if uri_text.contains(['?', ',']) {
+                return Err(format!("'{uri_text}' must be enclosed in '<>'"));
+            }
+            (None, uri_text, rest)
         };
         let uri = Uri::parse(uri_text.trim())?;
         let rest = rest.trim();
@@ -642,5 +664,45 @@ mod tests {
         assert_eq!(d.get("nonce"), Some("n,1"));
         assert_eq!(d.get("qop"), Some("auth"));
         assert!(DigestParams::parse("Basic abc").is_err());
+    }
+
+    #[test]
+    fn empty_parameters_are_errors() {
+        // RFC 4475 §3.1.2.1: "SIP/2.0/UDP 192.0.2.15;;,;,," and "<sip:joe@example.org>;;;;".
+        assert!(Via::parse("SIP/2.0/UDP 192.0.2.15;;").is_err());
+        assert!(NameAddr::parse("\"Joe\" <sip:joe@example.org>;;;;").is_err());
+        assert!(NameAddr::parse("<sip:joe@example.org>;tag=1;").is_err());
+        assert!(Uri::parse("sip:joe@example.org;;lr").is_err());
+        // The separator before the first parameter is not an empty parameter.
+        assert_eq!(Params::parse(" ; tag = 1").unwrap().get("tag"), Some("1"));
+        assert!(Params::parse("").unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn unquoted_display_names_are_tokens() {
+        // RFC 4475 §3.1.2.15.
+        assert!(NameAddr::parse("Bell, Alexander <sip:a.g.bell@example.com>;tag=43").is_err());
+        assert!(NameAddr::parse("Mr. J. (User) <sip:j@example.com>").is_err());
+        let na = NameAddr::parse("token1~` token2'+_ <sip:a@example.com>").unwrap();
+        assert_eq!(na.display.as_deref(), Some("token1~` token2'+_"));
+    }
+
+    #[test]
+    fn whitespace_inside_angle_brackets_is_an_error() {
+        // RFC 4475 §3.1.2.14.
+        assert!(NameAddr::parse("\"Watson, Thomas\" < sip:t.watson@example.org >").is_err());
+        assert!(NameAddr::parse("\"Watson, Thomas\" <sip:t.watson@example.org>").is_ok());
+    }
+
+    #[test]
+    fn addr_spec_with_headers_or_a_comma_needs_angle_brackets() {
+        // RFC 4475 §3.1.2.13 / §3.3.14.
+        assert!(NameAddr::parse("sip:user@example.com?Route=%3Csip:sip.example.com%3E").is_err());
+        assert!(NameAddr::parse("sip:a,b@example.com").is_err());
+        let na = NameAddr::parse("<sip:user@example.com?Route=%3Csip:sip.example.com%3E>").unwrap();
+        assert_eq!(
+            na.uri.headers.as_deref(),
+            Some("Route=%3Csip:sip.example.com%3E")
+        );
     }
 }

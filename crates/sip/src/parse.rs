@@ -165,7 +165,7 @@ fn parse_headers(
     let mut current: Option<(String, String)> = None;
     loop {
         let Some((end, next)) = next_line(buf, pos) else {
-            finish_header(&mut headers, current.take());
+            let _ = finish_header(&mut headers, current.take());
             return Err((
                 headers,
                 "header section not terminated by an empty line".into(),
@@ -173,7 +173,7 @@ fn parse_headers(
             ));
         };
         if end - pos > limits.max_line_bytes {
-            finish_header(&mut headers, current.take());
+            let _ = finish_header(&mut headers, current.take());
             return Err((
                 headers,
                 format!("header line longer than {} bytes", limits.max_line_bytes),
@@ -183,11 +183,10 @@ fn parse_headers(
         let line = &buf[pos..end];
         pos = next;
         if line.is_empty() {
-            if let Err(reason) = check_header(current.as_ref()) {
-                return Err((headers, reason, 400));
-            }
-            finish_header(&mut headers, current.take());
-            return Ok((headers, pos));
+            return match finish_header(&mut headers, current.take()) {
+                Ok(()) => Ok((headers, pos)),
+                Err(reason) => Err((headers, reason, 400)),
+            };
         }
         if line[0] == b' ' || line[0] == b'\t' {
             // Folded continuation of the previous header (RFC 3261 §7.3.1).
@@ -197,14 +196,21 @@ fn parse_headers(
             let Ok(more) = std::str::from_utf8(line) else {
                 return Err((headers, "header line is not UTF-8".into(), 400));
             };
-            value.push(' ');
-            value.push_str(more.trim());
+            // Folding is one SP; a value that starts on the next line (`To:` CRLF SP `sip:..`,
+            // RFC 4475 §3.1.1.1) or a blank continuation adds no SP, so that the unfolded value
+            // is what it will serialize and parse back to.
+            let more = more.trim();
+            if !more.is_empty() {
+                if !value.is_empty() {
+                    value.push(' ');
+                }
+                value.push_str(more);
+            }
             continue;
         }
-        if let Err(reason) = check_header(current.as_ref()) {
+        if let Err(reason) = finish_header(&mut headers, current.take()) {
             return Err((headers, reason, 400));
         }
-        finish_header(&mut headers, current.take());
         if headers.len() >= limits.max_headers {
             return Err((
                 headers,
@@ -234,19 +240,19 @@ fn parse_headers(
     }
 }
 
-fn finish_header(headers: &mut Headers, current: Option<(String, String)>) {
+/// Adds the header just read, if its value is clean (see `check_header`).
+fn finish_header(headers: &mut Headers, current: Option<(String, String)>) -> Result<(), String> {
     if let Some((name, value)) = current {
+        check_header(&name, &value)?;
         headers.push(&name, value);
     }
+    Ok(())
 }
 
 /// A header value (after unfolding) may hold no control character but HTAB, except inside a
 /// quoted string as a quoted-pair: `"\" (%x00-09 / %x0B-0C / %x0E-7F)` (RFC 3261 §25.1; RFC 4475
 /// §3.1.1.2 quotes a NUL, a BEL and a DEL this way).
-fn check_header(current: Option<&(String, String)>) -> Result<(), String> {
-    let Some((name, value)) = current else {
-        return Ok(());
-    };
+fn check_header(name: &str, value: &str) -> Result<(), String> {
     let bytes = value.as_bytes();
     let mut in_quotes = false;
     let mut i = 0;
@@ -314,7 +320,19 @@ fn parse_framed(buf: &[u8], limits: &Limits, stream: bool) -> Result<Message, Pa
     if line_end > limits.max_line_bytes {
         return Err(ParseError::garbage("start line too long"));
     }
-    let start = parse_start_line(&buf[..line_end])?;
+    let start = match parse_start_line(&buf[..line_end]) {
+        Ok(start) => start,
+        Err(mut err) => {
+            // A request whose start line is wrong (bad version, whitespace in the URI) is still
+            // answered (505, 400): keep what can be read of its headers for the response.
+            if let Some(partial) = err.partial.as_mut() {
+                partial.headers = match parse_headers(buf, body_from, limits) {
+                    Ok((headers, _)) | Err((headers, _, _)) => headers,
+                };
+            }
+            return Err(err);
+        }
+    };
     let (headers, body_at) = match parse_headers(buf, body_from, limits) {
         Ok(v) => v,
         Err((headers, reason, status)) => {
@@ -493,17 +511,22 @@ impl StreamDecoder {
 
     /// The next complete item, `Ok(None)` when more bytes are needed.
     pub fn next_item(&mut self) -> Result<Option<StreamItem>, StreamError> {
-        // Leading CRLFs are keep-alives; a double CRLF is a ping.
-        let mut crlfs = 0;
-        while self.buf.starts_with(b"\r\n") {
-            self.buf.advance(2);
-            crlfs += 1;
-            if crlfs == 2 {
+        // Leading CRLFs are keep-alives: a double CRLF is a ping, a single one (a pong) is
+        // skipped. Until what follows a CRLF has arrived it is not known which it is, so it
+        // stays in the buffer: a ping split across two segments is still a ping.
+        loop {
+            if self.buf.starts_with(b"\r\n\r\n") {
+                self.buf.advance(4);
                 return Ok(Some(StreamItem::Ping));
             }
-        }
-        if crlfs == 1 && self.buf.is_empty() {
-            return Ok(None);
+            if b"\r\n\r".starts_with(&self.buf) {
+                // Empty, or a prefix of a ping: wait.
+                return Ok(None);
+            }
+            if !self.buf.starts_with(b"\r\n") {
+                break;
+            }
+            self.buf.advance(2);
         }
         let Some(head_end) = memchr::memmem::find(&self.buf, b"\r\n\r\n") else {
             if self.buf.len() > self.limits.max_message_bytes {
@@ -721,6 +744,65 @@ Content-Length: 0\r\n\r\n";
     }
 
     #[test]
+    fn partial_request_keeps_no_header_with_control_characters() {
+        // Found by the parse_message fuzz target: an unterminated header section kept its last
+        // header unchecked, so the 400 copied "To: \0" and our own response did not parse.
+        let err = parse_message(b"S  \nT:\0\n", &Limits::default()).unwrap_err();
+        assert_eq!(err.status, 400);
+        let partial = err.partial.expect("partial request");
+        assert_eq!(partial.headers.get("To"), None);
+        let resp = partial.response(400, Some("t")).to_bytes();
+        assert!(matches!(
+            parse_message(&resp, &Limits::default()),
+            Ok(Message::Response(_))
+        ));
+        // Same for the last header before a line that is too long.
+        let long = format!(
+            "OPTIONS sip:a SIP/2.0\r\nTo: \x01\r\n {}\r\n\r\n",
+            "x".repeat(100)
+        );
+        let short = Limits {
+            max_line_bytes: 50,
+            ..Limits::default()
+        };
+        let partial = parse_message(long.as_bytes(), &short)
+            .unwrap_err()
+            .partial
+            .expect("partial");
+        assert_eq!(partial.headers.get("To"), None);
+    }
+
+    #[test]
+    fn ping_split_across_segments_is_still_a_ping() {
+        // Found by the stream_decoder fuzz target: "\r\n" then "\r\n" gave no ping, because
+        // the first CRLF was consumed as a lone keep-alive before the second arrived.
+        let mut d = StreamDecoder::new(Limits::default());
+        d.extend(b"\r\n");
+        assert_eq!(d.next_item().unwrap(), None);
+        d.extend(b"\r\n");
+        assert_eq!(d.next_item().unwrap(), Some(StreamItem::Ping));
+        for split in 1..4 {
+            let mut d = StreamDecoder::new(Limits::default());
+            d.extend(&b"\r\n\r\n"[..split]);
+            assert_eq!(d.next_item().unwrap(), None);
+            d.extend(&b"\r\n\r\n"[split..]);
+            assert_eq!(
+                d.next_item().unwrap(),
+                Some(StreamItem::Ping),
+                "split at {split}"
+            );
+            assert_eq!(d.next_item().unwrap(), None);
+        }
+        // A lone CRLF before a message is skipped.
+        let mut d = StreamDecoder::new(Limits::default());
+        d.extend(b"\r\nOPTIONS sip:a SIP/2.0\r\nContent-Length: 0\r\n\r\n");
+        assert!(matches!(
+            d.next_item().unwrap(),
+            Some(StreamItem::Message(_))
+        ));
+    }
+
+    #[test]
     fn stream_decoder_refuses_oversized_messages() {
         let mut d = StreamDecoder::new(Limits {
             max_message_bytes: 200,
@@ -734,5 +816,92 @@ Content-Length: 0\r\n\r\n";
         });
         d.extend(&[b'a'; 300]);
         assert!(d.next_item().is_err());
+    }
+
+    #[test]
+    fn folded_value_that_starts_on_the_next_line_round_trips() {
+        // RFC 4475 §3.1.1.1: "TO :" CRLF SP "sip:...": no leading SP in the unfolded value.
+        let r = req(&REGISTER.replace("To: Bob", "To:\r\n Bob"));
+        assert_eq!(r.headers.get("To"), Some("Bob <sip:bob@example.com>"));
+        let again = req(std::str::from_utf8(&r.to_bytes()).unwrap());
+        assert_eq!(r, again);
+        // A blank continuation line adds nothing either.
+        let r = req(&REGISTER.replace("Expires: 7200", "Expires: 7200\r\n \t"));
+        assert_eq!(r.headers.get("Expires"), Some("7200"));
+    }
+
+    #[test]
+    fn quoted_pairs_may_escape_control_characters_but_nothing_else_may() {
+        // RFC 4475 §3.1.1.2 quotes a BEL, a NUL and a DEL in a display name.
+        let r = req(&REGISTER.replace("To: Bob", "To: \"B\\\x07\\\0b\""));
+        assert_eq!(validate_request(&r), Ok(()));
+        for bad in ["To: B\x07ob", "To: \"B\x07ob\"", "To: \"Bob\\\r\""] {
+            let err = parse_message(
+                REGISTER.replace("To: Bob", bad).as_bytes(),
+                &Limits::default(),
+            )
+            .unwrap_err();
+            assert!(
+                err.reason.contains("control character in header To"),
+                "{bad:?}: {err}"
+            );
+        }
+        // Continuation lines are checked too.
+        let folded = REGISTER.replace("To: Bob", "To:\r\n B\x01ob");
+        let err = parse_message(folded.as_bytes(), &Limits::default()).unwrap_err();
+        assert!(err.reason.contains("control character"), "{err}");
+    }
+
+    #[test]
+    fn max_forwards_may_have_leading_zeros() {
+        for (mf, ok) in [
+            ("0068", true),
+            ("000", true),
+            ("0255", true),
+            ("0256", false),
+            ("1000", false),
+        ] {
+            let r = req(&REGISTER.replace("Max-Forwards: 70", &format!("Max-Forwards: {mf}")));
+            assert_eq!(validate_request(&r).is_ok(), ok, "{mf}");
+        }
+    }
+
+    #[test]
+    fn request_uri_with_headers_is_a_400() {
+        let r = req(&REGISTER.replace(
+            "REGISTER sip:example.com",
+            "REGISTER sip:example.com?Route=x",
+        ));
+        let rej = validate_request(&r).unwrap_err();
+        assert_eq!(rej.status, 400);
+        assert!(rej.reason.contains("headers"), "{}", rej.reason);
+    }
+
+    #[test]
+    fn malformed_contact_is_a_400() {
+        let r = req(&REGISTER.replace(
+            "Contact: <sip:bob@192.0.2.4>",
+            "Contact: sip:bob@192.0.2.4?Route=x",
+        ));
+        let rej = validate_request(&r).unwrap_err();
+        assert!(rej.reason.contains("bad Contact"), "{}", rej.reason);
+    }
+
+    #[test]
+    fn start_line_errors_keep_the_headers_to_answer_with() {
+        for (from, to, status) in [
+            ("sip:example.com SIP/2.0", "sip:example.com SIP/7.0", 505),
+            ("sip:example.com SIP/2.0", "sip:exa mple.com SIP/2.0", 400),
+        ] {
+            let err = parse_message(REGISTER.replace(from, to).as_bytes(), &Limits::default())
+                .unwrap_err();
+            assert_eq!(err.status, status);
+            let partial = err.partial.expect("partial request");
+            assert_eq!(
+                partial.headers.get("Call-ID"),
+                Some("843817637684230@998sdasdh09")
+            );
+            assert_eq!(partial.headers.len(), 9);
+        }
     }
 }

@@ -35,7 +35,8 @@ impl TxKey {
             ref m => m.as_str(),
         };
         match via.branch() {
-            Some(b) if b.starts_with("z9hG4bK") => Some(TxKey(format!(
+            // The magic cookie alone identifies nothing (RFC 4475 §3.2.1): fall back.
+            Some(b) if b.len() > 7 && b.starts_with("z9hG4bK") => Some(TxKey(format!(
                 "{b}|{}:{}|{method}",
                 via.host,
                 via.port.unwrap_or(0)
@@ -539,5 +540,20 @@ mod tests {
         assert_eq!(c.on_response(&key, 200, 150), ClientEvent::Ignore);
         assert!(c.poll(60_000).is_empty());
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn bare_magic_cookie_branch_falls_back_to_rfc2543_matching() {
+        // RFC 4475 §3.2.1: "branch=z9hG4bK" identifies nothing; two different requests with it
+        // are two transactions.
+        let a = request("OPTIONS", "z9hG4bK");
+        let mut b = a.clone();
+        b.headers.set("Call-ID", "c2");
+        let (ka, kb) = (
+            TxKey::for_request(&a).unwrap(),
+            TxKey::for_request(&b).unwrap(),
+        );
+        assert_ne!(ka, kb);
+        assert_eq!(TxKey::for_request(&a.clone()).unwrap(), ka);
     }
 }

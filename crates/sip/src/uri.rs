@@ -161,12 +161,14 @@ fn unescape(text: &str) -> Result<String, String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
+            // Exactly two hex digits (from_str_radix alone would also take "+1").
             let hex = bytes
                 .get(i + 1..i + 3)
                 .ok_or_else(|| format!("bad escape in '{text}'"))?;
-            let s = std::str::from_utf8(hex).map_err(|_| format!("bad escape in '{text}'"))?;
-            let v = u8::from_str_radix(s, 16).map_err(|_| format!("bad escape in '{text}'"))?;
-            out.push(v);
+            let (Some(hi), Some(lo)) = (hex_value(hex[0]), hex_value(hex[1])) else {
+                return Err(format!("bad escape in '{text}'"));
+            };
+            out.push(hi << 4 | lo);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -174,6 +176,15 @@ fn unescape(text: &str) -> Result<String, String> {
         }
     }
     String::from_utf8(out).map_err(|_| format!("user part of '{text}' is not UTF-8"))
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
 }
 
 fn escape_user(user: &str) -> String {
@@ -261,5 +272,22 @@ mod tests {
         let u = Uri::parse("sip:[2001:db8::10]:5070").unwrap();
         assert_eq!(u.host, "2001:db8::10");
         assert_eq!(u.to_string(), "sip:[2001:db8::10]:5070");
+    }
+
+    #[test]
+    fn escapes_need_two_hex_digits() {
+        // u8::from_str_radix would take "+1" as 1.
+        for bad in [
+            "sip:%+1@host",
+            "sip:%-1@host",
+            "sip:%4@host",
+            "sip:%4g@host",
+        ] {
+            assert!(Uri::parse(bad).is_err(), "{bad} should not parse");
+        }
+        assert_eq!(
+            Uri::parse("sip:%4a%4B@host").unwrap().user.as_deref(),
+            Some("JK")
+        );
     }
 }
