@@ -235,27 +235,49 @@ fn wait_ready(
     Ok(())
 }
 
+/// Adds user0001… with a few concurrent requests (the store commits them in groups).
 fn provision(admin: &Admin, users: u32, password: &str, domain: &str) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const WORKERS: u32 = 8;
     let started = Instant::now();
-    let mut added = 0;
-    let mut existing = 0;
-    for i in 1..=users {
-        let aor = format!("user{i:04}@{domain}");
-        let (status, body) = admin.call(
-            "POST",
-            "/api/v1/users",
-            Some(serde_json::json!({"aor": aor, "password": password})),
-        )?;
-        match status {
-            201 => added += 1,
-            409 => existing += 1,
-            other => bail!("cannot add {aor}: HTTP {other} {body}"),
-        }
-        if i % 250 == 0 || i == users {
-            eprint!("\rprovisioning users: {i}/{users} ({added} added, {existing} already there)");
-        }
-    }
-    eprintln!(" in {:.1} s", started.elapsed().as_secs_f64());
+    let next = AtomicU32::new(1);
+    let added = AtomicU32::new(0);
+    let existing = AtomicU32::new(0);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i > users {
+                            return Ok(());
+                        }
+                        let aor = format!("user{i:04}@{domain}");
+                        let body = serde_json::json!({"aor": aor, "password": password});
+                        let (status, reply) = admin.call("POST", "/api/v1/users", Some(body))?;
+                        match status {
+                            201 => added.fetch_add(1, Ordering::Relaxed),
+                            409 => existing.fetch_add(1, Ordering::Relaxed),
+                            other => bail!("cannot add {aor}: HTTP {other} {reply}"),
+                        };
+                        let done = added.load(Ordering::Relaxed) + existing.load(Ordering::Relaxed);
+                        if done % 500 == 0 {
+                            eprint!("\rprovisioning users: {done}/{users}");
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().map_err(|_| anyhow!("a provisioning thread panicked"))?)
+    })?;
+    eprintln!(
+        "\rprovisioning users: {users}/{users} ({} added, {} already there) in {:.1} s",
+        added.load(Ordering::Relaxed),
+        existing.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

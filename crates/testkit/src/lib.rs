@@ -44,6 +44,45 @@ impl Default for Options {
     }
 }
 
+/// A one-server topology (front end and standalone store in one process) on 127.0.0.1.
+pub fn standalone_topology(sip_port: u16, admin_port: u16, options: &Options) -> String {
+    let algorithms: Vec<String> = options.digest_algorithms.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"name = "test"
+sip_domain = "{DOMAIN}"
+[[site]]
+name = "dc1"
+[[server]]
+name = "fe1"
+site = "dc1"
+sip_udp = "127.0.0.1:{sip_port}"
+sip_tcp = "127.0.0.1:{sip_port}"
+admin = "127.0.0.1:{admin_port}"
+[[pool]]
+name = "pool1"
+kind = "frontend"
+site = "dc1"
+servers = ["fe1"]
+store = "store1"
+routing_groups = 1
+[[store]]
+name = "store1"
+site = "dc1"
+mode = "standalone"
+[[store.replica]]
+server = "fe1"
+role = "primary"
+[sip]
+digest_algorithms = [{}]
+register_expires_min_s = {}
+max_contacts_per_user = {}
+"#,
+        algorithms.join(", "),
+        options.register_expires_min_s,
+        options.max_contacts_per_user,
+    )
+}
+
 /// A standalone server (front end and store in one process) on free loopback ports.
 pub struct Server {
     exe: PathBuf,
@@ -65,45 +104,7 @@ impl Server {
         std::fs::create_dir_all(dir).expect("mkdir");
         let port = free_port("127.0.0.1");
         let admin = free_port("127.0.0.1");
-        let algorithms: Vec<String> = options
-            .digest_algorithms
-            .iter()
-            .map(|a| format!("\"{a}\""))
-            .collect();
-        let topology = format!(
-            r#"name = "test"
-sip_domain = "{DOMAIN}"
-[[site]]
-name = "dc1"
-[[server]]
-name = "fe1"
-site = "dc1"
-sip_udp = "127.0.0.1:{port}"
-sip_tcp = "127.0.0.1:{port}"
-admin = "127.0.0.1:{admin}"
-[[pool]]
-name = "pool1"
-kind = "frontend"
-site = "dc1"
-servers = ["fe1"]
-store = "store1"
-routing_groups = 1
-[[store]]
-name = "store1"
-site = "dc1"
-mode = "standalone"
-[[store.replica]]
-server = "fe1"
-role = "primary"
-[sip]
-digest_algorithms = [{}]
-register_expires_min_s = {}
-max_contacts_per_user = {}
-"#,
-            algorithms.join(", "),
-            options.register_expires_min_s,
-            options.max_contacts_per_user,
-        );
+        let topology = standalone_topology(port, admin, options);
         let topology_path = dir.join("topology.toml");
         std::fs::write(&topology_path, topology).expect("write topology");
         let mut s = Server {
@@ -277,4 +278,88 @@ pub fn test_dir(base: &str, name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("mkdir");
     dir
+}
+
+/// A running `tandem lab up --json`.
+pub struct Lab {
+    child: Child,
+    /// One JSON object per server, as the lab printed them.
+    pub servers: Vec<serde_json::Value>,
+    pub data: PathBuf,
+}
+
+impl Lab {
+    /// Starts a lab on `topology` with its state under `data`, waits for its JSON lines.
+    pub fn up(exe: &Path, topology: &Path, data: &Path, extra: &[&str]) -> Lab {
+        let count = std::fs::read_to_string(topology).expect("topology").matches("[[server]]").count();
+        let mut child = Command::new(exe)
+            .args(["lab", "up", "--json", "--topology"])
+            .arg(topology)
+            .arg("--data")
+            .arg(data)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tandem lab");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut servers = Vec::new();
+        while servers.len() < count {
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(line) => servers.push(serde_json::from_str(&line).expect("lab prints JSON lines")),
+                Err(_) => {
+                    let _ = child.kill();
+                    let err = child.stderr.take().map(|mut e| {
+                        let mut s = String::new();
+                        let _ = std::io::Read::read_to_string(&mut e, &mut s);
+                        s
+                    });
+                    panic!("lab did not come up: {err:?}");
+                }
+            }
+        }
+        Lab { child, servers, data: data.to_path_buf() }
+    }
+
+    /// The lab's admin token.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data.join("admin.token")).expect("token").trim().to_string()
+    }
+
+    /// SIGTERM the lab and wait for it; returns its exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+
+    /// The lab process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// True while a process with this pid exists (and is not a zombie we could reap).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
+        .unwrap_or(false)
 }
