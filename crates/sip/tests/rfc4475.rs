@@ -17,6 +17,8 @@
 //! The last tests feed every fixture through the stream decoder split at every offset, so that
 //! no input panics and framing does not depend on how the bytes arrive.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+
 use sip::header::{self, CSeq, Contact, DigestParams, NameAddr, Via};
 use sip::transaction::TxKey;
 use sip::{

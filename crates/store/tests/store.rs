@@ -2,6 +2,8 @@
 //! subscriptions and their NOTIFYs, expiry, isolation of refused commands, and durability
 //! across a reopen.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+
 use store::*;
 
 const ALICE: &str = "sip:alice@example.com";

@@ -261,16 +261,17 @@ fn provision(admin: &Admin, users: u32, password: &str, domain: &str) -> anyhow:
                             other => bail!("cannot add {aor}: HTTP {other} {reply}"),
                         };
                         let done = added.load(Ordering::Relaxed) + existing.load(Ordering::Relaxed);
-                        if done % 500 == 0 {
+                        if done.is_multiple_of(500) {
                             eprint!("\rprovisioning users: {done}/{users}");
                         }
                     }
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().map_err(|_| anyhow!("a provisioning thread panicked"))?)
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .map_err(|_| anyhow!("a provisioning thread panicked"))?
+        })
     })?;
     eprintln!(
         "\rprovisioning users: {users}/{users} ({} added, {} already there) in {:.1} s",

@@ -1,6 +1,8 @@
 //! The registrar over real sockets: a `tandem server` process and SIP user agents on UDP and
 //! TCP. Each test opens with what it proves.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+
 use sip::Method;
 use std::time::Duration;
 use testkit::{Options, Server, test_dir, ua::to_tag};

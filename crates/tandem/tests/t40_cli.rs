@@ -1,6 +1,8 @@
 //! The command line as an operator uses it: topology check/show, user provisioning and
 //! registrations through the admin API, and clear errors for bad input.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+
 use std::process::{Command, Output};
 use testkit::{Options, Server, test_dir};
 
@@ -9,11 +11,20 @@ const TMP: &str = env!("CARGO_TARGET_TMPDIR");
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
 
 fn tandem(args: &[&str]) -> Output {
-    Command::new(EXE).args(args).env_remove("TANDEM_ADMIN").env_remove("TANDEM_TOKEN_FILE").output().expect("run tandem")
+    Command::new(EXE)
+        .args(args)
+        .env_remove("TANDEM_ADMIN")
+        .env_remove("TANDEM_TOKEN_FILE")
+        .output()
+        .expect("run tandem")
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// `topology check` says a valid file is valid, and for a broken one prints every problem
@@ -47,7 +58,19 @@ fn topology_show_prints_tables() {
     let o = tandem(&["topology", "show", &format!("{EXAMPLES}/enterprise.toml")]);
     assert!(o.status.success(), "{}", text(&o));
     let out = text(&o);
-    for needle in ["Sites", "Servers", "Pools", "Stores", "Pairs", "Log shipping", "availability-group", "mirroring", "fe-a1", "127.0.0.21:5060", "witness1"] {
+    for needle in [
+        "Sites",
+        "Servers",
+        "Pools",
+        "Stores",
+        "Pairs",
+        "Log shipping",
+        "availability-group",
+        "mirroring",
+        "fe-a1",
+        "127.0.0.21:5060",
+        "witness1",
+    ] {
         assert!(out.contains(needle), "missing {needle}:\n{out}");
     }
 }
@@ -74,7 +97,11 @@ fn user_commands_through_the_admin_api() {
     assert!(text(&o).contains("already exists"), "{}", text(&o));
     let o = cli(&["user", "add", "quinn@elsewhere.org", "--password", "x"]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("not in this server's domain"), "{}", text(&o));
+    assert!(
+        text(&o).contains("not in this server's domain"),
+        "{}",
+        text(&o)
+    );
 
     let o = cli(&["user", "list", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
@@ -99,13 +126,31 @@ fn user_commands_through_the_admin_api() {
     assert_eq!(server.ua("pat", "second").register(600).status, 403);
 
     // Without a token file the CLI says where it looked.
-    let o = tandem(&["user", "list", "--admin", &admin, "--token-file", "/nonexistent/token"]);
+    let o = tandem(&[
+        "user",
+        "list",
+        "--admin",
+        &admin,
+        "--token-file",
+        "/nonexistent/token",
+    ]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("cannot read the admin token /nonexistent/token"), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot read the admin token /nonexistent/token"),
+        "{}",
+        text(&o)
+    );
     // With a wrong token the API refuses.
     let wrong = dir.join("wrong.token");
     std::fs::write(&wrong, "nope").unwrap();
-    let o = tandem(&["user", "list", "--admin", &admin, "--token-file", wrong.to_str().unwrap()]);
+    let o = tandem(&[
+        "user",
+        "list",
+        "--admin",
+        &admin,
+        "--token-file",
+        wrong.to_str().unwrap(),
+    ]);
     assert!(text(&o).contains("HTTP 401"), "{}", text(&o));
 }
 
@@ -116,10 +161,34 @@ fn server_refuses_wrong_name_and_shared_data_dir() {
     let dir = test_dir(TMP, "cli_server");
     let server = Server::start(EXE.as_ref(), &dir, &Options::default());
     let topo = server.topology.to_str().unwrap().to_string();
-    let o = tandem(&["server", "--topology", &topo, "--name", "nobody", "--data", dir.join("x").to_str().unwrap()]);
+    let o = tandem(&[
+        "server",
+        "--topology",
+        &topo,
+        "--name",
+        "nobody",
+        "--data",
+        dir.join("x").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("server `nobody` is not in the topology"), "{}", text(&o));
-    let o = tandem(&["server", "--topology", &topo, "--name", "fe1", "--data", dir.join("data").to_str().unwrap()]);
+    assert!(
+        text(&o).contains("server `nobody` is not in the topology"),
+        "{}",
+        text(&o)
+    );
+    let o = tandem(&[
+        "server",
+        "--topology",
+        &topo,
+        "--name",
+        "fe1",
+        "--data",
+        dir.join("data").to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("in use by another tandem server"), "{}", text(&o));
+    assert!(
+        text(&o).contains("in use by another tandem server"),
+        "{}",
+        text(&o)
+    );
 }

@@ -46,7 +46,11 @@ impl Default for Options {
 
 /// A one-server topology (front end and standalone store in one process) on 127.0.0.1.
 pub fn standalone_topology(sip_port: u16, admin_port: u16, options: &Options) -> String {
-    let algorithms: Vec<String> = options.digest_algorithms.iter().map(|a| format!("\"{a}\"")).collect();
+    let algorithms: Vec<String> = options
+        .digest_algorithms
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect();
     format!(
         r#"name = "test"
 sip_domain = "{DOMAIN}"
@@ -291,7 +295,10 @@ pub struct Lab {
 impl Lab {
     /// Starts a lab on `topology` with its state under `data`, waits for its JSON lines.
     pub fn up(exe: &Path, topology: &Path, data: &Path, extra: &[&str]) -> Lab {
-        let count = std::fs::read_to_string(topology).expect("topology").matches("[[server]]").count();
+        let count = std::fs::read_to_string(topology)
+            .expect("topology")
+            .matches("[[server]]")
+            .count();
         let mut child = Command::new(exe)
             .args(["lab", "up", "--json", "--topology"])
             .arg(topology)
@@ -315,7 +322,9 @@ impl Lab {
         let mut servers = Vec::new();
         while servers.len() < count {
             match rx.recv_timeout(Duration::from_secs(120)) {
-                Ok(line) => servers.push(serde_json::from_str(&line).expect("lab prints JSON lines")),
+                Ok(line) => {
+                    servers.push(serde_json::from_str(&line).expect("lab prints JSON lines"))
+                }
                 Err(_) => {
                     let _ = child.kill();
                     let err = child.stderr.take().map(|mut e| {
@@ -327,12 +336,19 @@ impl Lab {
                 }
             }
         }
-        Lab { child, servers, data: data.to_path_buf() }
+        Lab {
+            child,
+            servers,
+            data: data.to_path_buf(),
+        }
     }
 
     /// The lab's admin token.
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.data.join("admin.token")).expect("token").trim().to_string()
+        std::fs::read_to_string(self.data.join("admin.token"))
+            .expect("token")
+            .trim()
+            .to_string()
     }
 
     /// SIGTERM the lab and wait for it; returns its exit status code.

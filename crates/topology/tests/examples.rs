@@ -1,5 +1,7 @@
 //! The shipped examples are valid, and the model derived from them is what a reader expects.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+
 use std::path::Path;
 
 use topology::{

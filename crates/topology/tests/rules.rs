@@ -1,5 +1,7 @@
 //! One failing topology per validation rule: each asserts the rule id and the line reported.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+
 use topology::{Diagnostic, Diagnostics, parse};
 
 /// A valid topology: sites dc1, dc2, dc3; fe1 (dc1) in pool1, fe2 (dc2) in pool2; both pools
