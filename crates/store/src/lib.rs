@@ -15,12 +15,50 @@ pub use local::{LocalStore, Options};
 pub use machine::StoreError;
 pub use model::*;
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// A handle on a store, whatever its HA mode; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     engine: Engine,
+    users: Arc<UserCache>,
+}
+
+/// Users read through `Store::user` (every authenticated request needs one), kept until a
+/// command through this handle changes them.
+#[derive(Default)]
+struct UserCache {
+    map: RwLock<HashMap<String, User>>,
+    /// Bumped by every change to users; a read that raced with a change is not cached.
+    generation: AtomicU64,
+}
+
+/// Most users kept in the cache.
+const USER_CACHE_MAX: usize = 1_000_000;
+
+impl UserCache {
+    fn get(&self, aor: &str) -> Option<User> {
+        self.map.read().ok()?.get(aor).cloned()
+    }
+
+    fn insert_if_current(&self, user: &User, generation: u64) {
+        if let Ok(mut map) = self.map.write()
+            && self.generation.load(Ordering::Acquire) == generation
+            && map.len() < USER_CACHE_MAX
+        {
+            map.insert(user.aor.clone(), user.clone());
+        }
+    }
+
+    fn invalidate(&self, aor: &str) {
+        if let Ok(mut map) = self.map.write() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            map.remove(aor);
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -33,14 +71,24 @@ impl Store {
     pub fn open_local(path: &Path, options: Options) -> Result<Store, StoreError> {
         Ok(Store {
             engine: Engine::Local(LocalStore::open(path, options)?),
+            users: Arc::default(),
         })
     }
 
     /// Applies a command; returns once it is durable (or refused, having changed nothing).
     pub async fn apply(&self, cmd: Command) -> Result<Applied, StoreError> {
-        match &self.engine {
+        let changes_user = match &cmd {
+            Command::AddUser { user } => Some(user.aor.clone()),
+            Command::SetPassword { aor, .. } | Command::RemoveUser { aor, .. } => Some(aor.clone()),
+            _ => None,
+        };
+        let result = match &self.engine {
             Engine::Local(s) => s.apply(cmd).await,
+        };
+        if let Some(aor) = changes_user {
+            self.users.invalidate(&aor);
         }
+        result
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -55,8 +103,16 @@ impl Store {
 
     /// A user and its credentials.
     pub async fn user(&self, aor: &str) -> Result<Option<User>, StoreError> {
-        let aor = aor.to_string();
-        self.read(move |c| machine::user(c, &aor)).await
+        if let Some(user) = self.users.get(aor) {
+            return Ok(Some(user));
+        }
+        let generation = self.users.generation.load(Ordering::Acquire);
+        let key = aor.to_string();
+        let user = self.read(move |c| machine::user(c, &key)).await?;
+        if let Some(u) = &user {
+            self.users.insert_if_current(u, generation);
+        }
+        Ok(user)
     }
 
     /// Every user.
@@ -99,7 +155,7 @@ impl Store {
 
     /// Engine counters: (commits, applied, refused, failed).
     pub fn counters(&self) -> (u64, u64, u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
+        use Ordering::Relaxed;
         match &self.engine {
             Engine::Local(s) => {
                 let st = s.stats();

@@ -9,7 +9,7 @@
 
 use crate::machine::{self, StoreError};
 use crate::model::{Applied, Command};
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc as std_mpsc};
@@ -72,6 +72,15 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // Every statement the state machine runs stays prepared (the default keeps 16), and stays
+    // as prepared: without the query planner stability guarantee, SQLite (built with STAT4)
+    // re-prepares a statement whenever a parameter it could plan on changes — here, on almost
+    // every execution.
+    conn.set_prepared_statement_cache_capacity(128);
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     if !read_only {
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -94,7 +103,7 @@ impl LocalStore {
                 StoreError::Storage(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let mut writer = open_connection(path, false)?;
+        let writer = open_connection(path, false)?;
         machine::init_schema(&writer)?;
         if let Some(dir) = path.parent() {
             sync_dir(dir)?;
@@ -115,7 +124,7 @@ impl LocalStore {
                             Err(_) => break,
                         }
                     }
-                    commit_batch(&mut writer, &mut batch, &writer_stats);
+                    commit_batch(&writer, &mut batch, &writer_stats);
                 }
             })
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
@@ -195,30 +204,10 @@ impl LocalStore {
     }
 }
 
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteJob>, stats: &Stats) {
-    let mut results: Vec<Result<Applied, StoreError>> = Vec::with_capacity(batch.len());
-    let outcome = (|| -> Result<(), StoreError> {
-        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for (cmd, _) in batch.iter() {
-            let mut sp = tx.savepoint()?;
-            match machine::apply(&sp, cmd) {
-                Ok(applied) => {
-                    sp.commit()?;
-                    results.push(Ok(applied));
-                }
-                Err(e) if e.is_storage() => return Err(e),
-                Err(e) => {
-                    sp.rollback()?;
-                    sp.commit()?;
-                    results.push(Err(e));
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    })();
+fn commit_batch(conn: &Connection, batch: &mut Vec<WriteJob>, stats: &Stats) {
+    let outcome = machine::apply_batch(conn, batch.iter().map(|(cmd, _)| cmd));
     match outcome {
-        Ok(()) => {
+        Ok(results) => {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             for ((_, reply), result) in batch.drain(..).zip(results) {
                 let counter = if result.is_ok() {

@@ -43,6 +43,25 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// Runs a statement through the connection's statement cache (parsing SQL is a large part of
+/// a small command's cost).
+///
+/// Statements that look up one key write their expiry comparisons as `expires_ms`: SQLite
+/// (built with STAT4) re-prepares a statement whenever a parameter compared with an indexed
+/// column changes, which here was every execution.
+fn exec<P: rusqlite::Params>(c: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(params)
+}
+
+/// Queries one row through the statement cache.
+fn one<T, P, F>(c: &Connection, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+where
+    P: rusqlite::Params,
+    F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+{
+    c.prepare_cached(sql)?.query_row(params, f)
+}
+
 /// Schema version written in `meta`.
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -108,16 +127,17 @@ CREATE INDEX IF NOT EXISTS subscriptions_expiry ON subscriptions (expires_ms);
 /// Creates the tables if needed and checks the schema version.
 pub fn init_schema(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(SCHEMA)?;
-    let version: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'schema_version'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let version: Option<i64> = one(
+        conn,
+        "SELECT value FROM meta WHERE key = 'schema_version'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()?;
     match version {
         None => {
-            conn.execute(
+            exec(
+                conn,
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
                 [SCHEMA_VERSION],
             )?;
@@ -145,13 +165,54 @@ fn remaining_s(expires_ms: u64, now_ms: u64) -> u32 {
     u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)
 }
 
-/// Applies one command inside `tx`. On `Err` the caller rolls back what the command did.
+/// Applies commands in one transaction, each inside its own savepoint so a refused command
+/// changes nothing, and commits. Returns each command's result; `Err` when the storage failed,
+/// in which case nothing was committed. The transaction statements go through the statement
+/// cache: parsing them again for every command cost more than the commands themselves.
+pub fn apply_batch<'a>(
+    conn: &Connection,
+    commands: impl Iterator<Item = &'a Command>,
+) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+    exec(conn, "BEGIN IMMEDIATE", [])?;
+    let run = || -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+        let mut results = Vec::new();
+        for cmd in commands {
+            exec(conn, "SAVEPOINT command", [])?;
+            match apply(conn, cmd) {
+                Ok(applied) => results.push(Ok(applied)),
+                Err(e) if e.is_storage() => return Err(e),
+                Err(e) => {
+                    exec(conn, "ROLLBACK TO command", [])?;
+                    results.push(Err(e));
+                }
+            }
+            exec(conn, "RELEASE command", [])?;
+        }
+        exec(conn, "COMMIT", [])?;
+        Ok(results)
+    };
+    let outcome = run();
+    if outcome.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    outcome
+}
+
+/// Applies one command inside a transaction. On `Err` the caller rolls back what the command did.
 pub fn apply(tx: &Connection, cmd: &Command) -> Result<Applied, StoreError> {
     match cmd {
         Command::AddUser { user } => {
-            let n = tx.execute(
+            let n = exec(
+                tx,
                 "INSERT OR IGNORE INTO users (aor, username, realm, ha1_md5, ha1_sha256, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![user.aor, user.username, user.realm, user.ha1_md5, user.ha1_sha256, ms(user.created_ms)],
+                params![
+                    user.aor,
+                    user.username,
+                    user.realm,
+                    user.ha1_md5,
+                    user.ha1_sha256,
+                    ms(user.created_ms)
+                ],
             )?;
             if n == 0 {
                 return Err(StoreError::Exists(format!("user {}", user.aor)));
@@ -163,7 +224,8 @@ pub fn apply(tx: &Connection, cmd: &Command) -> Result<Applied, StoreError> {
             ha1_md5,
             ha1_sha256,
         } => {
-            let n = tx.execute(
+            let n = exec(
+                tx,
                 "UPDATE users SET ha1_md5 = ?2, ha1_sha256 = ?3 WHERE aor = ?1",
                 params![aor, ha1_md5, ha1_sha256],
             )?;
@@ -188,9 +250,10 @@ fn done() -> Result<Applied, StoreError> {
 }
 
 fn require_user(tx: &Connection, aor: &str) -> Result<(), StoreError> {
-    let found: Option<i64> = tx
-        .query_row("SELECT 1 FROM users WHERE aor = ?1", [aor], |r| r.get(0))
-        .optional()?;
+    let found: Option<i64> = one(tx, "SELECT 1 FROM users WHERE aor = ?1", [aor], |r| {
+        r.get(0)
+    })
+    .optional()?;
     if found.is_none() {
         return Err(StoreError::NotFound(format!("user {aor}")));
     }
@@ -216,13 +279,14 @@ fn remove_user(tx: &Connection, aor: &str, now_ms: u64) -> Result<Applied, Store
             presence,
         });
     }
-    tx.execute(
+    exec(
+        tx,
         "DELETE FROM subscriptions WHERE presentity = ?1 OR watcher = ?1",
         [aor],
     )?;
-    tx.execute("DELETE FROM bindings WHERE aor = ?1", [aor])?;
-    tx.execute("DELETE FROM publications WHERE aor = ?1", [aor])?;
-    tx.execute("DELETE FROM users WHERE aor = ?1", [aor])?;
+    exec(tx, "DELETE FROM bindings WHERE aor = ?1", [aor])?;
+    exec(tx, "DELETE FROM publications WHERE aor = ?1", [aor])?;
+    exec(tx, "DELETE FROM users WHERE aor = ?1", [aor])?;
     let _ = now_ms;
     Ok(Applied {
         outcome: Outcome::Done,
@@ -232,9 +296,10 @@ fn remove_user(tx: &Connection, aor: &str, now_ms: u64) -> Result<Applied, Store
 
 fn register(tx: &Connection, reg: &Register) -> Result<Applied, StoreError> {
     require_user(tx, &reg.aor)?;
-    let before = presence(tx, &reg.aor, reg.now_ms)?;
+    let before = watched_presence(tx, &reg.aor, reg.now_ms)?;
     // Expired bindings do not count and do not constrain CSeq ordering.
-    tx.execute(
+    exec(
+        tx,
         "DELETE FROM bindings WHERE aor = ?1 AND expires_ms <= ?2",
         params![reg.aor, ms(reg.now_ms)],
     )?;
@@ -243,7 +308,7 @@ fn register(tx: &Connection, reg: &Register) -> Result<Applied, StoreError> {
             for b in bindings(tx, &reg.aor, reg.now_ms)? {
                 check_order(&b, reg)?;
             }
-            tx.execute("DELETE FROM bindings WHERE aor = ?1", [&reg.aor])?;
+            exec(tx, "DELETE FROM bindings WHERE aor = ?1", [&reg.aor])?;
         }
         RegisterUpdate::Contacts(updates) => {
             for u in updates {
@@ -252,12 +317,13 @@ fn register(tx: &Connection, reg: &Register) -> Result<Applied, StoreError> {
                     check_order(b, reg)?;
                 }
                 if u.expires_s == 0 {
-                    tx.execute(
+                    exec(
+                        tx,
                         "DELETE FROM bindings WHERE aor = ?1 AND contact = ?2",
                         params![reg.aor, u.contact],
                     )?;
                 } else {
-                    tx.execute(
+                    exec(tx,
                         "INSERT INTO bindings (aor, contact, params, call_id, cseq, expires_ms, transport, source, flow, user_agent, updated_ms)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                          ON CONFLICT (aor, contact) DO UPDATE SET params = ?3, call_id = ?4, cseq = ?5, expires_ms = ?6,
@@ -308,13 +374,13 @@ fn check_order(existing: &Binding, reg: &Register) -> Result<(), StoreError> {
 }
 
 fn publication_aor(tx: &Connection, etag: &str, aor: &str, now_ms: u64) -> Result<(), StoreError> {
-    let owner: Option<String> = tx
-        .query_row(
-            "SELECT aor FROM publications WHERE etag = ?1 AND expires_ms > ?2",
-            params![etag, ms(now_ms)],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let owner: Option<String> = one(
+        tx,
+        "SELECT aor FROM publications WHERE etag = ?1 AND expires_ms > ?2",
+        params![etag, ms(now_ms)],
+        |r| r.get(0),
+    )
+    .optional()?;
     match owner {
         Some(o) if o == aor => Ok(()),
         _ => Err(StoreError::UnknownEtag(etag.to_string())),
@@ -329,7 +395,7 @@ fn publish(tx: &Connection, p: &Publish) -> Result<Applied, StoreError> {
         | Publish::Remove { aor, now_ms, .. } => (aor.as_str(), *now_ms),
     };
     require_user(tx, aor)?;
-    let before = presence(tx, aor, now_ms)?;
+    let before = watched_presence(tx, aor, now_ms)?;
     let etag = match p {
         Publish::Create {
             aor,
@@ -339,9 +405,17 @@ fn publish(tx: &Connection, p: &Publish) -> Result<Applied, StoreError> {
             expires_s,
             now_ms,
         } => {
-            let n = tx.execute(
+            let n = exec(
+                tx,
                 "INSERT OR IGNORE INTO publications (etag, aor, body, content_type, expires_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![etag, aor, body, content_type, ms(expiry(*now_ms, *expires_s)), ms(*now_ms)],
+                params![
+                    etag,
+                    aor,
+                    body,
+                    content_type,
+                    ms(expiry(*now_ms, *expires_s)),
+                    ms(*now_ms)
+                ],
             )?;
             if n == 0 {
                 return Err(StoreError::Exists(format!("entity-tag {etag}")));
@@ -356,7 +430,8 @@ fn publish(tx: &Connection, p: &Publish) -> Result<Applied, StoreError> {
             now_ms,
         } => {
             publication_aor(tx, etag, aor, *now_ms)?;
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE publications SET etag = ?2, expires_ms = ?3 WHERE etag = ?1",
                 params![etag, new_etag, ms(expiry(*now_ms, *expires_s))],
             )?;
@@ -372,15 +447,23 @@ fn publish(tx: &Connection, p: &Publish) -> Result<Applied, StoreError> {
             now_ms,
         } => {
             publication_aor(tx, etag, aor, *now_ms)?;
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE publications SET etag = ?2, body = ?3, content_type = ?4, expires_ms = ?5, updated_ms = ?6 WHERE etag = ?1",
-                params![etag, new_etag, body, content_type, ms(expiry(*now_ms, *expires_s)), ms(*now_ms)],
+                params![
+                    etag,
+                    new_etag,
+                    body,
+                    content_type,
+                    ms(expiry(*now_ms, *expires_s)),
+                    ms(*now_ms)
+                ],
             )?;
             Some(new_etag.clone())
         }
         Publish::Remove { aor, etag, now_ms } => {
             publication_aor(tx, etag, aor, *now_ms)?;
-            tx.execute("DELETE FROM publications WHERE etag = ?1", [etag])?;
+            exec(tx, "DELETE FROM publications WHERE etag = ?1", [etag])?;
             None
         }
     };
@@ -391,13 +474,35 @@ fn publish(tx: &Connection, p: &Publish) -> Result<Applied, StoreError> {
     })
 }
 
+/// A presentity's state as its watchers see it, or `None` when nobody watches it (then no
+/// change needs comparing, which spares most REGISTERs the presence queries).
+fn watched_presence(
+    tx: &Connection,
+    aor: &str,
+    now_ms: u64,
+) -> Result<Option<Presence>, StoreError> {
+    let watched: bool = one(
+        tx,
+        "SELECT EXISTS (SELECT 1 FROM subscriptions WHERE presentity = ?1)",
+        [aor],
+        |r| r.get(0),
+    )?;
+    if !watched {
+        return Ok(None);
+    }
+    presence(tx, aor, now_ms).map(Some)
+}
+
 /// Compares the presentity's state with `before` and, if it changed, counts a NOTIFY for
 /// each of its watchers.
 fn notify_if_changed(
     tx: &Connection,
-    before: Presence,
+    before: Option<Presence>,
     now_ms: u64,
 ) -> Result<Vec<Notify>, StoreError> {
+    let Some(before) = before else {
+        return Ok(Vec::new());
+    };
     let after = presence(tx, &before.aor, now_ms)?;
     // Only what a watcher can see matters: bodies, and whether any contact is registered.
     let visible = |p: &Presence| {
@@ -426,7 +531,8 @@ fn notify_watchers(
             continue;
         }
         sub.notify_cseq = sub.notify_cseq.saturating_add(1);
-        tx.execute(
+        exec(
+            tx,
             "UPDATE subscriptions SET notify_cseq = ?2 WHERE id = ?1",
             params![sub.id, sub.notify_cseq],
         )?;
@@ -468,7 +574,7 @@ fn subscribe(tx: &Connection, s: &Subscribe) -> Result<Applied, StoreError> {
                 });
             }
             sub.expires_ms = expiry(*now_ms, *expires_s);
-            let n = tx.execute(
+            let n = exec(tx,
                 "INSERT OR IGNORE INTO subscriptions (presentity, presentity_uri, watcher, watcher_uri, call_id, watcher_tag, local_tag,
                    contact, transport, source, flow, expires_ms, notify_cseq)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -530,7 +636,7 @@ fn subscribe(tx: &Connection, s: &Subscribe) -> Result<Applied, StoreError> {
             }
             sub.route = route.clone();
             if *expires_s == 0 {
-                tx.execute("DELETE FROM subscriptions WHERE id = ?1", [sub.id])?;
+                exec(tx, "DELETE FROM subscriptions WHERE id = ?1", [sub.id])?;
                 sub.expires_ms = *now_ms;
                 let notify = Notify {
                     subscription: sub.clone(),
@@ -545,7 +651,8 @@ fn subscribe(tx: &Connection, s: &Subscribe) -> Result<Applied, StoreError> {
                 });
             }
             sub.expires_ms = expiry(*now_ms, *expires_s);
-            tx.execute(
+            exec(
+                tx,
                 "UPDATE subscriptions SET contact = ?2, transport = ?3, source = ?4, flow = ?5, expires_ms = ?6, notify_cseq = ?7 WHERE id = ?1",
                 params![
                     sub.id,
@@ -570,7 +677,7 @@ fn subscribe(tx: &Connection, s: &Subscribe) -> Result<Applied, StoreError> {
             })
         }
         Subscribe::End { id } => {
-            tx.execute("DELETE FROM subscriptions WHERE id = ?1", [id])?;
+            exec(tx, "DELETE FROM subscriptions WHERE id = ?1", [id])?;
             done()
         }
     }
@@ -581,14 +688,14 @@ fn expire(tx: &Connection, now_ms: u64) -> Result<Applied, StoreError> {
     let mut notify = Vec::new();
     // Subscriptions that ran out get a final NOTIFY.
     let expired_subs: Vec<Subscription> = {
-        let mut stmt = tx.prepare(&format!(
+        let mut stmt = tx.prepare_cached(&format!(
             "SELECT {SUB_COLS} FROM subscriptions WHERE expires_ms <= ?1 ORDER BY id"
         ))?;
         let rows = stmt.query_map([now], row_subscription)?;
         rows.collect::<Result<_, _>>()?
     };
     for mut sub in expired_subs {
-        tx.execute("DELETE FROM subscriptions WHERE id = ?1", [sub.id])?;
+        exec(tx, "DELETE FROM subscriptions WHERE id = ?1", [sub.id])?;
         sub.notify_cseq = sub.notify_cseq.saturating_add(1);
         let presence = presence(tx, &sub.presentity, now_ms)?;
         notify.push(Notify {
@@ -601,7 +708,7 @@ fn expire(tx: &Connection, now_ms: u64) -> Result<Applied, StoreError> {
     }
     // Presentities whose bindings or publications ran out may look different to watchers.
     let changed: Vec<String> = {
-        let mut stmt = tx.prepare(
+        let mut stmt = tx.prepare_cached(
             "SELECT aor FROM bindings WHERE expires_ms <= ?1 UNION SELECT aor FROM publications WHERE expires_ms <= ?1 ORDER BY 1",
         )?;
         let rows = stmt.query_map([now], |r| r.get(0))?;
@@ -610,12 +717,14 @@ fn expire(tx: &Connection, now_ms: u64) -> Result<Applied, StoreError> {
     for aor in changed {
         // Rows still present were visible to watchers (the sweep is what removes them), so the
         // state before is every row, expired or not.
-        let before = presence(tx, &aor, 0)?;
-        tx.execute(
+        let before = watched_presence(tx, &aor, 0)?;
+        exec(
+            tx,
             "DELETE FROM bindings WHERE aor = ?1 AND expires_ms <= ?2",
             params![aor, now],
         )?;
-        tx.execute(
+        exec(
+            tx,
             "DELETE FROM publications WHERE aor = ?1 AND expires_ms <= ?2",
             params![aor, now],
         )?;
@@ -675,22 +784,22 @@ fn row_subscription(r: &rusqlite::Row<'_>) -> rusqlite::Result<Subscription> {
 
 /// A user with its credentials.
 pub fn user(conn: &Connection, aor: &str) -> Result<Option<User>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT aor, username, realm, ha1_md5, ha1_sha256, created_ms FROM users WHERE aor = ?1",
-            [aor],
-            |r| {
-                Ok(User {
-                    aor: r.get(0)?,
-                    username: r.get(1)?,
-                    realm: r.get(2)?,
-                    ha1_md5: r.get(3)?,
-                    ha1_sha256: r.get(4)?,
-                    created_ms: r.get::<_, i64>(5)?.max(0) as u64,
-                })
-            },
-        )
-        .optional()?)
+    Ok(one(
+        conn,
+        "SELECT aor, username, realm, ha1_md5, ha1_sha256, created_ms FROM users WHERE aor = ?1",
+        [aor],
+        |r| {
+            Ok(User {
+                aor: r.get(0)?,
+                username: r.get(1)?,
+                realm: r.get(2)?,
+                ha1_md5: r.get(3)?,
+                ha1_sha256: r.get(4)?,
+                created_ms: r.get::<_, i64>(5)?.max(0) as u64,
+            })
+        },
+    )
+    .optional()?)
 }
 
 /// Every user, by AOR, with its count of unexpired bindings.
@@ -719,13 +828,13 @@ pub fn bindings(conn: &Connection, aor: &str, now_ms: u64) -> Result<Vec<Binding
 }
 
 fn binding(conn: &Connection, aor: &str, contact: &str) -> Result<Option<Binding>, StoreError> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {BINDING_COLS} FROM bindings WHERE aor = ?1 AND contact = ?2"),
-            params![aor, contact],
-            row_binding,
-        )
-        .optional()?)
+    Ok(one(
+        conn,
+        &format!("SELECT {BINDING_COLS} FROM bindings WHERE aor = ?1 AND contact = ?2"),
+        params![aor, contact],
+        row_binding,
+    )
+    .optional()?)
 }
 
 /// A presentity's unexpired publications and registration count.
@@ -745,7 +854,8 @@ pub fn presence(conn: &Connection, aor: &str, now_ms: u64) -> Result<Presence, S
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let registered_contacts: u32 = conn.query_row(
+    let registered_contacts: u32 = one(
+        conn,
         "SELECT count(*) FROM bindings WHERE aor = ?1 AND expires_ms > ?2",
         params![aor, ms(now_ms)],
         |r| r.get(0),
@@ -776,8 +886,7 @@ pub fn subscription_by_dialog(
     watcher_tag: &str,
     local_tag: &str,
 ) -> Result<Option<Subscription>, StoreError> {
-    Ok(conn
-        .query_row(
+    Ok(one(conn,
             &format!("SELECT {SUB_COLS} FROM subscriptions WHERE call_id = ?1 AND watcher_tag = ?2 AND local_tag = ?3"),
             params![call_id, watcher_tag, local_tag],
             row_subscription,
@@ -787,7 +896,8 @@ pub fn subscription_by_dialog(
 
 /// The earliest expiry of any binding, publication or subscription.
 pub fn next_expiry(conn: &Connection) -> Result<Option<u64>, StoreError> {
-    let v: Option<i64> = conn.query_row(
+    let v: Option<i64> = one(
+        conn,
         "SELECT min(m) FROM (SELECT min(expires_ms) AS m FROM bindings
                            UNION ALL SELECT min(expires_ms) FROM publications
                            UNION ALL SELECT min(expires_ms) FROM subscriptions)",

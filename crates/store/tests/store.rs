@@ -422,3 +422,33 @@ async fn acknowledged_writes_survive_a_reopen() {
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].cseq, 1);
 }
+
+/// A user read once is served from memory, and a password change or removal through the
+/// store is seen by the very next read.
+#[tokio::test]
+async fn user_reads_see_changes_at_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = with_users(&dir).await;
+    assert_eq!(
+        s.user(ALICE).await.expect("read").expect("alice").ha1_md5,
+        "m"
+    );
+    s.apply(Command::SetPassword {
+        aor: ALICE.into(),
+        ha1_md5: "m2".into(),
+        ha1_sha256: "s2".into(),
+    })
+    .await
+    .expect("set password");
+    assert_eq!(
+        s.user(ALICE).await.expect("read").expect("alice").ha1_md5,
+        "m2"
+    );
+    s.apply(Command::RemoveUser {
+        aor: ALICE.into(),
+        now_ms: 1,
+    })
+    .await
+    .expect("remove");
+    assert_eq!(s.user(ALICE).await.expect("read"), None);
+}
