@@ -19,6 +19,8 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// MESSAGE requests forwarded to a contact.
     pub messages_forwarded: AtomicU64,
+    /// Requests refused with 503 because the transaction table was full.
+    pub overloaded: AtomicU64,
     /// NOTIFY requests sent / that got no 2xx.
     pub notifies_sent: AtomicU64,
     pub notifies_failed: AtomicU64,
@@ -70,7 +72,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every counter.
     pub fn render(&self, out: &mut String) {
-        let simple: [(&str, &AtomicU64, &str); 8] = [
+        let simple: [(&str, &AtomicU64, &str); 9] = [
             ("datagrams", &self.datagrams, "UDP datagrams received"),
             (
                 "parse_errors",
@@ -92,6 +94,11 @@ impl Metrics {
                 "messages_forwarded",
                 &self.messages_forwarded,
                 "MESSAGE requests forwarded to a contact",
+            ),
+            (
+                "overloaded",
+                &self.overloaded,
+                "requests refused with 503: transaction table full",
             ),
             ("notifies_sent", &self.notifies_sent, "NOTIFY requests sent"),
             (

@@ -4,6 +4,7 @@
 //! (`Via`, `NameAddr`, `CSeq`, ...) are parsed on demand from these values by `header`.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use std::borrow::Cow;
 use std::fmt;
 
 /// A SIP method. Unknown methods are kept by name (extension methods are legal SIP).
@@ -81,7 +82,7 @@ impl fmt::Display for Method {
 /// (`v` becomes `Via`), so lookups are by canonical name, case-insensitively.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers {
-    entries: Vec<(String, String)>,
+    entries: Vec<(Cow<'static, str>, String)>,
 }
 
 /// Compact header forms (RFC 3261 §7.3.3 and later RFCs) and their long names.
@@ -145,21 +146,21 @@ const KNOWN: &[&str] = &[
 ];
 
 /// The canonical spelling of a header name: compact forms expanded, well-known names in their
-/// usual capitalization, other names kept as given.
-pub fn canonical_name(name: &str) -> String {
+/// usual capitalization (without allocating), other names kept as given.
+pub fn canonical_name(name: &str) -> Cow<'static, str> {
     if name.len() == 1 {
         for (short, long) in COMPACT {
             if name.eq_ignore_ascii_case(short) {
-                return (*long).to_string();
+                return Cow::Borrowed(long);
             }
         }
     }
     for known in KNOWN {
         if name.eq_ignore_ascii_case(known) {
-            return (*known).to_string();
+            return Cow::Borrowed(known);
         }
     }
-    name.to_string()
+    Cow::Owned(name.to_string())
 }
 
 impl Headers {
@@ -171,6 +172,11 @@ impl Headers {
     /// Appends a header; the name is canonicalized.
     pub fn push(&mut self, name: &str, value: impl Into<String>) {
         self.entries.push((canonical_name(name), value.into()));
+    }
+
+    /// Appends a header whose name `canonical_name` already produced.
+    pub fn push_canonical(&mut self, name: Cow<'static, str>, value: String) {
+        self.entries.push((name, value));
     }
 
     /// Replaces every header of this name with one value (appended at the end if absent).
@@ -260,7 +266,7 @@ impl Headers {
 
     /// All (name, value) pairs in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+        self.entries.iter().map(|(n, v)| (n.as_ref(), v.as_str()))
     }
 }
 

@@ -8,6 +8,7 @@
 use crate::header::{self, CSeq, NameAddr, Via};
 use crate::message::{Headers, Message, Method, Request, Response, canonical_name};
 use bytes::{Buf, Bytes, BytesMut};
+use std::borrow::Cow;
 
 /// Limits applied to every message. A limit hit is an error, never unbounded memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +163,7 @@ fn parse_headers(
     let mut headers = Headers::new();
     let mut pos = from;
     // The header being read: its canonical name and its value so far (folded lines joined).
-    let mut current: Option<(String, String)> = None;
+    let mut current: Option<(Cow<'static, str>, String)> = None;
     loop {
         let Some((end, next)) = next_line(buf, pos) else {
             let _ = finish_header(&mut headers, current.take());
@@ -241,10 +242,13 @@ fn parse_headers(
 }
 
 /// Adds the header just read, if its value is clean (see `check_header`).
-fn finish_header(headers: &mut Headers, current: Option<(String, String)>) -> Result<(), String> {
+fn finish_header(
+    headers: &mut Headers,
+    current: Option<(Cow<'static, str>, String)>,
+) -> Result<(), String> {
     if let Some((name, value)) = current {
         check_header(&name, &value)?;
-        headers.push(&name, value);
+        headers.push_canonical(name, value);
     }
     Ok(())
 }

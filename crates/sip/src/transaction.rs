@@ -218,6 +218,12 @@ impl<P: Clone> ServerTransactions<P> {
         true
     }
 
+    /// Forgets a transaction at once: for a response sent statelessly (a digest challenge,
+    /// which a retransmitted request may simply get again, with a fresh nonce).
+    pub fn forget(&mut self, key: &TxKey) {
+        self.map.remove(key);
+    }
+
     /// Runs the timers: returns responses to retransmit and forgets finished transactions.
     pub fn poll(&mut self, now_ms: u64) -> Vec<(P, Bytes)> {
         let mut out = Vec::new();
@@ -457,6 +463,17 @@ mod tests {
             t.on_request(&key, &req, "peer", false, 40_000),
             ServerEvent::New
         );
+    }
+
+    #[test]
+    fn a_forgotten_transaction_starts_anew() {
+        let mut t = ServerTransactions::new(10);
+        let req = request("REGISTER", "z9hG4bKf");
+        let key = TxKey::for_request(&req).unwrap();
+        t.on_request(&key, &req, (), false, 0);
+        t.forget(&key);
+        assert!(t.is_empty());
+        assert_eq!(t.on_request(&key, &req, (), false, 10), ServerEvent::New);
     }
 
     #[test]

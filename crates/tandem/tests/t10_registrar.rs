@@ -285,18 +285,48 @@ fn malformed_requests_options_and_retransmissions() {
     assert_eq!(resp.status, 200);
     assert!(resp.headers.get("Allow").unwrap().contains("SUBSCRIBE"));
 
-    // The same MESSAGE twice (a UDP retransmission): answered twice, forwarded once.
-    let mut msg = ua.build(
-        Method::Message,
-        "sip:nobody@example.com",
-        "sip:nobody@example.com",
+    // An authenticated REGISTER sent twice (a UDP retransmission): the second copy gets the
+    // stored response, and the store applies it once (the same CSeq again would be refused).
+    let mut reg = ua.build(
+        Method::Register,
+        "sip:example.com",
+        "sip:gina@example.com",
         "rtx@test",
     );
-    msg.body = bytes::Bytes::from_static(b"hi");
-    let first = ua.transact(&msg);
-    let second = ua.transact(&msg);
-    assert_eq!(first.status, 407);
+    reg.headers
+        .push("Contact", format!("<sip:gina@{}>", ua.local));
+    let challenge = ua.transact(&reg);
+    assert_eq!(challenge.status, 401);
+    let again = ua.transact(&reg);
+    assert_eq!(
+        again.status, 401,
+        "challenges are stateless: a retransmission is challenged anew"
+    );
+    let chal = challenge
+        .headers
+        .get("WWW-Authenticate")
+        .unwrap()
+        .to_string();
+    let auth =
+        sip::digest::authorization(&chal, "gina", "pw", "REGISTER", "sip:example.com", "c", 1)
+            .unwrap();
+    reg.headers.set("Authorization", auth);
+    reg.headers.set("CSeq", "7 REGISTER");
+    reg.headers.remove_first("Via");
+    reg.headers.push_front(
+        "Via",
+        format!("SIP/2.0/UDP {};branch=z9hG4bKretransmit", ua.local),
+    );
+    let applied_before = s.metric("tandem_store_applied_total");
+    let first = ua.transact(&reg);
+    let second = ua.transact(&reg);
+    assert_eq!(first.status, 200, "{first:?}");
     assert_eq!(first, second, "the retransmission got the stored response");
+    assert_eq!(
+        s.metric("tandem_store_applied_total"),
+        applied_before + 1,
+        "applied once"
+    );
     assert!(s.metric("tandem_sip_retransmissions_total") >= 1);
 }
 
