@@ -11,6 +11,11 @@ mod server;
 mod topo;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: under SIP load, glibc's malloc spent a third of the CPU consolidating the
+/// per-request task allocations (measured with perf at 7,000 REGISTER/s).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
