@@ -91,13 +91,10 @@ impl Store {
         result
     }
 
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
-    {
+    /// Runs a query on the engine.
+    pub async fn query(&self, q: Query) -> Result<QueryResult, StoreError> {
         match &self.engine {
-            Engine::Local(s) => s.read(f).await,
+            Engine::Local(s) => s.read(move |c| machine::query(c, &q)).await,
         }
     }
 
@@ -107,8 +104,15 @@ impl Store {
             return Ok(Some(user));
         }
         let generation = self.users.generation.load(Ordering::Acquire);
-        let key = aor.to_string();
-        let user = self.read(move |c| machine::user(c, &key)).await?;
+        let user = match self
+            .query(Query::User {
+                aor: aor.to_string(),
+            })
+            .await?
+        {
+            QueryResult::User(u) => u,
+            other => return Err(unexpected(&other)),
+        };
         if let Some(u) = &user {
             self.users.insert_if_current(u, generation);
         }
@@ -117,19 +121,38 @@ impl Store {
 
     /// Every user.
     pub async fn users(&self, now_ms: u64) -> Result<Vec<UserSummary>, StoreError> {
-        self.read(move |c| machine::users(c, now_ms)).await
+        match self.query(Query::Users { now_ms }).await? {
+            QueryResult::Users(u) => Ok(u),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// The unexpired bindings of an AOR.
     pub async fn bindings(&self, aor: &str, now_ms: u64) -> Result<Vec<Binding>, StoreError> {
-        let aor = aor.to_string();
-        self.read(move |c| machine::bindings(c, &aor, now_ms)).await
+        match self
+            .query(Query::Bindings {
+                aor: aor.to_string(),
+                now_ms,
+            })
+            .await?
+        {
+            QueryResult::Bindings(b) => Ok(b),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// A presentity's state.
     pub async fn presence(&self, aor: &str, now_ms: u64) -> Result<Presence, StoreError> {
-        let aor = aor.to_string();
-        self.read(move |c| machine::presence(c, &aor, now_ms)).await
+        match self
+            .query(Query::Presence {
+                aor: aor.to_string(),
+                now_ms,
+            })
+            .await?
+        {
+            QueryResult::Presence(p) => Ok(p),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// The subscription of a dialog.
@@ -139,18 +162,23 @@ impl Store {
         watcher_tag: &str,
         local_tag: &str,
     ) -> Result<Option<Subscription>, StoreError> {
-        let (a, b, c) = (
-            call_id.to_string(),
-            watcher_tag.to_string(),
-            local_tag.to_string(),
-        );
-        self.read(move |conn| machine::subscription_by_dialog(conn, &a, &b, &c))
-            .await
+        let q = Query::SubscriptionByDialog {
+            call_id: call_id.to_string(),
+            watcher_tag: watcher_tag.to_string(),
+            local_tag: local_tag.to_string(),
+        };
+        match self.query(q).await? {
+            QueryResult::Subscription(s) => Ok(s.map(|b| *b)),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// The earliest expiry of anything in the store.
     pub async fn next_expiry(&self) -> Result<Option<u64>, StoreError> {
-        self.read(machine::next_expiry).await
+        match self.query(Query::NextExpiry).await? {
+            QueryResult::NextExpiry(n) => Ok(n),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Engine counters: (commits, applied, refused, failed).
@@ -168,4 +196,9 @@ impl Store {
             }
         }
     }
+}
+
+/// A query answered with the wrong kind of result: a bug or a peer of another version.
+fn unexpected(result: &QueryResult) -> StoreError {
+    StoreError::Storage(format!("unexpected query result {result:?}"))
 }

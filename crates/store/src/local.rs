@@ -8,7 +8,7 @@
 //! threads with their own connections and see every acknowledged write.
 
 use crate::machine::{self, StoreError};
-use crate::model::{Applied, Command};
+use crate::model::{Applied, Command, Envelope};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,7 +49,7 @@ pub struct Stats {
     pub failed: AtomicU64,
 }
 
-type WriteJob = (Command, oneshot::Sender<Result<Applied, StoreError>>);
+type WriteJob = (Envelope, oneshot::Sender<Result<Applied, StoreError>>);
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 /// A handle on a local store; cheap to clone.
@@ -161,8 +161,9 @@ impl LocalStore {
     /// Applies a command; returns once it is committed to disk (or refused).
     pub async fn apply(&self, cmd: Command) -> Result<Applied, StoreError> {
         let (tx, rx) = oneshot::channel();
+        let env = Envelope { request: None, cmd };
         self.writes
-            .send((cmd, tx))
+            .send((env, tx))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?

@@ -63,7 +63,7 @@ where
 }
 
 /// Schema version written in `meta`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -121,6 +121,25 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     UNIQUE (call_id, watcher_tag, local_tag)
 );
 CREATE INDEX IF NOT EXISTS subscriptions_presentity ON subscriptions (presentity);
+CREATE TABLE IF NOT EXISTS failovers (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    from_server TEXT,
+    to_server TEXT NOT NULL,
+    term INTEGER NOT NULL,
+    detected_ms INTEGER NOT NULL,
+    decided_ms INTEGER NOT NULL,
+    first_write_ms INTEGER NOT NULL,
+    last_acked_before INTEGER NOT NULL,
+    last_acked_after INTEGER NOT NULL,
+    lost_transactions INTEGER NOT NULL,
+    lost_detail TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS requests (
+    id BLOB PRIMARY KEY,
+    result BLOB NOT NULL
+);
 CREATE INDEX IF NOT EXISTS subscriptions_expiry ON subscriptions (expires_ms);
 ";
 
@@ -143,6 +162,15 @@ pub fn init_schema(conn: &Connection) -> Result<(), StoreError> {
             )?;
         }
         Some(v) if v == SCHEMA_VERSION => {}
+        // Version 1 lacked the failover history and the request table, which the schema
+        // above has just created.
+        Some(1) => {
+            exec(
+                conn,
+                "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+                [SCHEMA_VERSION],
+            )?;
+        }
         Some(v) => {
             return Err(StoreError::Storage(format!(
                 "database schema version {v} is not the supported version {SCHEMA_VERSION}"
@@ -171,14 +199,22 @@ fn remaining_s(expires_ms: u64, now_ms: u64) -> u32 {
 /// cache: parsing them again for every command cost more than the commands themselves.
 pub fn apply_batch<'a>(
     conn: &Connection,
-    commands: impl Iterator<Item = &'a Command>,
+    commands: impl Iterator<Item = &'a Envelope>,
 ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
     exec(conn, "BEGIN IMMEDIATE", [])?;
     let run = || -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
         let mut results = Vec::new();
-        for cmd in commands {
+        for env in commands {
+            if let Some(earlier) = earlier_result(conn, env)? {
+                results.push(earlier);
+                continue;
+            }
             exec(conn, "SAVEPOINT command", [])?;
-            match apply(conn, cmd) {
+            let result = apply(conn, &env.cmd);
+            if let Some(id) = env.request {
+                remember_result(conn, id, &result)?;
+            }
+            match result {
                 Ok(applied) => results.push(Ok(applied)),
                 Err(e) if e.is_storage() => return Err(e),
                 Err(e) => {
@@ -196,6 +232,60 @@ pub fn apply_batch<'a>(
         let _ = conn.execute_batch("ROLLBACK");
     }
     outcome
+}
+
+/// Most request outcomes remembered for retries; older ones are forgotten first.
+const REMEMBERED_REQUESTS: i64 = 100_000;
+
+/// The outcome an earlier application of this request had, if any.
+fn earlier_result(
+    conn: &Connection,
+    env: &Envelope,
+) -> Result<Option<Result<Applied, StoreError>>, StoreError> {
+    let Some(id) = env.request else {
+        return Ok(None);
+    };
+    let stored: Option<Vec<u8>> = one(
+        conn,
+        "SELECT result FROM requests WHERE id = ?1",
+        [id.to_be_bytes().to_vec()],
+        |r| r.get(0),
+    )
+    .optional()?;
+    match stored {
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            StoreError::Storage(format!("stored result of a request is unreadable: {e}"))
+        }),
+        None => Ok(None),
+    }
+}
+
+/// Remembers a request's outcome (refusals included: a retry must be refused the same way).
+/// Storage failures are not remembered: the whole batch fails with them.
+fn remember_result(
+    conn: &Connection,
+    id: u128,
+    result: &Result<Applied, StoreError>,
+) -> Result<(), StoreError> {
+    if matches!(result, Err(e) if e.is_storage()) {
+        return Ok(());
+    }
+    let bytes = serde_json::to_vec(result)
+        .map_err(|e| StoreError::Storage(format!("cannot encode a result: {e}")))?;
+    exec(
+        conn,
+        "INSERT OR REPLACE INTO requests (id, result) VALUES (?1, ?2)",
+        params![id.to_be_bytes().to_vec(), bytes],
+    )?;
+    let rowid = conn.last_insert_rowid();
+    if rowid % 1000 == 0 {
+        exec(
+            conn,
+            "DELETE FROM requests WHERE rowid <= ?1",
+            [rowid - REMEMBERED_REQUESTS],
+        )?;
+    }
+    Ok(())
 }
 
 /// Applies one command inside a transaction. On `Err` the caller rolls back what the command did.
@@ -239,6 +329,45 @@ pub fn apply(tx: &Connection, cmd: &Command) -> Result<Applied, StoreError> {
         Command::Publish(p) => publish(tx, p),
         Command::Subscribe(s) => subscribe(tx, s),
         Command::Expire { now_ms } => expire(tx, *now_ms),
+        Command::RecordFailover(ev) => {
+            exec(
+                tx,
+                "INSERT INTO failovers (kind, from_server, to_server, term, detected_ms, decided_ms, first_write_ms,
+                   last_acked_before, last_acked_after, lost_transactions, lost_detail, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    ev.kind.as_str(),
+                    ev.from_server,
+                    ev.to_server,
+                    ms(ev.term),
+                    ms(ev.detected_ms),
+                    ms(ev.decided_ms),
+                    ms(ev.first_write_ms),
+                    ms(ev.last_acked_before),
+                    ms(ev.last_acked_after),
+                    ms(ev.lost_transactions),
+                    ev.lost_detail,
+                    ev.reason
+                ],
+            )?;
+            Ok(Applied {
+                outcome: Outcome::Recorded(tx.last_insert_rowid()),
+                notify: Vec::new(),
+            })
+        }
+        Command::FailoverServing { id, first_write_ms } => {
+            let n = exec(
+                tx,
+                "UPDATE failovers SET first_write_ms = ?2 WHERE id = ?1 AND first_write_ms = 0",
+                params![id, ms(*first_write_ms)],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "failover {id} awaiting its first write"
+                )));
+            }
+            done()
+        }
     }
 }
 
@@ -780,6 +909,58 @@ fn row_subscription(r: &rusqlite::Row<'_>) -> rusqlite::Result<Subscription> {
         expires_ms: r.get::<_, i64>(12)?.max(0) as u64,
         notify_cseq: r.get(13)?,
     })
+}
+
+/// Runs a query.
+pub fn query(conn: &Connection, q: &Query) -> Result<QueryResult, StoreError> {
+    Ok(match q {
+        Query::User { aor } => QueryResult::User(user(conn, aor)?),
+        Query::Users { now_ms } => QueryResult::Users(users(conn, *now_ms)?),
+        Query::Bindings { aor, now_ms } => QueryResult::Bindings(bindings(conn, aor, *now_ms)?),
+        Query::Presence { aor, now_ms } => QueryResult::Presence(presence(conn, aor, *now_ms)?),
+        Query::SubscriptionByDialog {
+            call_id,
+            watcher_tag,
+            local_tag,
+        } => QueryResult::Subscription(
+            subscription_by_dialog(conn, call_id, watcher_tag, local_tag)?.map(Box::new),
+        ),
+        Query::NextExpiry => QueryResult::NextExpiry(next_expiry(conn)?),
+        Query::Failovers { limit } => QueryResult::Failovers(failovers(conn, *limit)?),
+    })
+}
+
+/// The most recent failovers, newest first.
+pub fn failovers(conn: &Connection, limit: u32) -> Result<Vec<FailoverEvent>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, kind, from_server, to_server, term, detected_ms, decided_ms, first_write_ms,
+                last_acked_before, last_acked_after, lost_transactions, lost_detail, reason
+         FROM failovers ORDER BY id DESC LIMIT ?1",
+    )?;
+    let u = |v: i64| v.max(0) as u64;
+    let rows = stmt.query_map([limit], |r| {
+        let kind: String = r.get(1)?;
+        Ok(FailoverEvent {
+            id: r.get(0)?,
+            kind: match kind.as_str() {
+                "planned" => FailoverKind::Planned,
+                "forced" => FailoverKind::Forced,
+                _ => FailoverKind::Automatic,
+            },
+            from_server: r.get(2)?,
+            to_server: r.get(3)?,
+            term: u(r.get(4)?),
+            detected_ms: u(r.get(5)?),
+            decided_ms: u(r.get(6)?),
+            first_write_ms: u(r.get(7)?),
+            last_acked_before: u(r.get(8)?),
+            last_acked_after: u(r.get(9)?),
+            lost_transactions: u(r.get(10)?),
+            lost_detail: r.get(11)?,
+            reason: r.get(12)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// A user with its credentials.

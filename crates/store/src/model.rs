@@ -241,6 +241,83 @@ pub enum Command {
     Expire {
         now_ms: u64,
     },
+    /// Records a failover in the store's own history (written by the new primary).
+    RecordFailover(FailoverEvent),
+    /// Completes a failover record with the time of the first write the new primary
+    /// committed (which is when service resumed).
+    FailoverServing {
+        id: i64,
+        first_write_ms: u64,
+    },
+}
+
+/// How a primary changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailoverKind {
+    /// The replicas elected a new primary after losing the old one.
+    Automatic,
+    /// An operator moved the primary (`store failover`), with no data loss.
+    Planned,
+    /// An operator forced service on a replica that may lack transactions (`force-service`).
+    Forced,
+}
+
+impl FailoverKind {
+    /// The name shown to operators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverKind::Automatic => "automatic",
+            FailoverKind::Planned => "planned",
+            FailoverKind::Forced => "forced",
+        }
+    }
+}
+
+/// One failover, measured: RPO as transactions lost, RTO as the time from detection to the
+/// first successful write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverEvent {
+    /// Store-assigned id (0 before it is recorded).
+    pub id: i64,
+    pub kind: FailoverKind,
+    /// The server that was primary before, when known.
+    pub from_server: Option<String>,
+    pub to_server: String,
+    /// The new primary's term.
+    pub term: u64,
+    /// When the failure was detected (last contact with the old primary plus the election
+    /// timeout), or when the operator asked (planned, forced). Unix ms.
+    pub detected_ms: u64,
+    /// When the new primary took over. Unix ms.
+    pub decided_ms: u64,
+    /// When the new primary committed its first write; 0 until known.
+    pub first_write_ms: u64,
+    /// The last log position known committed before the failover.
+    pub last_acked_before: u64,
+    /// The new primary's last log position when it took over.
+    pub last_acked_after: u64,
+    /// Committed transactions that did not survive (RPO): 0 unless forced.
+    pub lost_transactions: u64,
+    /// Which positions were lost, e.g. "1043..1050", when any.
+    pub lost_detail: String,
+    /// Free text: why, who asked.
+    pub reason: String,
+}
+
+impl FailoverEvent {
+    /// RTO in milliseconds: detection to first successful write (None until served).
+    pub fn rto_ms(&self) -> Option<u64> {
+        (self.first_write_ms > 0).then(|| self.first_write_ms.saturating_sub(self.detected_ms))
+    }
+}
+
+/// A command as it is replicated: with the id of the request that asked for it, so a client
+/// that retries after a failover gets the first outcome instead of a second application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique per request (random 128 bits); `None` for commands that are safe to repeat.
+    pub request: Option<u128>,
+    pub cmd: Command,
 }
 
 /// What an applied command produced.
@@ -255,6 +332,8 @@ pub enum Outcome {
     },
     /// The subscription after a SUBSCRIBE.
     Subscribed(Box<Subscription>),
+    /// The id of a recorded failover.
+    Recorded(i64),
 }
 
 /// An applied command's outcome and the NOTIFYs it calls for.
@@ -262,4 +341,45 @@ pub enum Outcome {
 pub struct Applied {
     pub outcome: Outcome,
     pub notify: Vec<Notify>,
+}
+
+/// Every read the store serves; carried over the network to a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    User {
+        aor: String,
+    },
+    Users {
+        now_ms: u64,
+    },
+    Bindings {
+        aor: String,
+        now_ms: u64,
+    },
+    Presence {
+        aor: String,
+        now_ms: u64,
+    },
+    SubscriptionByDialog {
+        call_id: String,
+        watcher_tag: String,
+        local_tag: String,
+    },
+    NextExpiry,
+    /// The most recent failovers, newest first.
+    Failovers {
+        limit: u32,
+    },
+}
+
+/// What a query returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueryResult {
+    User(Option<User>),
+    Users(Vec<UserSummary>),
+    Bindings(Vec<Binding>),
+    Presence(Presence),
+    Subscription(Option<Box<Subscription>>),
+    NextExpiry(Option<u64>),
+    Failovers(Vec<FailoverEvent>),
 }
