@@ -1,0 +1,562 @@
+//! Tandem's replicated state machine (DESIGN.md §3): the only crate that speaks consensus.
+//!
+//! A [`Replica`] is one member of a replica group: openraft over a durable log ([`wal`],
+//! [`log`]), an application [`Machine`] applied in committed order ([`machine`]), and a
+//! [`Transport`] to the other members ([`net`]). Applications give commands and responses as
+//! bytes; every openraft type stays inside this crate.
+//!
+//! **Invariant:** a write returns `Ok` only once its entry is committed on a majority of voters
+//! (each of which fsynced it) and applied here.
+//! **Invariant:** at most one member accepts writes per term; a member that lost its quorum
+//! refuses writes once its lease expired (openraft's leader lease, `election_timeout_max`).
+
+pub mod log;
+pub mod machine;
+pub mod net;
+pub mod types;
+pub mod wal;
+
+pub use machine::Machine;
+pub use net::{BoxFuture, Transport};
+pub use types::{Member, NodeId, node_id};
+
+use machine::StateMachine;
+use net::{Network, SnapshotRequest, decode, encode};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::rt::WatchReceiver;
+use openraft::{ChangeMembers, Config, Instant, Raft, ReadPolicy, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use types::TypeConfig;
+
+/// How a replica is set up.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// The group's name in service names (e.g. `store-a`).
+    pub group: String,
+    /// This member.
+    pub me: Member,
+    /// Where the log and the snapshot live.
+    pub dir: PathBuf,
+    /// May this member start elections by itself (automatic failover)? Members with manual
+    /// failover only become leader by transfer.
+    pub elect: bool,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot every this many applied entries.
+    pub snapshot_every: u64,
+    /// Run the machine on blocking threads (real storage) rather than inline (simulation).
+    pub blocking_machine: bool,
+    /// Seed of the replica's random draws (election timeouts); `None` picks one at random.
+    pub seed: Option<u64>,
+}
+
+impl ReplicaConfig {
+    /// Defaults: 100 ms heartbeats, elections after 500–1000 ms without a leader.
+    pub fn new(group: &str, me: Member, dir: PathBuf) -> ReplicaConfig {
+        ReplicaConfig {
+            group: group.to_string(),
+            me,
+            dir,
+            elect: true,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_every: 5000,
+            blocking_machine: true,
+            seed: None,
+        }
+    }
+}
+
+/// Why a write did not happen, or might not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum WriteError {
+    /// This member is not the leader; the leader, when known.
+    #[error("not the primary (primary: {leader:?})")]
+    NotLeader { leader: Option<(NodeId, Member)> },
+    /// The entry was appended but its fate is unknown (leadership changed): retry with the same
+    /// request id.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+    /// The replica stopped (storage failure or shutdown).
+    #[error("replica stopped: {0}")]
+    Stopped(String),
+    /// A membership change was refused.
+    #[error("membership change refused: {0}")]
+    Membership(String),
+}
+
+/// A member's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Stopped,
+}
+
+/// Replication progress of one member, as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The last log index known to match the leader's.
+    pub matched: Option<u64>,
+    /// Milliseconds since the member last acknowledged the leader.
+    pub last_ack_ms_ago: Option<u64>,
+}
+
+/// A member's view of its group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub committed: Option<u64>,
+    pub applied: Option<u64>,
+    pub voters: BTreeMap<NodeId, Member>,
+    pub learners: BTreeMap<NodeId, Member>,
+    /// Only on the leader: every member's progress (the leader included).
+    pub replication: BTreeMap<NodeId, Progress>,
+    /// Only on the leader: milliseconds since a quorum last acknowledged it.
+    pub quorum_ack_ms_ago: Option<u64>,
+    /// Unix ms of the last replication message this member received from a leader.
+    pub last_leader_contact_ms: Option<u64>,
+    /// The highest commit position a leader told this member about.
+    pub leader_commit_seen: Option<u64>,
+}
+
+struct Shared {
+    last_leader_contact_ms: AtomicU64,
+    leader_commit_seen: AtomicU64,
+    /// Seeds the random context of each call into openraft (see [`types::Runtime`]).
+    seed: AtomicU64,
+}
+
+/// SplitMix64: spreads consecutive counters into unrelated seeds.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// One member of a replica group; cheap to clone.
+pub struct Replica<M: Machine> {
+    raft: Raft<TypeConfig, StateMachine<M>>,
+    sm: StateMachine<M>,
+    shared: Arc<Shared>,
+    config: Arc<ReplicaConfig>,
+}
+
+impl<M: Machine> Clone for Replica<M> {
+    fn clone(&self) -> Self {
+        Replica {
+            raft: self.raft.clone(),
+            sm: self.sm.clone(),
+            shared: self.shared.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn stopped(e: impl std::fmt::Display) -> WriteError {
+    WriteError::Stopped(e.to_string())
+}
+
+impl<M: Machine> Replica<M> {
+    /// Opens the member's log and starts it. A fresh member waits to be initialized (or to
+    /// hear from a leader that added it).
+    pub async fn open(
+        config: ReplicaConfig,
+        machine: M,
+        transport: Arc<dyn Transport>,
+    ) -> io::Result<Replica<M>> {
+        std::fs::create_dir_all(&config.dir)?;
+        let raft_config = Config {
+            cluster_name: config.group.clone(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            install_snapshot_timeout: 60_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            max_in_snapshot_log_to_keep: 1000,
+            enable_elect: config.elect,
+            enable_pre_vote: Some(true),
+            enable_leader_restore: Some(false),
+            ..Default::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().map_err(io::Error::other)?);
+        let log = log::LogStore::open(&config.dir.join("log"))?;
+        let sm = StateMachine::new(
+            machine,
+            Some(config.dir.join("snapshot.bin")),
+            config.blocking_machine,
+        )?;
+        let network = Network {
+            transport,
+            group: config.group.clone(),
+        };
+        let seed = match config.seed {
+            Some(s) => s,
+            None => {
+                let mut b = [0u8; 8];
+                getrandom::fill(&mut b).map_err(|e| io::Error::other(e.to_string()))?;
+                u64::from_le_bytes(b)
+            }
+        };
+        let shared = Arc::new(Shared {
+            last_leader_contact_ms: AtomicU64::new(0),
+            leader_commit_seen: AtomicU64::new(0),
+            seed: AtomicU64::new(seed),
+        });
+        let id = node_id(&config.me.server);
+        let raft = types::Runtime::scope(
+            mix(seed),
+            Raft::new(id, raft_config, network, log, sm.clone()),
+        )
+        .await
+        .map_err(io::Error::other)?;
+        Ok(Replica {
+            raft,
+            sm,
+            shared,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Runs `f` in a seeded random context: openraft may spawn or draw random numbers only there.
+    fn scoped<F: std::future::Future>(&self, f: F) -> impl std::future::Future<Output = F::Output> {
+        let s = self.shared.seed.fetch_add(1, Ordering::Relaxed);
+        types::Runtime::scope(mix(s), f)
+    }
+
+    /// This member's id.
+    pub fn id(&self) -> NodeId {
+        node_id(&self.config.me.server)
+    }
+
+    /// The member's configuration.
+    pub fn config(&self) -> &ReplicaConfig {
+        &self.config
+    }
+
+    /// Handles a replication message from a peer (`kind` is the last part of the service name).
+    pub async fn handle(&self, kind: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+        match kind {
+            "append" => {
+                let req: AppendEntriesRequest<TypeConfig> = decode(body)?;
+                self.shared
+                    .last_leader_contact_ms
+                    .store(now_ms(), Ordering::Relaxed);
+                if let Some(c) = &req.leader_commit {
+                    self.shared
+                        .leader_commit_seen
+                        .fetch_max(c.index + 1, Ordering::Relaxed);
+                }
+                encode(
+                    &self
+                        .scoped(self.raft.append_entries(req))
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            }
+            "vote" => {
+                let req: VoteRequest<TypeConfig> = decode(body)?;
+                encode(
+                    &self
+                        .scoped(self.raft.vote(req))
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            }
+            "prevote" => {
+                let req: VoteRequest<TypeConfig> = decode(body)?;
+                encode(
+                    &self
+                        .scoped(self.raft.pre_vote(req))
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            }
+            "snapshot" => {
+                let (vote, meta, data): SnapshotRequest = decode(body)?;
+                self.shared
+                    .last_leader_contact_ms
+                    .store(now_ms(), Ordering::Relaxed);
+                let snapshot = types::Snapshot {
+                    meta,
+                    snapshot: data,
+                };
+                encode(
+                    &self
+                        .scoped(self.raft.install_full_snapshot(vote, snapshot))
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            }
+            "transfer" => {
+                let req: TransferLeaderRequest<TypeConfig> = decode(body)?;
+                encode(
+                    &self
+                        .scoped(self.raft.handle_transfer_leader(req))
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            }
+            other => Err(format!("unknown replication message kind {other}")),
+        }
+    }
+
+    /// Makes this member the first of a new group with these voters. Does nothing if the
+    /// member already has a log (the group exists).
+    pub async fn initialize(&self, voters: BTreeMap<NodeId, Member>) -> Result<(), WriteError> {
+        match self.scoped(self.raft.initialize(voters)).await {
+            Ok(()) => Ok(()),
+            Err(e) => match e.api_error() {
+                Some(openraft::errors::InitializeError::NotAllowed(_)) => Ok(()),
+                _ => Err(WriteError::Membership(e.to_string())),
+            },
+        }
+    }
+
+    /// Replicates a command; returns the machine's response once it is committed and applied.
+    pub async fn write(&self, cmd: Vec<u8>) -> Result<Vec<u8>, WriteError> {
+        match self.scoped(self.raft.client_write(types::Cmd(cmd))).await {
+            Ok(resp) => Ok(resp.data.0),
+            Err(e) => Err(write_error(e)),
+        }
+    }
+
+    /// Waits until reading this member's machine is linearizable (read index confirmed by a
+    /// quorum, and applied here). Only the leader can; others get `NotLeader`.
+    pub async fn read_barrier(&self) -> Result<(), WriteError> {
+        match self
+            .scoped(self.raft.ensure_linearizable(ReadPolicy::ReadIndex))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if let Some(f) = e.forward_to_leader() {
+                    return Err(WriteError::NotLeader {
+                        leader: f.leader_id.zip(f.leader_node.clone()),
+                    });
+                }
+                match e {
+                    openraft::errors::RaftError::Fatal(f) => Err(stopped(f)),
+                    other => Err(WriteError::Unknown(other.to_string())),
+                }
+            }
+        }
+    }
+
+    /// Runs `f` on the local machine (no consistency guarantee beyond "applied here").
+    pub async fn with_machine<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut M) -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        self.sm.with(f).await
+    }
+
+    /// This member's view of the group.
+    pub fn status(&self) -> Status {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let role = match m.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Stopped,
+        };
+        let membership = m.membership_config.membership();
+        let voter_ids: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut voters = BTreeMap::new();
+        let mut learners = BTreeMap::new();
+        for (id, node) in membership.nodes() {
+            if voter_ids.contains(id) {
+                voters.insert(*id, node.clone());
+            } else {
+                learners.insert(*id, node.clone());
+            }
+        }
+        let mut replication = BTreeMap::new();
+        if let Some(rep) = &m.replication {
+            for (id, matched) in rep {
+                let ack = m
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|h| h.get(id).cloned().flatten())
+                    .map(|t| t.elapsed().as_millis() as u64);
+                replication.insert(
+                    *id,
+                    Progress {
+                        matched: matched.map(|l| l.index),
+                        last_ack_ms_ago: ack,
+                    },
+                );
+            }
+        }
+        let contact = self.shared.last_leader_contact_ms.load(Ordering::Relaxed);
+        let seen = self.shared.leader_commit_seen.load(Ordering::Relaxed);
+        Status {
+            id: m.id,
+            role,
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            committed: m.local_committed.map(|l| l.index),
+            applied: m.last_applied.map(|l| l.index),
+            voters,
+            learners,
+            replication,
+            quorum_ack_ms_ago: m.last_quorum_acked.map(|t| t.elapsed().as_millis() as u64),
+            last_leader_contact_ms: (contact > 0).then_some(contact),
+            leader_commit_seen: seen.checked_sub(1),
+        }
+    }
+
+    /// Waits until `pred` holds for this member's status, or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Result<Status, String> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return Ok(s);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(format!("replica stopped while waiting for {what}")),
+                Err(_) => return Err(format!("timed out after {timeout:?} waiting for {what}")),
+            }
+        }
+    }
+
+    /// Adds a non-voting member (an async secondary); `wait` until it caught up.
+    pub async fn add_learner(&self, member: Member, wait: bool) -> Result<(), WriteError> {
+        self.scoped(self.raft.add_learner(node_id(&member.server), member, wait))
+            .await
+            .map(|_| ())
+            .map_err(write_error)
+    }
+
+    /// Makes learners voters.
+    pub async fn promote(&self, ids: BTreeSet<NodeId>) -> Result<(), WriteError> {
+        self.scoped(
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(ids), false),
+        )
+        .await
+        .map(|_| ())
+        .map_err(write_error)
+    }
+
+    /// Makes voters learners (they keep replicating, without a vote).
+    pub async fn demote(&self, ids: BTreeSet<NodeId>) -> Result<(), WriteError> {
+        self.scoped(
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(ids), true),
+        )
+        .await
+        .map(|_| ())
+        .map_err(write_error)
+    }
+
+    /// Removes members altogether (voters are removed from the vote first).
+    pub async fn remove(&self, ids: BTreeSet<NodeId>) -> Result<(), WriteError> {
+        let voters: BTreeSet<NodeId> = self
+            .status()
+            .voters
+            .keys()
+            .copied()
+            .filter(|id| ids.contains(id))
+            .collect();
+        if !voters.is_empty() {
+            self.scoped(
+                self.raft
+                    .change_membership(ChangeMembers::RemoveVoters(voters), false),
+            )
+            .await
+            .map_err(write_error)?;
+        }
+        let learners: BTreeSet<NodeId> = self
+            .status()
+            .learners
+            .keys()
+            .copied()
+            .filter(|id| ids.contains(id))
+            .collect();
+        if !learners.is_empty() {
+            self.scoped(
+                self.raft
+                    .change_membership(ChangeMembers::RemoveNodes(learners), false),
+            )
+            .await
+            .map_err(write_error)?;
+        }
+        Ok(())
+    }
+
+    /// Asks the leader (this member) to hand leadership to `to`, which takes it once its log
+    /// is as complete as the leader's.
+    pub async fn transfer_leader(&self, to: NodeId) -> Result<(), WriteError> {
+        self.scoped(self.raft.trigger().transfer_leader(to))
+            .await
+            .map_err(stopped)
+    }
+
+    /// Allows or forbids this member to start elections (automatic or manual failover).
+    pub fn set_elect(&self, elect: bool) {
+        self.raft.runtime_config().elect(elect);
+    }
+
+    /// Builds a snapshot now.
+    pub async fn snapshot(&self) -> Result<(), WriteError> {
+        self.scoped(self.raft.trigger().snapshot())
+            .await
+            .map_err(stopped)
+    }
+
+    /// Stops the member.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.scoped(self.raft.shutdown()).await {
+            tracing::warn!(group = %self.config.group, error = %e, "replica did not stop cleanly");
+        }
+    }
+}
+
+fn write_error(
+    e: openraft::errors::RaftError<TypeConfig, openraft::errors::ClientWriteError<TypeConfig>>,
+) -> WriteError {
+    use openraft::errors::{ClientWriteError, RaftError};
+    match e {
+        RaftError::Fatal(f) => stopped(f),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => WriteError::NotLeader {
+            leader: f.leader_id.zip(f.leader_node),
+        },
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => {
+            WriteError::Unknown(f.to_string())
+        }
+        RaftError::APIError(other) => WriteError::Membership(other.to_string()),
+    }
+}

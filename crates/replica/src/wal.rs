@@ -1,0 +1,693 @@
+//! The durable log under a replica: append-only segment files of checksummed records, with
+//! group commit, truncation of the tail, purge of the head, and a small metadata file (vote,
+//! committed position, purge point) replaced atomically.
+//!
+//! Layout of `dir`:
+//! - `seg-<first index, 20 digits>.log`: records `[len u32][crc32c u32][index u64][payload]`,
+//!   the checksum covering index and payload. A new segment starts past `SEGMENT_BYTES`.
+//! - `meta.json`: `{vote, committed, last_purged}` as opaque strings, written to a temporary
+//!   file, fsynced, renamed over the old one, and the directory fsynced.
+//!
+//! On open, every segment is read back and checked. A torn or corrupt record at the end of
+//! the last segment is a crash in the middle of a write: the file is cut there (those records
+//! were never acknowledged). Anything wrong earlier is corruption: opening fails and says where.
+//!
+//! All writes go through one thread, in submission order; an append's callback runs only after
+//! `fdatasync` returned, and appends queued together share one `fdatasync`.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+
+/// A segment grows to about this size before a new one starts.
+pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+/// Largest record accepted (a record claiming more is corruption).
+pub const MAX_RECORD_BYTES: u32 = 256 * 1024 * 1024;
+const HEADER: usize = 4 + 4 + 8;
+
+/// What `meta.json` holds: opaque to the log, interpreted by the consensus layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Meta {
+    pub vote: Option<String>,
+    pub committed: Option<String>,
+    pub last_purged: Option<String>,
+    /// Index of the last purged entry (entries at or below are gone).
+    pub purged_index: Option<u64>,
+}
+
+/// Called once an append is durable (or failed).
+pub type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+enum Job {
+    Append {
+        records: Vec<(u64, Vec<u8>)>,
+        done: Done,
+    },
+    Truncate {
+        after: Option<u64>,
+        reply: mpsc::Sender<io::Result<()>>,
+    },
+    Purge {
+        upto: u64,
+        reply: mpsc::Sender<io::Result<()>>,
+    },
+    Meta {
+        meta: Meta,
+        reply: mpsc::Sender<io::Result<()>>,
+    },
+}
+
+/// The records in memory, by index (what readers see), and where each sits on disk.
+#[derive(Default)]
+struct Index {
+    entries: BTreeMap<u64, Arc<Vec<u8>>>,
+}
+
+/// A handle on an open log; cheap to clone.
+#[derive(Clone)]
+pub struct Wal {
+    jobs: mpsc::Sender<Job>,
+    index: Arc<RwLock<Index>>,
+    meta: Arc<RwLock<Meta>>,
+    dir: PathBuf,
+}
+
+fn corrupt(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+fn segment_name(first: u64) -> String {
+    format!("seg-{first:020}.log")
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// A segment on disk: its first index, path, and (index -> offset) of each record in it.
+struct Segment {
+    first: u64,
+    path: PathBuf,
+    offsets: Vec<(u64, u64)>,
+    len: u64,
+}
+
+/// A segment read back: the segment, its good records, and what was wrong after them.
+type SegmentRead = (Segment, Vec<(u64, Vec<u8>)>, Option<String>);
+
+/// Reads one segment, checking every record. Returns the segment, the records, and whether
+/// it ended with a bad record (and where the good part ends).
+fn read_segment(path: &Path, first: u64) -> io::Result<SegmentRead> {
+    let mut data = Vec::new();
+    File::open(path)?.read_to_end(&mut data)?;
+    let mut pos = 0usize;
+    let mut records = Vec::new();
+    let mut offsets = Vec::new();
+    let mut problem = None;
+    while pos < data.len() {
+        if data.len() - pos < HEADER {
+            problem = Some(format!(
+                "{} bytes of a record header at offset {pos}",
+                data.len() - pos
+            ));
+            break;
+        }
+        let len = u32::from_be_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]);
+        let crc = u32::from_be_bytes([data[pos + 4], data[pos + 5], data[pos + 6], data[pos + 7]]);
+        let mut ib = [0u8; 8];
+        ib.copy_from_slice(&data[pos + 8..pos + 16]);
+        let index = u64::from_be_bytes(ib);
+        if len > MAX_RECORD_BYTES || data.len() - pos - HEADER < len as usize {
+            problem = Some(format!(
+                "record at offset {pos} claims {len} bytes, {} remain",
+                data.len() - pos - HEADER
+            ));
+            break;
+        }
+        let body = &data[pos + HEADER..pos + HEADER + len as usize];
+        let mut h = crc32c::crc32c(&data[pos + 8..pos + 16]);
+        h = crc32c::crc32c_append(h, body);
+        if h != crc {
+            problem = Some(format!(
+                "checksum mismatch in the record at offset {pos} (index {index})"
+            ));
+            break;
+        }
+        let expected = records
+            .last()
+            .map(|(i, _): &(u64, Vec<u8>)| i + 1)
+            .unwrap_or(first);
+        if index != expected {
+            problem = Some(format!(
+                "record at offset {pos} has index {index}, expected {expected}"
+            ));
+            break;
+        }
+        offsets.push((index, pos as u64));
+        records.push((index, body.to_vec()));
+        pos += HEADER + len as usize;
+    }
+    let seg = Segment {
+        first,
+        path: path.to_path_buf(),
+        offsets,
+        len: pos as u64,
+    };
+    Ok((seg, records, problem))
+}
+
+struct Writer {
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    file: Option<File>,
+}
+
+impl Writer {
+    fn current(&mut self, next_index: u64) -> io::Result<&mut File> {
+        let roll = match self.segments.last() {
+            None => true,
+            Some(s) => s.len >= SEGMENT_BYTES,
+        };
+        if roll || self.file.is_none() {
+            if roll {
+                let path = self.dir.join(segment_name(next_index));
+                let f = OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .open(&path)?;
+                f.sync_all()?;
+                sync_dir(&self.dir)?;
+                self.segments.push(Segment {
+                    first: next_index,
+                    path,
+                    offsets: Vec::new(),
+                    len: 0,
+                });
+                self.file = Some(f);
+            } else if let Some(s) = self.segments.last() {
+                let mut f = OpenOptions::new().write(true).open(&s.path)?;
+                f.seek(SeekFrom::Start(s.len))?;
+                self.file = Some(f);
+            }
+        }
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no open segment"))
+    }
+
+    fn append(&mut self, records: &[(u64, Vec<u8>)]) -> io::Result<()> {
+        for (index, body) in records {
+            let len = u32::try_from(body.len())
+                .map_err(|_| corrupt(format!("record {index} too large")))?;
+            let mut h = crc32c::crc32c(&index.to_be_bytes());
+            h = crc32c::crc32c_append(h, body);
+            let mut buf = Vec::with_capacity(HEADER + body.len());
+            buf.extend_from_slice(&len.to_be_bytes());
+            buf.extend_from_slice(&h.to_be_bytes());
+            buf.extend_from_slice(&index.to_be_bytes());
+            buf.extend_from_slice(body);
+            let file = self.current(*index)?;
+            file.write_all(&buf)?;
+            if let Some(seg) = self.segments.last_mut() {
+                seg.offsets.push((*index, seg.len));
+                seg.len += buf.len() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        match &self.file {
+            Some(f) => f.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes every record above `after` (all when `None`), from the end backwards, so a crash
+    /// in the middle leaves a shorter log, never one with a hole.
+    fn truncate(&mut self, after: Option<u64>) -> io::Result<()> {
+        let keep_below = after.map_or(0, |a| a + 1);
+        self.file = None;
+        while self.segments.last().is_some_and(|s| s.first >= keep_below) {
+            if let Some(seg) = self.segments.pop() {
+                std::fs::remove_file(&seg.path)?;
+            }
+        }
+        if let Some(seg) = self.segments.last_mut()
+            && let Some(pos) = seg.offsets.iter().position(|(i, _)| *i >= keep_below)
+        {
+            let offset = seg.offsets[pos].1;
+            seg.offsets.truncate(pos);
+            let f = OpenOptions::new().write(true).open(&seg.path)?;
+            f.set_len(offset)?;
+            f.sync_all()?;
+            seg.len = offset;
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Deletes whole segments whose records are all at or below `upto`.
+    fn purge(&mut self, upto: u64) -> io::Result<()> {
+        let mut removed = false;
+        while self.segments.len() > 1 {
+            let next_first = self.segments[1].first;
+            if next_first <= upto + 1 {
+                let seg = self.segments.remove(0);
+                std::fs::remove_file(&seg.path)?;
+                removed = true;
+            } else {
+                break;
+            }
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_meta(dir: &Path, meta: &Meta) -> io::Result<()> {
+    let tmp = dir.join("meta.json.tmp");
+    let bytes = serde_json::to_vec(meta).map_err(io::Error::other)?;
+    {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join("meta.json"))?;
+    sync_dir(dir)
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, checking every record.
+    pub fn open(dir: &Path) -> io::Result<Wal> {
+        std::fs::create_dir_all(dir)?;
+        sync_dir(dir.parent().unwrap_or(dir))?;
+        let meta: Meta = match std::fs::read(dir.join("meta.json")) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| corrupt(format!("{}: {e}", dir.join("meta.json").display())))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Meta::default(),
+            Err(e) => return Err(e),
+        };
+        let mut names: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(num) = name
+                .strip_prefix("seg-")
+                .and_then(|n| n.strip_suffix(".log"))
+            {
+                let first = num
+                    .parse::<u64>()
+                    .map_err(|_| corrupt(format!("unexpected file {name} in {}", dir.display())))?;
+                names.push((first, entry.path()));
+            }
+        }
+        names.sort();
+        let mut index = Index::default();
+        let mut segments = Vec::new();
+        let count = names.len();
+        for (i, (first, path)) in names.into_iter().enumerate() {
+            let (seg, records, problem) = read_segment(&path, first)?;
+            if let Some(why) = problem {
+                if i + 1 < count {
+                    return Err(corrupt(format!(
+                        "log segment {} is corrupt ({why}) and later segments exist: refusing to start",
+                        path.display()
+                    )));
+                }
+                tracing::warn!(segment = %path.display(), %why, "cutting the torn tail of the log (never acknowledged)");
+                let f = OpenOptions::new().write(true).open(&path)?;
+                f.set_len(seg.len)?;
+                f.sync_all()?;
+            }
+            if let (Some(last), Some((next, _))) =
+                (index.entries.keys().next_back(), records.first())
+                && *next != last + 1
+            {
+                return Err(corrupt(format!(
+                    "log segment {} starts at {next}, after {last}: a hole",
+                    path.display()
+                )));
+            }
+            for (i, body) in records {
+                index.entries.insert(i, Arc::new(body));
+            }
+            segments.push(seg);
+        }
+        // Entries at or below the purge point may remain in a partly purged segment.
+        if let Some(p) = meta.purged_index {
+            index.entries = index.entries.split_off(&(p + 1));
+        }
+        let index = Arc::new(RwLock::new(index));
+        let (tx, rx) = mpsc::channel::<Job>();
+        let mut writer = Writer {
+            dir: dir.to_path_buf(),
+            segments,
+            file: None,
+        };
+        let wdir = dir.to_path_buf();
+        std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || {
+                let mut pending: Vec<Done> = Vec::new();
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    while let Ok(j) = rx.try_recv() {
+                        jobs.push(j);
+                    }
+                    for job in jobs {
+                        match job {
+                            Job::Append { records, done } => match writer.append(&records) {
+                                Ok(()) => pending.push(done),
+                                Err(e) => {
+                                    flush(&mut writer, &mut pending);
+                                    done(Err(e));
+                                }
+                            },
+                            Job::Truncate { after, reply } => {
+                                flush(&mut writer, &mut pending);
+                                let _ = reply.send(writer.truncate(after));
+                            }
+                            Job::Purge { upto, reply } => {
+                                flush(&mut writer, &mut pending);
+                                let _ = reply.send(writer.purge(upto));
+                            }
+                            Job::Meta { meta, reply } => {
+                                flush(&mut writer, &mut pending);
+                                let _ = reply.send(write_meta(&wdir, &meta));
+                            }
+                        }
+                    }
+                    flush(&mut writer, &mut pending);
+                }
+            })?;
+        Ok(Wal {
+            jobs: tx,
+            index,
+            meta: Arc::new(RwLock::new(meta)),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Appends records (indexes must follow the last one). They are readable at once; `done`
+    /// runs when they are on disk.
+    pub fn append(&self, records: Vec<(u64, Vec<u8>)>, done: Done) -> io::Result<()> {
+        {
+            let mut idx = self
+                .index
+                .write()
+                .map_err(|_| io::Error::other("log index poisoned"))?;
+            for (i, body) in &records {
+                if let Some(last) = idx.entries.keys().next_back()
+                    && *i != last + 1
+                {
+                    return Err(io::Error::other(format!(
+                        "append of index {i} after {last} would leave a hole"
+                    )));
+                }
+                idx.entries.insert(*i, Arc::new(body.clone()));
+            }
+        }
+        self.jobs
+            .send(Job::Append { records, done })
+            .map_err(|_| io::Error::other("log writer stopped"))
+    }
+
+    fn call(&self, make: impl FnOnce(mpsc::Sender<io::Result<()>>) -> Job) -> io::Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.jobs
+            .send(make(tx))
+            .map_err(|_| io::Error::other("log writer stopped"))?;
+        rx.recv()
+            .map_err(|_| io::Error::other("log writer stopped"))?
+    }
+
+    /// Removes every record above `after` (all when `None`); durable when it returns.
+    pub fn truncate_after(&self, after: Option<u64>) -> io::Result<()> {
+        {
+            let mut idx = self
+                .index
+                .write()
+                .map_err(|_| io::Error::other("log index poisoned"))?;
+            let from = after.map_or(0, |a| a + 1);
+            let _ = idx.entries.split_off(&from);
+        }
+        self.call(|reply| Job::Truncate { after, reply })
+    }
+
+    /// Forgets every record at or below `upto`: the purge point is made durable first, then
+    /// whole segments are deleted.
+    pub fn purge(&self, upto: u64, last_purged: String) -> io::Result<()> {
+        let mut meta = self.meta()?;
+        meta.purged_index = Some(upto);
+        meta.last_purged = Some(last_purged);
+        self.save_meta(meta)?;
+        {
+            let mut idx = self
+                .index
+                .write()
+                .map_err(|_| io::Error::other("log index poisoned"))?;
+            idx.entries = idx.entries.split_off(&(upto + 1));
+        }
+        self.call(|reply| Job::Purge { upto, reply })
+    }
+
+    /// Replaces the metadata, durably.
+    pub fn save_meta(&self, meta: Meta) -> io::Result<()> {
+        self.call(|reply| Job::Meta {
+            meta: meta.clone(),
+            reply,
+        })?;
+        *self
+            .meta
+            .write()
+            .map_err(|_| io::Error::other("log meta poisoned"))? = meta;
+        Ok(())
+    }
+
+    /// The current metadata.
+    pub fn meta(&self) -> io::Result<Meta> {
+        Ok(self
+            .meta
+            .read()
+            .map_err(|_| io::Error::other("log meta poisoned"))?
+            .clone())
+    }
+
+    /// Records in `[from, to)`, as many as present.
+    pub fn range(&self, from: u64, to: u64) -> io::Result<Vec<(u64, Arc<Vec<u8>>)>> {
+        let idx = self
+            .index
+            .read()
+            .map_err(|_| io::Error::other("log index poisoned"))?;
+        Ok(idx
+            .entries
+            .range(from..to)
+            .map(|(i, b)| (*i, b.clone()))
+            .collect())
+    }
+
+    /// The last record, if any.
+    pub fn last(&self) -> io::Result<Option<(u64, Arc<Vec<u8>>)>> {
+        let idx = self
+            .index
+            .read()
+            .map_err(|_| io::Error::other("log index poisoned"))?;
+        Ok(idx.entries.iter().next_back().map(|(i, b)| (*i, b.clone())))
+    }
+
+    /// The first record's index, if any.
+    pub fn first_index(&self) -> io::Result<Option<u64>> {
+        let idx = self
+            .index
+            .read()
+            .map_err(|_| io::Error::other("log index poisoned"))?;
+        Ok(idx.entries.keys().next().copied())
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Makes pending appends durable with one `fdatasync`, then tells their callers.
+fn flush(writer: &mut Writer, pending: &mut Vec<Done>) {
+    if pending.is_empty() {
+        return;
+    }
+    let result = writer.sync();
+    for done in pending.drain(..) {
+        done(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tandem-wal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn append_sync(w: &Wal, records: Vec<(u64, Vec<u8>)>) {
+        let (tx, rx) = channel();
+        w.append(records, Box::new(move |r| tx.send(r).unwrap_or(())))
+            .unwrap();
+        rx.recv().unwrap().unwrap();
+    }
+
+    fn bodies(w: &Wal) -> Vec<u64> {
+        w.range(0, u64::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    #[test]
+    fn appended_records_survive_a_reopen() {
+        let d = dir("reopen");
+        let w = Wal::open(&d).unwrap();
+        append_sync(
+            &w,
+            (1..=100)
+                .map(|i| (i, format!("entry {i}").into_bytes()))
+                .collect(),
+        );
+        drop(w);
+        let w = Wal::open(&d).unwrap();
+        assert_eq!(bodies(&w), (1..=100).collect::<Vec<_>>());
+        assert_eq!(&*w.range(42, 43).unwrap()[0].1, b"entry 42");
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_the_rest_kept() {
+        let d = dir("torn");
+        let w = Wal::open(&d).unwrap();
+        append_sync(&w, (1..=10).map(|i| (i, vec![i as u8; 100])).collect());
+        drop(w);
+        // Cut the last record in half, as a crash mid-write would.
+        let seg = d.join(segment_name(1));
+        let len = std::fs::metadata(&seg).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 50)
+            .unwrap();
+        let w = Wal::open(&d).unwrap();
+        assert_eq!(bodies(&w), (1..=9).collect::<Vec<_>>());
+        // Appending continues from there.
+        append_sync(&w, vec![(10, b"again".to_vec())]);
+        drop(w);
+        let w = Wal::open(&d).unwrap();
+        assert_eq!(&*w.last().unwrap().unwrap().1, b"again");
+    }
+
+    #[test]
+    fn a_flipped_bit_in_the_tail_is_cut_but_earlier_corruption_refuses_to_open() {
+        let d = dir("bitflip");
+        let w = Wal::open(&d).unwrap();
+        append_sync(&w, (1..=5).map(|i| (i, vec![7u8; 64])).collect());
+        drop(w);
+        let seg = d.join(segment_name(1));
+        let mut data = std::fs::read(&seg).unwrap();
+        let last = data.len() - 10;
+        data[last] ^= 1;
+        std::fs::write(&seg, &data).unwrap();
+        let w = Wal::open(&d).unwrap();
+        assert_eq!(bodies(&w), vec![1, 2, 3, 4]);
+        drop(w);
+        // Corruption in a segment followed by another: refuse.
+        std::fs::write(d.join(segment_name(100)), b"").unwrap();
+        let mut data = std::fs::read(&seg).unwrap();
+        data[HEADER + 3] ^= 1;
+        std::fs::write(&seg, &data).unwrap();
+        let err = Wal::open(&d).err().expect("corruption must refuse to open");
+        assert!(err.to_string().contains("refusing to start"), "{err}");
+    }
+
+    #[test]
+    fn truncate_and_purge_leave_no_hole() {
+        let d = dir("truncate");
+        let w = Wal::open(&d).unwrap();
+        append_sync(&w, (1..=20).map(|i| (i, vec![1u8; 10])).collect());
+        w.truncate_after(Some(15)).unwrap();
+        assert_eq!(bodies(&w).last(), Some(&15));
+        append_sync(&w, vec![(16, b"new".to_vec())]);
+        w.purge(5, "lp".into()).unwrap();
+        assert_eq!(w.first_index().unwrap(), Some(6));
+        drop(w);
+        let w = Wal::open(&d).unwrap();
+        assert_eq!(bodies(&w), (6..=16).collect::<Vec<_>>());
+        assert_eq!(&*w.last().unwrap().unwrap().1, b"new");
+        assert_eq!(w.meta().unwrap().purged_index, Some(5));
+        w.truncate_after(None).unwrap();
+        assert!(bodies(&w).is_empty());
+    }
+
+    #[test]
+    fn segments_roll_and_purge_deletes_whole_ones() {
+        let d = dir("roll");
+        let w = Wal::open(&d).unwrap();
+        let big = vec![3u8; 1024 * 1024];
+        append_sync(&w, (1..=40).map(|i| (i, big.clone())).collect());
+        let segs = || {
+            std::fs::read_dir(&d)
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with("seg-")
+                })
+                .count()
+        };
+        assert!(segs() >= 2, "40 MiB rolls past one 16 MiB segment");
+        w.purge(39, "lp".into()).unwrap();
+        assert_eq!(segs(), 1);
+        drop(w);
+        let w = Wal::open(&d).unwrap();
+        assert_eq!(bodies(&w), vec![40]);
+    }
+
+    #[test]
+    fn meta_is_replaced_atomically() {
+        let d = dir("meta");
+        let w = Wal::open(&d).unwrap();
+        let m = Meta {
+            vote: Some("v1".into()),
+            committed: Some("c".into()),
+            ..Meta::default()
+        };
+        w.save_meta(m.clone()).unwrap();
+        drop(w);
+        let w = Wal::open(&d).unwrap();
+        assert_eq!(w.meta().unwrap(), m);
+    }
+
+    #[test]
+    fn appending_with_a_hole_is_refused() {
+        let d = dir("hole");
+        let w = Wal::open(&d).unwrap();
+        append_sync(&w, vec![(1, vec![]), (2, vec![])]);
+        assert!(w.append(vec![(4, vec![])], Box::new(|_| {})).is_err());
+    }
+}
