@@ -55,6 +55,8 @@ pub struct ReplicaConfig {
     pub blocking_machine: bool,
     /// Seed of the replica's random draws (election timeouts); `None` picks one at random.
     pub seed: Option<u64>,
+    /// How the log writes (fsync and a writer thread, except in simulations).
+    pub log: wal::WalOptions,
 }
 
 impl ReplicaConfig {
@@ -71,6 +73,7 @@ impl ReplicaConfig {
             snapshot_every: 5000,
             blocking_machine: true,
             seed: None,
+            log: wal::WalOptions::default(),
         }
     }
 }
@@ -202,7 +205,7 @@ impl<M: Machine> Replica<M> {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(io::Error::other)?);
-        let log = log::LogStore::open(&config.dir.join("log"))?;
+        let log = log::LogStore::open(&config.dir.join("log"), config.log)?;
         let sm = StateMachine::new(
             machine,
             Some(config.dir.join("snapshot.bin")),

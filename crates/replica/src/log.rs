@@ -42,9 +42,9 @@ fn encode<T: serde::Serialize>(v: &T) -> io::Result<String> {
 
 impl LogStore {
     /// The log in `dir`.
-    pub fn open(dir: &std::path::Path) -> io::Result<LogStore> {
+    pub fn open(dir: &std::path::Path, options: crate::wal::WalOptions) -> io::Result<LogStore> {
         Ok(LogStore {
-            wal: Wal::open(dir)?,
+            wal: Wal::open_with(dir, options)?,
         })
     }
 

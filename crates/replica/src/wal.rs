@@ -66,10 +66,34 @@ struct Index {
     entries: BTreeMap<u64, Arc<Vec<u8>>>,
 }
 
+/// How a log is run.
+#[derive(Debug, Clone, Copy)]
+pub struct WalOptions {
+    /// fsync writes (always, outside simulations).
+    pub sync: bool,
+    /// Do the writes on the caller's thread instead of a writer thread (simulations under a
+    /// paused clock, where a thread the runtime cannot see would let the clock jump).
+    pub inline: bool,
+}
+
+impl Default for WalOptions {
+    fn default() -> WalOptions {
+        WalOptions {
+            sync: true,
+            inline: false,
+        }
+    }
+}
+
+enum Backend {
+    Thread(mpsc::Sender<Job>),
+    Inline(Arc<std::sync::Mutex<(Writer, Vec<Done>)>>),
+}
+
 /// A handle on an open log; cheap to clone.
 #[derive(Clone)]
 pub struct Wal {
-    jobs: mpsc::Sender<Job>,
+    jobs: Arc<Backend>,
     index: Arc<RwLock<Index>>,
     meta: Arc<RwLock<Meta>>,
     dir: PathBuf,
@@ -163,6 +187,8 @@ struct Writer {
     dir: PathBuf,
     segments: Vec<Segment>,
     file: Option<File>,
+    /// fsync data and directories (off only in simulations).
+    sync: bool,
 }
 
 impl Writer {
@@ -179,8 +205,10 @@ impl Writer {
                     .truncate(true)
                     .write(true)
                     .open(&path)?;
-                f.sync_all()?;
-                sync_dir(&self.dir)?;
+                if self.sync {
+                    f.sync_all()?;
+                }
+                self.sync_dir()?;
                 self.segments.push(Segment {
                     first: next_index,
                     path,
@@ -222,8 +250,41 @@ impl Writer {
 
     fn sync(&mut self) -> io::Result<()> {
         match &self.file {
-            Some(f) => f.sync_data(),
-            None => Ok(()),
+            Some(f) if self.sync => f.sync_data(),
+            _ => Ok(()),
+        }
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        if self.sync {
+            sync_dir(&self.dir)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs one job; appends wait in `pending` for the next `flush`.
+    fn run(&mut self, job: Job, pending: &mut Vec<Done>) {
+        match job {
+            Job::Append { records, done } => match self.append(&records) {
+                Ok(()) => pending.push(done),
+                Err(e) => {
+                    flush(self, pending);
+                    done(Err(e));
+                }
+            },
+            Job::Truncate { after, reply } => {
+                flush(self, pending);
+                let _ = reply.send(self.truncate(after));
+            }
+            Job::Purge { upto, reply } => {
+                flush(self, pending);
+                let _ = reply.send(self.purge(upto));
+            }
+            Job::Meta { meta, reply } => {
+                flush(self, pending);
+                let _ = reply.send(write_meta(&self.dir, &meta, self.sync));
+            }
         }
     }
 
@@ -244,10 +305,12 @@ impl Writer {
             seg.offsets.truncate(pos);
             let f = OpenOptions::new().write(true).open(&seg.path)?;
             f.set_len(offset)?;
-            f.sync_all()?;
+            if self.sync {
+                f.sync_all()?;
+            }
             seg.len = offset;
         }
-        sync_dir(&self.dir)
+        self.sync_dir()
     }
 
     /// Deletes whole segments whose records are all at or below `upto`.
@@ -264,13 +327,13 @@ impl Writer {
             }
         }
         if removed {
-            sync_dir(&self.dir)?;
+            self.sync_dir()?;
         }
         Ok(())
     }
 }
 
-fn write_meta(dir: &Path, meta: &Meta) -> io::Result<()> {
+fn write_meta(dir: &Path, meta: &Meta, sync: bool) -> io::Result<()> {
     let tmp = dir.join("meta.json.tmp");
     let bytes = serde_json::to_vec(meta).map_err(io::Error::other)?;
     {
@@ -280,15 +343,22 @@ fn write_meta(dir: &Path, meta: &Meta) -> io::Result<()> {
             .write(true)
             .open(&tmp)?;
         f.write_all(&bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
     }
     std::fs::rename(&tmp, dir.join("meta.json"))?;
-    sync_dir(dir)
+    if sync { sync_dir(dir) } else { Ok(()) }
 }
 
 impl Wal {
     /// Opens (or creates) the log in `dir`, checking every record.
     pub fn open(dir: &Path) -> io::Result<Wal> {
+        Wal::open_with(dir, WalOptions::default())
+    }
+
+    /// Opens the log with explicit options.
+    pub fn open_with(dir: &Path, options: WalOptions) -> io::Result<Wal> {
         std::fs::create_dir_all(dir)?;
         sync_dir(dir.parent().unwrap_or(dir))?;
         let meta: Meta = match std::fs::read(dir.join("meta.json")) {
@@ -348,54 +418,53 @@ impl Wal {
             index.entries = index.entries.split_off(&(p + 1));
         }
         let index = Arc::new(RwLock::new(index));
-        let (tx, rx) = mpsc::channel::<Job>();
         let mut writer = Writer {
             dir: dir.to_path_buf(),
             segments,
             file: None,
+            sync: options.sync,
         };
-        let wdir = dir.to_path_buf();
-        std::thread::Builder::new()
-            .name("wal-writer".into())
-            .spawn(move || {
-                let mut pending: Vec<Done> = Vec::new();
-                while let Ok(first) = rx.recv() {
-                    let mut jobs = vec![first];
-                    while let Ok(j) = rx.try_recv() {
-                        jobs.push(j);
-                    }
-                    for job in jobs {
-                        match job {
-                            Job::Append { records, done } => match writer.append(&records) {
-                                Ok(()) => pending.push(done),
-                                Err(e) => {
-                                    flush(&mut writer, &mut pending);
-                                    done(Err(e));
-                                }
-                            },
-                            Job::Truncate { after, reply } => {
-                                flush(&mut writer, &mut pending);
-                                let _ = reply.send(writer.truncate(after));
-                            }
-                            Job::Purge { upto, reply } => {
-                                flush(&mut writer, &mut pending);
-                                let _ = reply.send(writer.purge(upto));
-                            }
-                            Job::Meta { meta, reply } => {
-                                flush(&mut writer, &mut pending);
-                                let _ = reply.send(write_meta(&wdir, &meta));
-                            }
+        let backend = if options.inline {
+            Backend::Inline(Arc::new(std::sync::Mutex::new((writer, Vec::new()))))
+        } else {
+            let (tx, rx) = mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name("wal-writer".into())
+                .spawn(move || {
+                    let mut pending: Vec<Done> = Vec::new();
+                    while let Ok(first) = rx.recv() {
+                        writer.run(first, &mut pending);
+                        while let Ok(job) = rx.try_recv() {
+                            writer.run(job, &mut pending);
                         }
+                        flush(&mut writer, &mut pending);
                     }
-                    flush(&mut writer, &mut pending);
-                }
-            })?;
+                })?;
+            Backend::Thread(tx)
+        };
         Ok(Wal {
-            jobs: tx,
+            jobs: Arc::new(backend),
             index,
             meta: Arc::new(RwLock::new(meta)),
             dir: dir.to_path_buf(),
         })
+    }
+
+    fn submit(&self, job: Job) -> io::Result<()> {
+        match &*self.jobs {
+            Backend::Thread(tx) => tx
+                .send(job)
+                .map_err(|_| io::Error::other("log writer stopped")),
+            Backend::Inline(w) => {
+                let mut guard = w
+                    .lock()
+                    .map_err(|_| io::Error::other("log writer poisoned"))?;
+                let (writer, pending) = &mut *guard;
+                writer.run(job, pending);
+                flush(writer, pending);
+                Ok(())
+            }
+        }
     }
 
     /// Appends records (indexes must follow the last one). They are readable at once; `done`
@@ -417,16 +486,12 @@ impl Wal {
                 idx.entries.insert(*i, Arc::new(body.clone()));
             }
         }
-        self.jobs
-            .send(Job::Append { records, done })
-            .map_err(|_| io::Error::other("log writer stopped"))
+        self.submit(Job::Append { records, done })
     }
 
     fn call(&self, make: impl FnOnce(mpsc::Sender<io::Result<()>>) -> Job) -> io::Result<()> {
         let (tx, rx) = mpsc::channel();
-        self.jobs
-            .send(make(tx))
-            .map_err(|_| io::Error::other("log writer stopped"))?;
+        self.submit(make(tx))?;
         rx.recv()
             .map_err(|_| io::Error::other("log writer stopped"))?
     }
