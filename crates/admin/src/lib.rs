@@ -86,6 +86,10 @@ pub struct AdminState {
     pub store: Option<Store>,
     /// The front end, when this server has that role (for metrics).
     pub frontend: Option<Arc<frontend::Core>>,
+    /// Clients of the topology's replicated stores, by name.
+    pub stores: std::collections::BTreeMap<String, store::client::StoreClient>,
+    /// Every server's rpc address, from the topology (to add a replica by server name).
+    pub rpc_addrs: std::collections::BTreeMap<String, String>,
 }
 
 /// The router of the admin API; every route is behind the token check.
@@ -96,6 +100,20 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/users/{aor}", axum::routing::delete(remove_user))
         .route("/api/v1/users/{aor}/password", put(set_password))
         .route("/api/v1/registrations/{aor}", get(registrations))
+        .route("/api/v1/stores", get(list_stores))
+        .route("/api/v1/stores/{name}/status", get(store_status))
+        .route(
+            "/api/v1/stores/{name}/failover",
+            axum::routing::post(store_failover),
+        )
+        .route(
+            "/api/v1/stores/{name}/force-service",
+            axum::routing::post(store_force),
+        )
+        .route(
+            "/api/v1/stores/{name}/{op}",
+            axum::routing::post(store_member),
+        )
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -337,6 +355,188 @@ async fn registrations(
         })
         .collect();
     Ok(Json(rows))
+}
+
+impl From<store::proto::Refusal> for Failure {
+    fn from(r: store::proto::Refusal) -> Failure {
+        use store::proto::Refusal;
+        match r {
+            Refusal::Store(e) => Failure::from(e),
+            Refusal::Refused(why) => Failure(StatusCode::CONFLICT, why),
+            other => Failure(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+        }
+    }
+}
+
+impl AdminState {
+    fn store_client(&self, name: &str) -> Result<&store::client::StoreClient, Failure> {
+        self.stores.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.stores.keys().map(String::as_str).collect();
+            Failure(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no replicated store named {name} (replicated stores: {})",
+                    known.join(", ")
+                ),
+            )
+        })
+    }
+}
+
+/// A replicated store in `GET /api/v1/stores`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreRow {
+    pub store: String,
+    pub replicas: Vec<String>,
+}
+
+async fn list_stores(State(s): State<Arc<AdminState>>) -> Json<Vec<StoreRow>> {
+    Json(
+        s.stores
+            .iter()
+            .map(|(name, c)| StoreRow {
+                store: name.clone(),
+                replicas: c.replicas().iter().map(|r| r.server.clone()).collect(),
+            })
+            .collect(),
+    )
+}
+
+/// The status as the primary reports it; without a primary, each replica's own view merged
+/// (roles as each replica sees itself, no lag figures).
+async fn store_status(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+) -> Result<Json<store::proto::StoreStatus>, Failure> {
+    let client = s.store_client(&name)?;
+    let mut quick = client.clone();
+    quick.deadline = std::time::Duration::from_secs(3);
+    quick.attempt = std::time::Duration::from_secs(1);
+    match quick.status().await {
+        Ok(st) if st.primary.is_some() => return Ok(Json(st)),
+        Ok(_) | Err(_) => {}
+    }
+    let mut merged: Option<store::proto::StoreStatus> = None;
+    let mut replicas = Vec::new();
+    for r in client.replicas() {
+        let view = match quick.ask(&r.addr, "status", Vec::new()).await {
+            Ok(bytes) => store::proto::decode::<store::proto::Reply<store::proto::StoreStatus>>(
+                &bytes, "status",
+            )
+            .ok()
+            .and_then(Result::ok),
+            Err(_) => None,
+        };
+        match view {
+            Some(v) => {
+                if let Some(me) = v.replicas.iter().find(|x| x.server == r.server) {
+                    replicas.push(me.clone());
+                }
+                if merged.as_ref().is_none_or(|m| v.term > m.term) {
+                    merged = Some(v);
+                }
+            }
+            None => replicas.push(store::proto::ReplicaStatus {
+                server: r.server.clone(),
+                role: "unreachable".into(),
+                commit: "unknown".into(),
+                failover: "unknown".into(),
+                readable: false,
+                synchronized: false,
+                lag_entries: 0,
+                lag_ms: 0,
+                healthy: false,
+                matched: None,
+            }),
+        }
+    }
+    let mut st = merged.ok_or_else(|| {
+        Failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no replica of {name} answers"),
+        )
+    })?;
+    st.replicas = replicas;
+    st.primary = None;
+    Ok(Json(st))
+}
+
+async fn store_failover(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    body: Body<store::proto::FailoverRequest>,
+) -> Result<Json<store::proto::StoreStatus>, Failure> {
+    let Json(req) =
+        body.map_err(|_| bad_request("expected a JSON body {\"to\": null | \"server\"}"))?;
+    let mut client = s.store_client(&name)?.clone();
+    client.attempt = std::time::Duration::from_secs(30);
+    Ok(Json(
+        client.call("failover", store::proto::encode(&req)).await?,
+    ))
+}
+
+/// `POST /api/v1/stores/{name}/force-service`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForceBody {
+    pub to: String,
+    pub confirm: bool,
+}
+
+async fn store_force(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    body: Body<ForceBody>,
+) -> Result<Json<store::proto::ForceReport>, Failure> {
+    let Json(req) = body
+        .map_err(|_| bad_request("expected a JSON body {\"to\": \"server\", \"confirm\": bool}"))?;
+    let client = s.store_client(&name)?;
+    let Some(target) = client.replicas().iter().find(|r| r.server == req.to) else {
+        return Err(bad_request(format!(
+            "{} is not a replica of {name}",
+            req.to
+        )));
+    };
+    let bytes = client
+        .ask(
+            &target.addr,
+            "force",
+            store::proto::encode(&store::proto::ForceRequest {
+                confirm: req.confirm,
+            }),
+        )
+        .await?;
+    let reply: store::proto::Reply<store::proto::ForceReport> =
+        store::proto::decode(&bytes, "force report")?;
+    Ok(Json(reply?))
+}
+
+async fn store_member(
+    State(s): State<Arc<AdminState>>,
+    Path((name, op)): Path<(String, String)>,
+    body: Body<store::proto::MemberChange>,
+) -> Result<Json<store::proto::StoreStatus>, Failure> {
+    if !matches!(op.as_str(), "add-replica" | "remove-replica" | "set-commit") {
+        return Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("no store operation {op}"),
+        ));
+    }
+    let Json(mut change) = body.map_err(|_| {
+        bad_request("expected a JSON body {\"server\": ..., \"addr\": ..., \"commit\": ...}")
+    })?;
+    if op == "add-replica" && change.addr.is_none() {
+        change.addr = Some(s.rpc_addrs.get(&change.server).cloned().ok_or_else(|| {
+            bad_request(format!(
+                "{} has no rpc address in the topology; pass --addr",
+                change.server
+            ))
+        })?);
+    }
+    // Adding a replica waits for it to catch up (a snapshot may travel): give it time.
+    let mut client = s.store_client(&name)?.clone();
+    client.attempt = std::time::Duration::from_secs(120);
+    client.deadline = std::time::Duration::from_secs(180);
+    Ok(Json(client.call(&op, store::proto::encode(&change)).await?))
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {

@@ -540,6 +540,34 @@ impl<M: Machine> Replica<M> {
             .map_err(stopped)
     }
 
+    /// Builds a snapshot now and waits for it; then drops the log it covers, so members that
+    /// join later must install the snapshot (used when the state did not come from the log).
+    pub async fn snapshot_and_purge(&self, timeout: Duration) -> Result<(), WriteError> {
+        let target = self.status().applied;
+        self.snapshot().await?;
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let index = loop {
+            let m = rx.borrow_watched().clone();
+            if let Some(s) = m.snapshot
+                && Some(s.index) >= target
+            {
+                break s.index;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(WriteError::Unknown(
+                        "the snapshot did not complete in time".into(),
+                    ));
+                }
+            }
+        };
+        self.scoped(self.raft.trigger().purge_log(index))
+            .await
+            .map_err(stopped)
+    }
+
     /// Stops the member.
     pub async fn shutdown(&self) {
         if let Err(e) = self.scoped(self.raft.shutdown()).await {

@@ -7,9 +7,15 @@
 //! Callers use [`Store`], which hides which engine serves it; the replicated engines of the
 //! other HA modes plug in behind the same calls.
 
+pub mod client;
 pub mod local;
 pub mod machine;
 pub mod model;
+pub mod node;
+pub mod pool;
+pub mod proto;
+pub mod replicated;
+pub mod sqlite;
 
 pub use local::{LocalStore, Options};
 pub use machine::StoreError;
@@ -28,10 +34,12 @@ pub struct Store {
 }
 
 /// Users read through `Store::user` (every authenticated request needs one), kept until a
-/// command through this handle changes them.
+/// command through this handle changes them, or (for a store other servers also write) for
+/// `max_age` at most.
 #[derive(Default)]
 struct UserCache {
-    map: RwLock<HashMap<String, User>>,
+    map: RwLock<HashMap<String, (User, std::time::Instant)>>,
+    max_age: Option<std::time::Duration>,
     /// Bumped by every change to users; a read that raced with a change is not cached.
     generation: AtomicU64,
 }
@@ -41,7 +49,12 @@ const USER_CACHE_MAX: usize = 1_000_000;
 
 impl UserCache {
     fn get(&self, aor: &str) -> Option<User> {
-        self.map.read().ok()?.get(aor).cloned()
+        let map = self.map.read().ok()?;
+        let (user, at) = map.get(aor)?;
+        if self.max_age.is_some_and(|max| at.elapsed() > max) {
+            return None;
+        }
+        Some(user.clone())
     }
 
     fn insert_if_current(&self, user: &User, generation: u64) {
@@ -49,7 +62,7 @@ impl UserCache {
             && self.generation.load(Ordering::Acquire) == generation
             && map.len() < USER_CACHE_MAX
         {
-            map.insert(user.aor.clone(), user.clone());
+            map.insert(user.aor.clone(), (user.clone(), std::time::Instant::now()));
         }
     }
 
@@ -64,6 +77,8 @@ impl UserCache {
 #[derive(Clone)]
 enum Engine {
     Local(LocalStore),
+    /// A replicated store, reached through its listener.
+    Remote(client::StoreClient),
 }
 
 impl Store {
@@ -75,6 +90,18 @@ impl Store {
         })
     }
 
+    /// A replicated store reached through `client`. Users read here are trusted for 10 s at
+    /// most, since other servers may change them.
+    pub fn remote(client: client::StoreClient) -> Store {
+        Store {
+            engine: Engine::Remote(client),
+            users: Arc::new(UserCache {
+                max_age: Some(std::time::Duration::from_secs(10)),
+                ..UserCache::default()
+            }),
+        }
+    }
+
     /// Applies a command; returns once it is durable (or refused, having changed nothing).
     pub async fn apply(&self, cmd: Command) -> Result<Applied, StoreError> {
         let changes_user = match &cmd {
@@ -84,6 +111,7 @@ impl Store {
         };
         let result = match &self.engine {
             Engine::Local(s) => s.apply(cmd).await,
+            Engine::Remote(c) => c.apply(cmd).await,
         };
         if let Some(aor) = changes_user {
             self.users.invalidate(&aor);
@@ -95,6 +123,10 @@ impl Store {
     pub async fn query(&self, q: Query) -> Result<QueryResult, StoreError> {
         match &self.engine {
             Engine::Local(s) => s.read(move |c| machine::query(c, &q)).await,
+            Engine::Remote(c) => c
+                .query(q, proto::Consistency::Primary)
+                .await
+                .map(|a| a.result),
         }
     }
 
@@ -185,6 +217,7 @@ impl Store {
     pub fn counters(&self) -> (u64, u64, u64, u64) {
         use Ordering::Relaxed;
         match &self.engine {
+            Engine::Remote(_) => (0, 0, 0, 0),
             Engine::Local(s) => {
                 let st = s.stats();
                 (

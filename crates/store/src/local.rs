@@ -9,10 +9,11 @@
 
 use crate::machine::{self, StoreError};
 use crate::model::{Applied, Command, Envelope};
-use rusqlite::{Connection, OpenFlags};
+use crate::sqlite::{Readers, Sync, open_connection};
+use rusqlite::Connection;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use tokio::sync::{mpsc, oneshot};
 
 /// Tuning of the local engine.
@@ -50,49 +51,14 @@ pub struct Stats {
 }
 
 type WriteJob = (Envelope, oneshot::Sender<Result<Applied, StoreError>>);
-type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 /// A handle on a local store; cheap to clone.
 #[derive(Clone)]
 pub struct LocalStore {
     writes: mpsc::Sender<WriteJob>,
-    reads: std_mpsc::SyncSender<ReadJob>,
+    readers: Readers,
     stats: Arc<Stats>,
     path: PathBuf,
-}
-
-fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
-    let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    };
-    let conn = Connection::open_with_flags(path, flags)
-        .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    // Every statement the state machine runs stays prepared (the default keeps 16), and stays
-    // as prepared: without the query planner stability guarantee, SQLite (built with STAT4)
-    // re-prepares a statement whenever a parameter it could plan on changes — here, on almost
-    // every execution.
-    conn.set_prepared_statement_cache_capacity(128);
-    conn.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
-        true,
-    )?;
-    if !read_only {
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Storage(format!(
-                "cannot switch {} to WAL mode (got {mode})",
-                path.display()
-            )));
-        }
-        // FULL: every commit fsyncs the WAL before it returns.
-        conn.execute_batch("PRAGMA synchronous = FULL;")?;
-    }
-    Ok(conn)
 }
 
 impl LocalStore {
@@ -103,10 +69,10 @@ impl LocalStore {
                 StoreError::Storage(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let writer = open_connection(path, false)?;
+        let writer = open_connection(path, Sync::Full)?;
         machine::init_schema(&writer)?;
         if let Some(dir) = path.parent() {
-            sync_dir(dir)?;
+            crate::sqlite::sync_dir(dir)?;
         }
         let stats = Arc::new(Stats::default());
         let (wtx, mut wrx) = mpsc::channel::<WriteJob>(options.queue_depth.max(1));
@@ -129,30 +95,10 @@ impl LocalStore {
             })
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
 
-        let (rtx, rrx) = std_mpsc::sync_channel::<ReadJob>(options.queue_depth.max(1));
-        let rrx = Arc::new(Mutex::new(rrx));
-        for i in 0..options.readers.max(1) {
-            let conn = open_connection(path, true)?;
-            let rrx = rrx.clone();
-            std::thread::Builder::new()
-                .name(format!("store-reader-{i}"))
-                .spawn(move || {
-                    loop {
-                        let job = {
-                            let Ok(guard) = rrx.lock() else { return };
-                            match guard.recv() {
-                                Ok(job) => job,
-                                Err(_) => return,
-                            }
-                        };
-                        job(&conn);
-                    }
-                })
-                .map_err(|e| StoreError::Storage(format!("cannot start a reader thread: {e}")))?;
-        }
+        let readers = Readers::open(path, options.readers, options.queue_depth)?;
         Ok(LocalStore {
             writes: wtx,
-            reads: rtx,
+            readers,
             stats,
             path: path.to_path_buf(),
         })
@@ -175,23 +121,7 @@ impl LocalStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: ReadJob = Box::new(move |conn| {
-            let _ = tx.send(f(conn));
-        });
-        let reads = self.reads.clone();
-        // The channel is bounded: a full queue waits on a blocking thread, not on the runtime.
-        match reads.try_send(job) {
-            Ok(()) => {}
-            Err(std_mpsc::TrySendError::Full(job)) => {
-                tokio::task::spawn_blocking(move || reads.send(job))
-                    .await
-                    .map_err(|_| StoreError::Closed)?
-                    .map_err(|_| StoreError::Closed)?;
-            }
-            Err(std_mpsc::TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
-        }
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.readers.read(f).await
     }
 
     /// Engine counters.
@@ -230,11 +160,4 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<WriteJob>, stats: &Stats) {
             }
         }
     }
-}
-
-/// fsyncs a directory, so that a file created in it survives a crash.
-pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| StoreError::Storage(format!("cannot fsync {}: {e}", dir.display())))
 }

@@ -136,6 +136,10 @@ CREATE TABLE IF NOT EXISTS failovers (
     lost_detail TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta_blob (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS requests (
     id BLOB PRIMARY KEY,
     result BLOB NOT NULL
@@ -201,6 +205,16 @@ pub fn apply_batch<'a>(
     conn: &Connection,
     commands: impl Iterator<Item = &'a Envelope>,
 ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+    apply_batch_at(conn, commands, None)
+}
+
+/// Like [`apply_batch`], and stores `position` (the replicated log position the batch brings
+/// the state to) in the same transaction, so data and position never disagree.
+pub fn apply_batch_at<'a>(
+    conn: &Connection,
+    commands: impl Iterator<Item = &'a Envelope>,
+    position: Option<&[u8]>,
+) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
     exec(conn, "BEGIN IMMEDIATE", [])?;
     let run = || -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
         let mut results = Vec::new();
@@ -223,6 +237,13 @@ pub fn apply_batch<'a>(
                 }
             }
             exec(conn, "RELEASE command", [])?;
+        }
+        if let Some(p) = position {
+            exec(
+                conn,
+                "INSERT OR REPLACE INTO meta_blob (key, value) VALUES ('position', ?1)",
+                [p],
+            )?;
         }
         exec(conn, "COMMIT", [])?;
         Ok(results)
@@ -909,6 +930,28 @@ fn row_subscription(r: &rusqlite::Row<'_>) -> rusqlite::Result<Subscription> {
         expires_ms: r.get::<_, i64>(12)?.max(0) as u64,
         notify_cseq: r.get(13)?,
     })
+}
+
+/// Empties the database (every table), for a replica about to be reseeded from a snapshot.
+pub fn reset(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         DELETE FROM users; DELETE FROM bindings; DELETE FROM publications; DELETE FROM subscriptions;
+         DELETE FROM failovers; DELETE FROM requests; DELETE FROM meta_blob;
+         COMMIT;",
+    )?;
+    Ok(())
+}
+
+/// The replicated log position stored with the data, if any.
+pub fn position(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(one(
+        conn,
+        "SELECT value FROM meta_blob WHERE key = 'position'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()?)
 }
 
 /// Runs a query.

@@ -70,6 +70,12 @@ pub fn up(args: Args) -> anyhow::Result<ExitCode> {
         topology::load(&topology_path).map_err(|d| anyhow!("the topology is not valid:\n{d}"))?;
     let token_file = data.join("admin.token");
     let token = crate::ensure_token(&token_file)?;
+    // The servers' rpc secret, shared by all of them.
+    let secret_file = data.join("cluster.secret");
+    if !secret_file.exists() {
+        rpc::ClusterSecret::generate(&secret_file)
+            .with_context(|| format!("cannot create {}", secret_file.display()))?;
+    }
     let exe = std::env::current_exe().context("cannot find the tandem executable")?;
 
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Ready)>();
@@ -94,6 +100,8 @@ pub fn up(args: Args) -> anyhow::Result<ExitCode> {
             .arg(&dir)
             .arg("--admin-token-file")
             .arg(&token_file)
+            .arg("--cluster-secret-file")
+            .arg(&secret_file)
             .arg("--exit-with-stdin")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -8,6 +8,7 @@
 mod client;
 mod lab;
 mod server;
+mod stores;
 mod topo;
 
 use clap::{Parser, Subcommand};
@@ -66,6 +67,13 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Replicated stores: status, failover, forced service, replicas.
+    Store {
+        #[command(flatten)]
+        target: AdminTarget,
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Show a user's registered contacts.
     Registrations {
         #[command(flatten)]
@@ -90,7 +98,56 @@ enum TopologyCommand {
 }
 
 #[derive(Subcommand)]
-enum UserCommand {
+pub enum StoreCommand {
+    /// Every replica with its role, commit mode, synchronization, lag and health; the term and
+    /// lease; the last failovers with their measured RPO and RTO.
+    Status { name: String },
+    /// Planned failover to a synchronized sync replica (no data loss).
+    Failover {
+        name: String,
+        /// The replica to make primary (default: the most advanced sync replica).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Unplanned failover to a replica that may lack committed transactions: states the loss,
+    /// asks for confirmation, then makes it the only member of a new generation.
+    ForceService {
+        name: String,
+        #[arg(long)]
+        to: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Adds a replica while the store serves.
+    AddReplica {
+        name: String,
+        #[arg(long)]
+        server: String,
+        /// The server's rpc address (default: from the topology the lab runs).
+        #[arg(long)]
+        addr: Option<String>,
+        #[arg(long, default_value = "async")]
+        commit: String,
+    },
+    /// Removes a replica while the store serves.
+    RemoveReplica {
+        name: String,
+        #[arg(long)]
+        server: String,
+    },
+    /// Changes a replica's commit mode (sync: a voter; async: a learner).
+    SetCommit {
+        name: String,
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        commit: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
     /// Add a user.
     Add {
         aor: String,
@@ -126,6 +183,7 @@ fn main() -> ExitCode {
         } => topo::show(&file),
         Command::User { target, command } => client::user(&target, command),
         Command::Registrations { target, aor } => client::registrations(&target, &aor),
+        Command::Store { target, command } => stores::run(&target, command),
     };
     match result {
         Ok(code) => code,

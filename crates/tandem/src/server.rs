@@ -22,6 +22,10 @@ pub struct Args {
     /// The admin token file (default: <data>/admin.token, created if missing).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// The secret every server of the topology shares, for their rpc (default:
+    /// <data>/cluster.secret; `tandem lab` creates one for all its servers).
+    #[arg(long)]
+    cluster_secret_file: Option<PathBuf>,
     /// Exit when stdin closes (used by `tandem lab`, so servers never outlive it).
     #[arg(long, hide = true)]
     exit_with_stdin: bool,
@@ -42,7 +46,9 @@ pub struct Ready {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // openraft warns on every failed heartbeat to a dead peer: keep its errors only.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -89,7 +95,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(&topology, &me, &data, token));
+    let secret_file = args
+        .cluster_secret_file
+        .clone()
+        .unwrap_or_else(|| data.join("cluster.secret"));
+    let result = runtime.block_on(serve(&topology, &me, &data, token, &secret_file));
     drop(lock);
     result.map(|()| ExitCode::SUCCESS)
 }
@@ -117,15 +127,103 @@ fn lock_data_dir(data: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
+/// How a store's replicas are reached, from the topology.
+fn store_address(topology: &Topology, store: &topology::Store) -> store::client::StoreAddress {
+    store::client::StoreAddress {
+        store: store.name.clone(),
+        listener: store.listener.map(|a| a.to_string()),
+        replicas: store
+            .replicas
+            .iter()
+            .filter_map(|r| {
+                let server = topology.server(&r.server)?;
+                Some(store::proto::Endpoint {
+                    server: server.name.clone(),
+                    addr: server.rpc?.to_string(),
+                })
+            })
+            .collect(),
+    }
+}
+
+/// The replica set of an availability group, from the topology.
+fn node_config(
+    topology: &Topology,
+    store: &topology::Store,
+    me: &topology::Server,
+    data: &Path,
+    rpc: &rpc::ServerConfig,
+) -> anyhow::Result<store::node::NodeConfig> {
+    let mut members = Vec::new();
+    let mut initial_primary = None;
+    for r in &store.replicas {
+        let Some(addr) = topology.server(&r.server).and_then(|s| s.rpc) else {
+            bail!(
+                "replica {} of store `{}` has no rpc address",
+                r.server,
+                store.name
+            );
+        };
+        if r.role == topology::ReplicaRole::Primary {
+            initial_primary = Some(r.server.clone());
+        }
+        members.push(store::node::MemberSpec {
+            server: r.server.clone(),
+            addr: addr.to_string(),
+            sync: r.commit == topology::Commit::Sync,
+            automatic: r.failover == topology::FailoverMode::Automatic,
+            readable: r.readable,
+        });
+    }
+    Ok(store::node::NodeConfig {
+        store: store.name.clone(),
+        mode: store.mode.as_str().to_string(),
+        me: me.name.clone(),
+        members,
+        initial_primary: initial_primary.unwrap_or_default(),
+        dir: data.join("stores").join(&store.name),
+        listener: store.listener,
+        rpc_server: rpc.clone(),
+        heartbeat_ms: 100,
+        election_timeout_min_ms: 500,
+        election_timeout_max_ms: 1000,
+    })
+}
+
 async fn serve(
     topology: &Topology,
     me: &topology::Server,
     data: &Path,
     token: String,
+    secret_file: &Path,
 ) -> anyhow::Result<()> {
     let roles = topology.roles_of(&me.name);
+    // The inter-server endpoint, and the clients every path to other servers shares.
+    let mut rpc_server = None;
+    let mut pool = None;
+    if let Some(addr) = me.rpc {
+        let secret = rpc::ClusterSecret::load(secret_file).with_context(|| {
+            format!(
+                "cannot read the cluster secret {}: every server of a topology shares one \
+                 (`tandem lab` writes it; copy it from another server, or pass --cluster-secret-file)",
+                secret_file.display()
+            )
+        })?;
+        let config = rpc::ServerConfig::new(secret.clone(), &topology.name, &me.name);
+        let server = rpc::RpcServer::bind(addr, config)
+            .await
+            .with_context(|| format!("cannot bind the rpc address {addr}"))?;
+        server.spawn();
+        pool = Some(store::pool::RpcPool::new(rpc::ClientConfig::new(
+            secret,
+            &topology.name,
+            &me.name,
+        )));
+        rpc_server = Some(server);
+    }
     // Store replicas held by this server.
     let mut stores = Vec::new();
+    let mut nodes = Vec::new();
     for (store, replica) in topology.stores_on(&me.name) {
         match store.mode {
             StoreMode::Standalone => {
@@ -135,30 +233,72 @@ async fn serve(
                 tracing::info!(store = %store.name, path = %path.display(), "store open (standalone)");
                 stores.push((store.name.clone(), handle));
             }
-            other => bail!(
-                "store `{}` is in {} mode (replica role {}), which this version does not run yet: only standalone stores are served",
-                store.name,
-                other.as_str(),
-                replica.role.as_str()
+            StoreMode::AvailabilityGroup => {
+                let (Some(server), Some(pool)) = (&rpc_server, &pool) else {
+                    bail!(
+                        "store `{}` is replicated but `{}` has no rpc address",
+                        store.name,
+                        me.name
+                    );
+                };
+                let cfg = node_config(
+                    topology,
+                    store,
+                    me,
+                    data,
+                    &rpc::ServerConfig::new(
+                        rpc::ClusterSecret::load(secret_file)?,
+                        &topology.name,
+                        &me.name,
+                    ),
+                )?;
+                let node = store::node::StoreNode::open(cfg, server, pool.clone())
+                    .await
+                    .with_context(|| format!("cannot open replica of store `{}`", store.name))?;
+                tracing::info!(store = %store.name, role = replica.role.as_str(), "store replica open (availability group)");
+                nodes.push(node);
+            }
+            other => tracing::warn!(
+                store = %store.name,
+                mode = other.as_str(),
+                "this version does not run stores in this mode yet; this replica stays offline"
             ),
         }
     }
-    // The front end uses its pool's store, which must be one of ours for now.
+    // Clients of every replicated store, for the front end and the admin API.
+    let mut clients = std::collections::BTreeMap::new();
+    if let Some(pool) = &pool {
+        for s in topology
+            .stores
+            .iter()
+            .filter(|s| s.mode == StoreMode::AvailabilityGroup)
+        {
+            clients.insert(
+                s.name.clone(),
+                store::client::StoreClient::new(store_address(topology, s), pool.clone()),
+            );
+        }
+    }
     let mut frontend = None;
-    let mut user_store = stores.first().map(|(_, s)| s.clone());
+    let mut user_store = stores.first().map(|(_, s)| s.clone()).or_else(|| {
+        clients
+            .values()
+            .next()
+            .map(|c| store::Store::remote(c.clone()))
+    });
     if roles.contains(&Role::Frontend) {
-        let Some(pool) = topology.frontend_pool_of(&me.name) else {
+        let Some(pool_cfg) = topology.frontend_pool_of(&me.name) else {
             bail!("`{}` has the front-end role but no pool", me.name)
         };
-        let Some(store) = stores
-            .iter()
-            .find(|(n, _)| *n == pool.store)
-            .map(|(_, s)| s.clone())
-        else {
+        let store = if let Some((_, s)) = stores.iter().find(|(n, _)| *n == pool_cfg.store) {
+            s.clone()
+        } else if let Some(c) = clients.get(&pool_cfg.store) {
+            store::Store::remote(c.clone())
+        } else {
             bail!(
-                "pool `{}` uses store `{}`, which does not run on `{}`: remote stores need the store listener, not in this version",
-                pool.name,
-                pool.store,
+                "pool `{}` uses store `{}`, which is neither a standalone store on `{}` nor a replicated store it can reach",
+                pool_cfg.name,
+                pool_cfg.store,
                 me.name
             );
         };
@@ -197,6 +337,12 @@ async fn serve(
         token,
         store: user_store,
         frontend: frontend.as_ref().map(|f| f.core().clone()),
+        stores: clients,
+        rpc_addrs: topology
+            .servers
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.rpc?.to_string())))
+            .collect(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, state));
     let ready = Ready {
@@ -223,6 +369,12 @@ async fn serve(
         }
     }
     drop(frontend);
+    for node in &nodes {
+        node.shutdown().await;
+    }
     drop(stores);
+    if let Some(server) = rpc_server {
+        server.shutdown().await;
+    }
     Ok(())
 }

@@ -1,0 +1,1257 @@
+//! A store replica in a server: the SQL machine under a [`replica::Replica`], the store's
+//! services on the server's `rpc` endpoint, the listener while primary, and the bookkeeping
+//! of failovers (detection, decision, first write: RPO and RTO as measured).
+
+use crate::machine::{self, StoreError};
+use crate::model::*;
+use crate::pool::{RpcPool, RpcTransport};
+use crate::proto::*;
+use crate::replicated::{SqliteMachine, decode_outcome, encode_command};
+use crate::sqlite::Readers;
+use replica::{Member, Replica, ReplicaConfig, Role, WriteError, node_id};
+use rpc::{RemoteError, Request, RpcServer};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// One replica as the topology declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSpec {
+    pub server: String,
+    /// The server's rpc address.
+    pub addr: String,
+    /// A voter (sync) or a learner (async).
+    pub sync: bool,
+    /// May take over by itself.
+    pub automatic: bool,
+    /// Serves reads with a staleness bound.
+    pub readable: bool,
+}
+
+/// How a store replica is set up.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub store: String,
+    /// `availability-group` (the HA mode shown in status).
+    pub mode: String,
+    /// This server.
+    pub me: String,
+    /// Every replica the topology declares, this one included.
+    pub members: Vec<MemberSpec>,
+    /// The replica that starts the group when none exists yet.
+    pub initial_primary: String,
+    /// `<data>/stores/<store>`.
+    pub dir: PathBuf,
+    /// An address bound by whichever replica is primary.
+    pub listener: Option<SocketAddr>,
+    /// For the listener's own rpc endpoint.
+    pub rpc_server: rpc::ServerConfig,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the node remembers between status samples.
+#[derive(Default)]
+struct Watch {
+    /// The last leader seen, and in which term.
+    last_leader: Option<(u64, u64)>,
+    /// The last term this node recorded a failover for (as the new primary).
+    recorded_term: u64,
+    /// A planned transfer to this node: when it was asked (unix ms) and from whom.
+    planned: Option<(u64, String)>,
+    /// Per member, the last time (unix ms) it held everything the primary had.
+    caught_up_at: HashMap<u64, u64>,
+    /// The listener's rpc endpoint while this node is primary.
+    listener: Option<RpcServer>,
+    /// The server's rpc endpoint (to re-register replication on a new generation).
+    rpc: Option<RpcServer>,
+    /// When peers' generations were last compared with ours (unix ms).
+    generation_checked_ms: u64,
+    /// When this node last became primary (unix ms).
+    leader_since_ms: u64,
+    /// The term in which it did.
+    leader_term: u64,
+}
+
+/// A running store replica.
+pub struct StoreNode {
+    cfg: NodeConfig,
+    /// The current replica; replaced when the node starts a new generation (forced service)
+    /// or is reseeded into one.
+    replica: Mutex<Replica<SqliteMachine>>,
+    /// The group's generation this node belongs to: raised by a forced failover, so members
+    /// of an older generation can never again form a group with newer ones.
+    generation: AtomicU64,
+    /// A newer generation exists elsewhere: this node serves nothing until it is reseeded.
+    fenced: AtomicBool,
+    readers: Readers,
+    watch: Mutex<Watch>,
+    pool: RpcPool,
+    /// Held while the node changes generation (forced service, reseed, fence): one at a time.
+    transition: tokio::sync::Mutex<()>,
+}
+
+/// The replica group's name in service names for a generation.
+fn group(store: &str, generation: u64) -> String {
+    if generation == 0 {
+        store.to_string()
+    } else {
+        format!("{store}@g{generation}")
+    }
+}
+
+fn read_generation(dir: &std::path::Path) -> u64 {
+    std::fs::read_to_string(dir.join("generation"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn write_generation(dir: &std::path::Path, generation: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join("generation.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(generation.to_string().as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join("generation"))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Opens the replica of a generation (its log under `raft` or `raft-g<n>`).
+async fn open_replica(
+    cfg: &NodeConfig,
+    me: &MemberSpec,
+    generation: u64,
+    pool: &RpcPool,
+) -> std::io::Result<Replica<SqliteMachine>> {
+    let machine = SqliteMachine::open(&cfg.dir.join("store.sqlite")).map_err(store_err)?;
+    let raft_dir = if generation == 0 {
+        cfg.dir.join("raft")
+    } else {
+        cfg.dir.join(format!("raft-g{generation}"))
+    };
+    let mut rcfg = ReplicaConfig::new(&group(&cfg.store, generation), member(me), raft_dir);
+    rcfg.elect = me.sync && me.automatic;
+    rcfg.heartbeat_ms = cfg.heartbeat_ms;
+    rcfg.election_timeout_min_ms = cfg.election_timeout_min_ms;
+    rcfg.election_timeout_max_ms = cfg.election_timeout_max_ms;
+    let transport = Arc::new(RpcTransport { pool: pool.clone() });
+    Replica::open(rcfg, machine, transport).await
+}
+
+fn member(spec: &MemberSpec) -> Member {
+    Member {
+        server: spec.server.clone(),
+        addr: spec.addr.clone(),
+    }
+}
+
+fn store_err(e: StoreError) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl StoreNode {
+    /// Opens the replica under `cfg.dir`, serves it on `rpc`, and starts its background work.
+    pub async fn open(
+        cfg: NodeConfig,
+        rpc: &RpcServer,
+        pool: RpcPool,
+    ) -> std::io::Result<Arc<StoreNode>> {
+        let me = cfg
+            .members
+            .iter()
+            .find(|m| m.server == cfg.me)
+            .cloned()
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "{} is not a replica of store {}",
+                    cfg.me, cfg.store
+                ))
+            })?;
+        std::fs::create_dir_all(&cfg.dir)?;
+        let generation = read_generation(&cfg.dir);
+        let db = cfg.dir.join("store.sqlite");
+        let replica = open_replica(&cfg, &me, generation, &pool).await?;
+        let readers = Readers::open(&db, 2, 8192).map_err(store_err)?;
+        let node = Arc::new(StoreNode {
+            cfg,
+            replica: Mutex::new(replica),
+            generation: AtomicU64::new(generation),
+            fenced: AtomicBool::new(false),
+            readers,
+            watch: Mutex::default(),
+            pool,
+            transition: tokio::sync::Mutex::new(()),
+        });
+        node.serve(rpc);
+        tokio::spawn(node.clone().bootstrap());
+        tokio::spawn(node.clone().watch_loop());
+        Ok(node)
+    }
+
+    fn serve(self: &Arc<Self>, rpc: &RpcServer) {
+        self.serve_raft(rpc);
+        self.serve_store(rpc);
+        if let Ok(mut w) = self.watch.lock() {
+            w.rpc = Some(rpc.clone());
+        }
+    }
+
+    /// Registers the replication service of the current generation (and drops older ones).
+    fn serve_raft(self: &Arc<Self>, rpc: &RpcServer) {
+        let generation = self.generation.load(Ordering::SeqCst);
+        for g in 0..generation {
+            rpc.unhandle(&format!("raft/{}/", group(&self.cfg.store, g)));
+        }
+        let n = self.clone();
+        rpc.handle(
+            format!("raft/{}/", group(&self.cfg.store, generation)),
+            move |req: Request| {
+                let n = n.clone();
+                async move {
+                    let kind = req.service.rsplit('/').next().unwrap_or("").to_string();
+                    if kind == "transfer" {
+                        n.note_planned(&req.peer);
+                    }
+                    n.replica()
+                        .handle(&kind, &req.body)
+                        .await
+                        .map(bytes::Bytes::from)
+                        .map_err(|e| RemoteError::new("replication", e))
+                }
+            },
+        );
+    }
+
+    /// Registers the store's client services on an rpc endpoint.
+    fn serve_store(self: &Arc<Self>, rpc: &RpcServer) {
+        let n = self.clone();
+        rpc.handle(format!("store/{}/", self.cfg.store), move |req: Request| {
+            let n = n.clone();
+            async move {
+                let op = req.service.rsplit('/').next().unwrap_or("").to_string();
+                Ok(bytes::Bytes::from(n.handle_op(&op, &req.body).await))
+            }
+        });
+    }
+
+    fn note_planned(&self, from: &str) {
+        if let Ok(mut w) = self.watch.lock() {
+            w.planned = Some((now_ms(), from.to_string()));
+        }
+    }
+
+    /// The current replica (for status and tests).
+    pub fn replica(&self) -> Replica<SqliteMachine> {
+        match self.replica.lock() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        &self.cfg.store
+    }
+
+    async fn handle_op(self: &Arc<Self>, op: &str, body: &[u8]) -> Vec<u8> {
+        let fenced = self.fenced.load(Ordering::SeqCst);
+        match op {
+            "generation" => {
+                return encode(&Reply::<(u64, bool)>::Ok((
+                    self.generation.load(Ordering::SeqCst),
+                    fenced,
+                )));
+            }
+            "reseed" => {
+                return encode(&match decode::<u64>(body, "generation") {
+                    Ok(g) => self.reseed(g).await,
+                    Err(e) => Err(e),
+                });
+            }
+            "force" => {
+                return encode(&match decode::<ForceRequest>(body, "force request") {
+                    Ok(r) => self.force(r).await,
+                    Err(e) => Err(e),
+                });
+            }
+            _ if fenced => {
+                return encode(&Reply::<()>::Err(Refusal::Unavailable(format!(
+                    "{} holds an old generation of {} and serves nothing until it is reseeded (tandem store add-replica)",
+                    self.cfg.me, self.cfg.store
+                ))));
+            }
+            _ => {}
+        }
+        match op {
+            "apply" => encode(&match decode::<ApplyRequest>(body, "command") {
+                Ok(env) => self.apply(env).await,
+                Err(e) => Err(e),
+            }),
+            "query" => encode(&match decode::<QueryRequest>(body, "query") {
+                Ok(q) => self.query(q).await,
+                Err(e) => Err(e),
+            }),
+            "status" => encode(&self.status().await),
+            "failover" => encode(&match decode::<FailoverRequest>(body, "failover request") {
+                Ok(r) => self.planned_failover(r).await,
+                Err(e) => Err(e),
+            }),
+            "add-replica" | "remove-replica" | "set-commit" => {
+                encode(&match decode::<MemberChange>(body, "change") {
+                    Ok(c) => self.change_member(op, c).await,
+                    Err(e) => Err(e),
+                })
+            }
+            other => encode(&Reply::<()>::Err(Refusal::Refused(format!(
+                "unknown store operation {other}"
+            )))),
+        }
+    }
+
+    fn endpoint(&self, id: u64) -> Option<Endpoint> {
+        let st = self.replica().status();
+        st.voters
+            .get(&id)
+            .or_else(|| st.learners.get(&id))
+            .map(|m| Endpoint {
+                server: m.server.clone(),
+                addr: m.addr.clone(),
+            })
+    }
+
+    fn refusal(&self, e: WriteError) -> Refusal {
+        match e {
+            WriteError::NotLeader { leader } => Refusal::NotPrimary {
+                primary: leader.map(|(_, m)| Endpoint {
+                    server: m.server,
+                    addr: m.addr,
+                }),
+            },
+            WriteError::Unknown(why) => {
+                Refusal::Unavailable(format!("outcome unknown ({why}); retry"))
+            }
+            WriteError::Stopped(why) => Refusal::Unavailable(format!("replica stopped: {why}")),
+            WriteError::Membership(why) => Refusal::Unavailable(why),
+        }
+    }
+
+    fn not_primary(&self) -> Refusal {
+        Refusal::NotPrimary {
+            primary: self
+                .replica()
+                .status()
+                .leader
+                .and_then(|id| self.endpoint(id)),
+        }
+    }
+
+    /// Applies a command on the primary.
+    pub async fn apply(&self, env: Envelope) -> Reply<Applied> {
+        if self.replica().status().role != Role::Leader {
+            return Err(self.not_primary());
+        }
+        let bytes = encode_command(&env).map_err(Refusal::Store)?;
+        let out = self
+            .replica()
+            .write(bytes)
+            .await
+            .map_err(|e| self.refusal(e))?;
+        match decode_outcome(&out) {
+            Ok(Ok(applied)) => Ok(applied),
+            Ok(Err(e)) if e.is_storage() => Err(Refusal::Unavailable(e.to_string())),
+            Ok(Err(e)) => Err(Refusal::Store(e)),
+            Err(e) => Err(Refusal::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Answers a query, on the primary (linearizable) or here within a staleness bound.
+    pub async fn query(&self, q: QueryRequest) -> Reply<QueryAnswer> {
+        let st = self.replica().status();
+        let staleness_ms = match q.consistency {
+            Consistency::Primary => {
+                if st.role != Role::Leader {
+                    return Err(self.not_primary());
+                }
+                self.replica()
+                    .read_barrier()
+                    .await
+                    .map_err(|e| self.refusal(e))?;
+                0
+            }
+            Consistency::Stale { max_ms } => {
+                let staleness = if st.role == Role::Leader {
+                    0
+                } else {
+                    let readable = self
+                        .cfg
+                        .members
+                        .iter()
+                        .any(|m| m.server == self.cfg.me && m.readable);
+                    if !readable {
+                        return Err(Refusal::Refused(format!(
+                            "{} is not a readable secondary",
+                            self.cfg.me
+                        )));
+                    }
+                    // Caught up with what the primary last said: the data is as old as that message.
+                    match (st.applied, st.leader_commit_seen, st.last_leader_contact_ms) {
+                        (Some(a), Some(c), Some(t)) if a >= c => now_ms().saturating_sub(t),
+                        _ => u64::MAX,
+                    }
+                };
+                if staleness > max_ms {
+                    return Err(Refusal::Unavailable(format!(
+                        "data here may be older than {max_ms} ms (last contact with the primary: {})",
+                        st.last_leader_contact_ms
+                            .map_or("never".into(), |t| format!(
+                                "{} ms ago",
+                                now_ms().saturating_sub(t)
+                            ))
+                    )));
+                }
+                staleness
+            }
+        };
+        let query = q.query;
+        let result = self
+            .readers
+            .read(move |c| machine::query(c, &query))
+            .await
+            .map_err(Refusal::Store)?;
+        Ok(QueryAnswer {
+            result,
+            staleness_ms,
+            server: self.cfg.me.clone(),
+        })
+    }
+
+    /// This replica's view of the store: complete on the primary, partial elsewhere.
+    pub async fn status(&self) -> Reply<StoreStatus> {
+        let st = self.replica().status();
+        let is_leader = st.role == Role::Leader;
+        let now = now_ms();
+        let leader_since = self.watch.lock().map(|w| w.leader_since_ms).unwrap_or(0);
+        let caught = self
+            .watch
+            .lock()
+            .map(|w| w.caught_up_at.clone())
+            .unwrap_or_default();
+        let last = st.last_log_index.unwrap_or(0);
+        let mut replicas = Vec::new();
+        let spec = |server: &str| {
+            self.cfg
+                .members
+                .iter()
+                .find(|m| m.server == server)
+                .cloned()
+        };
+        let election = self.cfg.election_timeout_max_ms;
+        let mut push = |id: u64, m: &Member, voter: bool| {
+            let s = spec(&m.server);
+            let progress = st.replication.get(&id);
+            let matched = if id == st.id {
+                st.last_log_index
+            } else {
+                progress.and_then(|p| p.matched)
+            };
+            let lag_entries = last.saturating_sub(matched.unwrap_or(0));
+            let healthy = if id == st.id {
+                true
+            } else {
+                progress
+                    .and_then(|p| p.last_ack_ms_ago)
+                    .is_some_and(|ms| ms < 2 * election)
+            };
+            // Holds everything, and is still there to say so.
+            let synchronized = is_leader && lag_entries == 0 && healthy;
+            let lag_ms = if synchronized {
+                0
+            } else {
+                // Never seen caught up since this node became primary: behind all that time.
+                let since = caught.get(&id).copied().unwrap_or(leader_since);
+                now.saturating_sub(since)
+            };
+            replicas.push(ReplicaStatus {
+                server: m.server.clone(),
+                role: if st.leader == Some(id) {
+                    "primary".into()
+                } else {
+                    "secondary".into()
+                },
+                commit: if voter { "sync".into() } else { "async".into() },
+                failover: match s.as_ref() {
+                    Some(s) if s.automatic && voter => "automatic".into(),
+                    _ => "manual".into(),
+                },
+                readable: s.as_ref().is_some_and(|s| s.readable),
+                synchronized,
+                lag_entries: if is_leader { lag_entries } else { 0 },
+                lag_ms: if is_leader { lag_ms } else { 0 },
+                healthy: if is_leader { healthy } else { id == st.id },
+                matched: if is_leader { matched } else { None },
+            });
+        };
+        for (id, m) in &st.voters {
+            push(*id, m, true);
+        }
+        for (id, m) in &st.learners {
+            push(*id, m, false);
+        }
+        let failovers = self
+            .readers
+            .read(|c| machine::failovers(c, 10))
+            .await
+            .unwrap_or_default();
+        Ok(StoreStatus {
+            store: self.cfg.store.clone(),
+            mode: self.cfg.mode.clone(),
+            reported_by: self.cfg.me.clone(),
+            primary: st.leader.and_then(|id| self.endpoint(id)).map(|e| e.server),
+            term: st.term,
+            lease_age_ms: st.quorum_ack_ms_ago,
+            last_log_index: st.last_log_index,
+            committed: st.committed,
+            listener: self.cfg.listener.map(|a| a.to_string()),
+            replicas,
+            failovers,
+        })
+    }
+
+    /// A planned failover: hands the primary role to a synchronized sync replica.
+    async fn planned_failover(&self, req: FailoverRequest) -> Reply<StoreStatus> {
+        let st = self.replica().status();
+        if st.role != Role::Leader {
+            return Err(self.not_primary());
+        }
+        let last = st.last_log_index.unwrap_or(0);
+        let candidates: Vec<(u64, Member)> = st
+            .voters
+            .iter()
+            .filter(|(id, _)| **id != st.id)
+            .map(|(id, m)| (*id, m.clone()))
+            .collect();
+        let target = match &req.to {
+            Some(server) => {
+                let Some((id, _)) = candidates.iter().find(|(_, m)| m.server == *server) else {
+                    return Err(Refusal::Refused(format!(
+                        "{server} is not a synchronous secondary of {}: a planned failover goes to a sync replica",
+                        self.cfg.store
+                    )));
+                };
+                *id
+            }
+            None => {
+                // The most advanced sync secondary, automatic ones first.
+                let mut best: Option<(bool, u64, u64)> = None;
+                for (id, m) in &candidates {
+                    let matched = st.replication.get(id).and_then(|p| p.matched).unwrap_or(0);
+                    let automatic = self
+                        .cfg
+                        .members
+                        .iter()
+                        .any(|s| s.server == m.server && s.automatic);
+                    let key = (automatic, matched, *id);
+                    if best.is_none_or(|b| (key.0, key.1) > (b.0, b.1)) {
+                        best = Some(key);
+                    }
+                }
+                match best {
+                    Some((_, _, id)) => id,
+                    None => {
+                        return Err(Refusal::Refused(
+                            "no synchronous secondary to fail over to".into(),
+                        ));
+                    }
+                }
+            }
+        };
+        let matched = st
+            .replication
+            .get(&target)
+            .and_then(|p| p.matched)
+            .unwrap_or(0);
+        if last.saturating_sub(matched) > 1000 {
+            return Err(Refusal::Refused(format!(
+                "the target is {} transactions behind; wait until it is synchronized",
+                last - matched
+            )));
+        }
+        self.replica()
+            .transfer_leader(target)
+            .await
+            .map_err(|e| self.refusal(e))?;
+        let done = self
+            .replica()
+            .wait_for(Duration::from_secs(10), "the new primary", |s| {
+                s.leader == Some(target)
+            })
+            .await;
+        if let Err(e) = done {
+            return Err(Refusal::Unavailable(format!(
+                "the transfer did not complete: {e}"
+            )));
+        }
+        self.status().await
+    }
+
+    /// Membership changes on the primary.
+    async fn change_member(&self, op: &str, c: MemberChange) -> Reply<StoreStatus> {
+        let st = self.replica().status();
+        if st.role != Role::Leader {
+            return Err(self.not_primary());
+        }
+        let id = node_id(&c.server);
+        let sync = match c.commit.as_deref() {
+            None | Some("sync") => true,
+            Some("async") => false,
+            Some(other) => {
+                return Err(Refusal::Refused(format!(
+                    "commit mode {other} is not sync or async"
+                )));
+            }
+        };
+        let result = match op {
+            "add-replica" => {
+                let Some(addr) = c.addr.clone() else {
+                    return Err(Refusal::Refused(
+                        "add-replica needs the server's rpc address".into(),
+                    ));
+                };
+                // Asking again (a retry after a slow first attempt) finds the work done.
+                if (sync && st.voters.contains_key(&id)) || (!sync && st.learners.contains_key(&id))
+                {
+                    return self.status().await;
+                }
+                if st.voters.contains_key(&id) || st.learners.contains_key(&id) {
+                    return Err(Refusal::Refused(format!(
+                        "{} is already a replica with another commit mode: use set-commit",
+                        c.server
+                    )));
+                }
+                // A replica of another generation is emptied and joins this one first.
+                let generation = self.generation.load(Ordering::SeqCst);
+                let service = format!("store/{}/generation", self.cfg.store);
+                let theirs = match self
+                    .pool
+                    .call(&addr, &service, Vec::new(), Duration::from_secs(2))
+                    .await
+                {
+                    Ok(bytes) => decode::<Reply<(u64, bool)>>(&bytes, "generation")
+                        .ok()
+                        .and_then(Result::ok),
+                    Err(e) => {
+                        return Err(Refusal::Unavailable(format!(
+                            "{} does not answer: {e}",
+                            c.server
+                        )));
+                    }
+                };
+                if let Some((g, fenced)) = theirs
+                    && (g != generation || fenced)
+                {
+                    let service = format!("store/{}/reseed", self.cfg.store);
+                    let bytes = self
+                        .pool
+                        .call(
+                            &addr,
+                            &service,
+                            encode(&generation),
+                            Duration::from_secs(30),
+                        )
+                        .await
+                        .map_err(|e| {
+                            Refusal::Unavailable(format!("cannot reseed {}: {e}", c.server))
+                        })?;
+                    decode::<Reply<()>>(&bytes, "reseed")??;
+                }
+                let m = Member {
+                    server: c.server.clone(),
+                    addr,
+                };
+                match self.replica().add_learner(m, sync).await {
+                    Ok(()) if sync => self.replica().promote(BTreeSet::from([id])).await,
+                    other => other,
+                }
+            }
+            "remove-replica" => {
+                if id == st.id {
+                    return Err(Refusal::Refused(format!(
+                        "{} is the primary: fail over first, then remove it",
+                        c.server
+                    )));
+                }
+                if !st.voters.contains_key(&id) && !st.learners.contains_key(&id) {
+                    return Err(Refusal::Refused(format!("{} is not a replica", c.server)));
+                }
+                self.replica().remove(BTreeSet::from([id])).await
+            }
+            _ => {
+                // set-commit
+                if sync {
+                    if !st.learners.contains_key(&id) {
+                        return Err(Refusal::Refused(format!(
+                            "{} is not an async replica",
+                            c.server
+                        )));
+                    }
+                    self.replica().promote(BTreeSet::from([id])).await
+                } else {
+                    if id == st.id {
+                        return Err(Refusal::Refused(
+                            "the primary commits synchronously by definition".into(),
+                        ));
+                    }
+                    if !st.voters.contains_key(&id) {
+                        return Err(Refusal::Refused(format!(
+                            "{} is not a sync replica",
+                            c.server
+                        )));
+                    }
+                    self.replica().demote(BTreeSet::from([id])).await
+                }
+            }
+        };
+        result.map_err(|e| self.refusal(e))?;
+        self.status().await
+    }
+
+    fn spec(&self) -> Option<MemberSpec> {
+        self.cfg
+            .members
+            .iter()
+            .find(|m| m.server == self.cfg.me)
+            .cloned()
+    }
+
+    /// Replaces the replica with a fresh one of `generation`, and serves it.
+    async fn switch_generation(
+        self: &Arc<Self>,
+        generation: u64,
+        me: &MemberSpec,
+    ) -> std::io::Result<Replica<SqliteMachine>> {
+        write_generation(&self.cfg.dir, generation)?;
+        let replica = open_replica(&self.cfg, me, generation, &self.pool).await?;
+        if let Ok(mut r) = self.replica.lock() {
+            *r = replica.clone();
+        }
+        self.generation.store(generation, Ordering::SeqCst);
+        let rpc = self.watch.lock().ok().and_then(|w| w.rpc.clone());
+        if let Some(rpc) = rpc {
+            self.serve_raft(&rpc);
+        }
+        if let Ok(mut w) = self.watch.lock() {
+            w.last_leader = None;
+            w.recorded_term = 0;
+            w.caught_up_at.clear();
+        }
+        Ok(replica)
+    }
+
+    /// What forcing service here would lose; with `confirm`, does it: this replica becomes
+    /// the only member of a new generation, serving the state it has.
+    async fn force(self: &Arc<Self>, req: ForceRequest) -> Reply<ForceReport> {
+        let _transition = self.transition.lock().await;
+        if self.fenced.load(Ordering::SeqCst) {
+            return Err(Refusal::Refused(format!(
+                "{} holds an old generation: reseed it instead",
+                self.cfg.me
+            )));
+        }
+        let st = self.replica().status();
+        let applied = st.applied.unwrap_or(0);
+        let seen = st.leader_commit_seen.unwrap_or(0);
+        let lost = seen.saturating_sub(applied);
+        let generation = self.generation.load(Ordering::SeqCst);
+        let mut report = ForceReport {
+            server: self.cfg.me.clone(),
+            last_applied: applied,
+            primary_committed_seen: seen,
+            lost_transactions: lost,
+            lost_positions: if lost > 0 {
+                format!("{}..={}", applied + 1, seen)
+            } else {
+                String::new()
+            },
+            last_primary_contact_ms: st.last_leader_contact_ms,
+            forced: false,
+            generation,
+        };
+        if !req.confirm {
+            return Ok(report);
+        }
+        if st.role == Role::Leader
+            && st
+                .quorum_ack_ms_ago
+                .is_some_and(|ms| ms < self.cfg.election_timeout_max_ms)
+        {
+            return Err(Refusal::Refused(format!(
+                "{} is already the primary, with a quorum",
+                self.cfg.me
+            )));
+        }
+        let detected_ms = now_ms();
+        let Some(mut me) = self.spec() else {
+            return Err(Refusal::Refused(format!(
+                "{} is not in the topology's replicas",
+                self.cfg.me
+            )));
+        };
+        // As the only member, it votes and may be elected, whatever its mode was.
+        me.sync = true;
+        me.automatic = true;
+        self.release_listener().await;
+        self.replica().shutdown().await;
+        let reopened = (|| -> Result<(), StoreError> {
+            let mut m = SqliteMachine::open(&self.cfg.dir.join("store.sqlite"))?;
+            m.forget_position()
+        })();
+        if let Err(e) = reopened {
+            return Err(Refusal::Unavailable(format!(
+                "cannot reopen the database: {e}"
+            )));
+        }
+        let new_generation = generation + 1;
+        let replica = self
+            .switch_generation(new_generation, &me)
+            .await
+            .map_err(|e| {
+                Refusal::Unavailable(format!("cannot start generation {new_generation}: {e}"))
+            })?;
+        replica
+            .initialize(BTreeMap::from([(node_id(&me.server), member(&me))]))
+            .await
+            .map_err(|e| self.refusal(e))?;
+        replica
+            .wait_for(Duration::from_secs(10), "leadership", |s| {
+                s.role == Role::Leader && s.applied == s.last_log_index
+            })
+            .await
+            .map_err(Refusal::Unavailable)?;
+        let decided_ms = now_ms();
+        let event = FailoverEvent {
+            id: 0,
+            kind: FailoverKind::Forced,
+            from_server: st.leader.and_then(|id| {
+                st.voters
+                    .get(&id)
+                    .or_else(|| st.learners.get(&id))
+                    .map(|m| m.server.clone())
+            }),
+            to_server: self.cfg.me.clone(),
+            term: replica.status().term,
+            detected_ms,
+            decided_ms,
+            first_write_ms: 0,
+            last_acked_before: seen,
+            last_acked_after: applied,
+            lost_transactions: lost,
+            lost_detail: report.lost_positions.clone(),
+            reason: format!(
+                "forced service on {} (generation {new_generation}); loss known at the time: {lost} transaction(s)",
+                self.cfg.me
+            ),
+        };
+        let id = match self
+            .apply(Envelope {
+                request: Some(random_id()),
+                cmd: Command::RecordFailover(event),
+            })
+            .await
+        {
+            Ok(Applied {
+                outcome: Outcome::Recorded(id),
+                ..
+            }) => id,
+            other => {
+                return Err(Refusal::Unavailable(format!(
+                    "could not record the forced failover: {other:?}"
+                )));
+            }
+        };
+        let first_write_ms = now_ms();
+        let _ = self
+            .apply(Envelope {
+                request: Some(random_id()),
+                cmd: Command::FailoverServing { id, first_write_ms },
+            })
+            .await;
+        // The state did not come from this generation's log: members that join must install a
+        // snapshot of it, so the log it covers goes.
+        replica
+            .snapshot_and_purge(Duration::from_secs(30))
+            .await
+            .map_err(|e| self.refusal(e))?;
+        report.forced = true;
+        report.generation = new_generation;
+        tracing::warn!(store = %self.cfg.store, generation = new_generation, lost, "forced service: this replica is the only member of a new generation");
+        Ok(report)
+    }
+
+    /// Drops this replica's state and joins `generation` empty, to be filled by a snapshot
+    /// from its primary.
+    async fn reseed(self: &Arc<Self>, generation: u64) -> Reply<()> {
+        let _transition = self.transition.lock().await;
+        let current = self.generation.load(Ordering::SeqCst);
+        if generation < current || (generation == current && !self.fenced.load(Ordering::SeqCst)) {
+            return Err(Refusal::Refused(format!(
+                "{} is at generation {current}; reseeding to {generation} would go back",
+                self.cfg.me
+            )));
+        }
+        let Some(me) = self.spec() else {
+            return Err(Refusal::Refused(format!(
+                "{} is not in the topology's replicas",
+                self.cfg.me
+            )));
+        };
+        self.release_listener().await;
+        self.replica().shutdown().await;
+        let wiped = (|| -> Result<(), StoreError> {
+            let mut m = SqliteMachine::open(&self.cfg.dir.join("store.sqlite"))?;
+            m.reset()
+        })();
+        if let Err(e) = wiped {
+            return Err(Refusal::Unavailable(format!(
+                "cannot empty the database: {e}"
+            )));
+        }
+        let raft_dir = if generation == 0 {
+            self.cfg.dir.join("raft")
+        } else {
+            self.cfg.dir.join(format!("raft-g{generation}"))
+        };
+        let _ = std::fs::remove_dir_all(&raft_dir);
+        self.switch_generation(generation, &me).await.map_err(|e| {
+            Refusal::Unavailable(format!("cannot start generation {generation}: {e}"))
+        })?;
+        self.fenced.store(false, Ordering::SeqCst);
+        tracing::info!(store = %self.cfg.store, generation, "reseeded: waiting for the primary's snapshot");
+        Ok(())
+    }
+
+    /// Asks the other replicas for their generation; a newer one fences this node.
+    async fn check_generation(self: &Arc<Self>) {
+        let mine = self.generation.load(Ordering::SeqCst);
+        let mut peers: Vec<String> = self
+            .cfg
+            .members
+            .iter()
+            .filter(|m| m.server != self.cfg.me)
+            .map(|m| m.addr.clone())
+            .collect();
+        let st = self.replica().status();
+        for m in st.voters.values().chain(st.learners.values()) {
+            if m.server != self.cfg.me && !peers.contains(&m.addr) {
+                peers.push(m.addr.clone());
+            }
+        }
+        let service = format!("store/{}/generation", self.cfg.store);
+        for addr in peers {
+            let Ok(bytes) = self
+                .pool
+                .call(&addr, &service, Vec::new(), Duration::from_millis(500))
+                .await
+            else {
+                continue;
+            };
+            let Ok(Ok((theirs, their_fence))) = decode::<Reply<(u64, bool)>>(&bytes, "generation")
+            else {
+                continue;
+            };
+            if theirs <= mine || their_fence {
+                continue;
+            }
+            // Decide under the transition lock, against the generation as it is now (a reseed
+            // may have moved this node forward while the question was on the wire).
+            let _transition = self.transition.lock().await;
+            if theirs > self.generation.load(Ordering::SeqCst)
+                && !self.fenced.swap(true, Ordering::SeqCst)
+            {
+                tracing::warn!(
+                    store = %self.cfg.store, mine, theirs, peer = %addr,
+                    "a newer generation of this store exists (forced failover): this replica stops serving until reseeded"
+                );
+                self.release_listener().await;
+                self.replica().shutdown().await;
+                return;
+            }
+        }
+    }
+
+    /// Starts the group on the initial primary when it does not exist yet, then adds the
+    /// asynchronous replicas.
+    async fn bootstrap(self: Arc<Self>) {
+        // A replica of an older generation must not start a group again.
+        self.check_generation().await;
+        if self.cfg.me != self.cfg.initial_primary || self.fenced.load(Ordering::SeqCst) {
+            return;
+        }
+        let st = self.replica().status();
+        if !st.voters.is_empty() || st.last_log_index.is_some() {
+            return;
+        }
+        let voters: BTreeMap<u64, Member> = self
+            .cfg
+            .members
+            .iter()
+            .filter(|m| m.sync)
+            .map(|m| (node_id(&m.server), member(m)))
+            .collect();
+        if let Err(e) = self.replica().initialize(voters).await {
+            tracing::error!(store = %self.cfg.store, error = %e, "cannot start the replica group");
+            return;
+        }
+        let learners: Vec<Member> = self
+            .cfg
+            .members
+            .iter()
+            .filter(|m| !m.sync)
+            .map(member)
+            .collect();
+        if learners.is_empty() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        for m in learners {
+            // A new primary changes membership only after its first entry committed: retry.
+            loop {
+                match self.replica().add_learner(m.clone(), false).await {
+                    Ok(()) => break,
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(store = %self.cfg.store, learner = %m.server, error = %e, "adding an async replica; retrying");
+                        let _ = self
+                            .replica()
+                            .wait_for(Duration::from_millis(200), "a membership change", |s| {
+                                s.role == Role::Leader && s.applied == s.last_log_index
+                            })
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::error!(store = %self.cfg.store, learner = %m.server, error = %e, "cannot add an async replica");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Follows the replica's role: records failovers it wins, binds the listener while
+    /// primary, and samples how far behind each member is.
+    async fn watch_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let now = now_ms();
+            let due = self
+                .watch
+                .lock()
+                .map(|w| now.saturating_sub(w.generation_checked_ms) >= 2000)
+                .unwrap_or(false);
+            if due {
+                if let Ok(mut w) = self.watch.lock() {
+                    w.generation_checked_ms = now;
+                }
+                self.check_generation().await;
+            }
+            let st = self.replica().status();
+            if st.role == Role::Stopped {
+                // Stopped by a fence or a generation switch: the next replica takes over.
+                self.set_listener(false).await;
+                continue;
+            }
+            let is_leader = st.role == Role::Leader;
+            self.set_listener(is_leader).await;
+            let now = now_ms();
+            let mut record = None;
+            if let Ok(mut w) = self.watch.lock() {
+                if is_leader {
+                    if w.leader_term != st.term {
+                        w.leader_term = st.term;
+                        w.leader_since_ms = now;
+                    }
+                    let last = st.last_log_index.unwrap_or(0);
+                    for (id, p) in &st.replication {
+                        if p.matched.unwrap_or(0) >= last {
+                            w.caught_up_at.insert(*id, now);
+                        }
+                    }
+                    if st.term > w.recorded_term && st.applied == st.last_log_index {
+                        w.recorded_term = st.term;
+                        // A failover, unless this is the group's first primary.
+                        if let Some((prev_id, _)) = w.last_leader.take() {
+                            let planned = w.planned.take();
+                            record = Some((prev_id, planned));
+                        }
+                    }
+                }
+                // The last *other* leader: the one a failover to this node replaces.
+                if let Some(l) = st.leader
+                    && l != st.id
+                {
+                    w.last_leader = Some((l, st.term));
+                }
+            }
+            if let Some((prev_id, planned)) = record {
+                let node = self.clone();
+                let st2 = st.clone();
+                tokio::spawn(async move { node.record_failover(prev_id, planned, st2).await });
+            }
+        }
+    }
+
+    async fn record_failover(
+        self: Arc<Self>,
+        prev_id: u64,
+        planned: Option<(u64, String)>,
+        st: replica::Status,
+    ) {
+        let decided_ms = now_ms();
+        let from_server = self.endpoint(prev_id).map(|e| e.server);
+        let (kind, detected_ms, reason) = match planned {
+            Some((asked, by)) => (
+                FailoverKind::Planned,
+                asked,
+                format!("planned, asked by {by}"),
+            ),
+            None => {
+                // The old primary's last message plus the election timeout: the earliest moment
+                // the replicas could conclude it was gone.
+                let detected = st
+                    .last_leader_contact_ms
+                    .map(|t| (t + self.cfg.election_timeout_min_ms).min(decided_ms))
+                    .unwrap_or(decided_ms);
+                (
+                    FailoverKind::Automatic,
+                    detected,
+                    "primary lost; elected by the sync replicas".to_string(),
+                )
+            }
+        };
+        let before = st.leader_commit_seen.unwrap_or(0);
+        let after = st.last_log_index.unwrap_or(0);
+        let lost = before.saturating_sub(after);
+        let event = FailoverEvent {
+            id: 0,
+            kind,
+            from_server,
+            to_server: self.cfg.me.clone(),
+            term: st.term,
+            detected_ms,
+            decided_ms,
+            first_write_ms: 0,
+            last_acked_before: before,
+            last_acked_after: after,
+            lost_transactions: lost,
+            lost_detail: if lost > 0 {
+                format!("{}..={}", after + 1, before)
+            } else {
+                String::new()
+            },
+            reason,
+        };
+        tracing::info!(store = %self.cfg.store, kind = kind.as_str(), term = st.term, "this replica is the new primary");
+        let env = Envelope {
+            request: Some(random_id()),
+            cmd: Command::RecordFailover(event),
+        };
+        let id = match self.apply(env).await {
+            Ok(Applied {
+                outcome: Outcome::Recorded(id),
+                ..
+            }) => id,
+            other => {
+                tracing::warn!(store = %self.cfg.store, result = ?other, "could not record the failover");
+                return;
+            }
+        };
+        // The record itself was the new primary's first committed write.
+        let first_write_ms = now_ms();
+        let env = Envelope {
+            request: Some(random_id()),
+            cmd: Command::FailoverServing { id, first_write_ms },
+        };
+        if let Err(e) = self.apply(env).await {
+            tracing::warn!(store = %self.cfg.store, error = %e, "could not complete the failover record");
+        }
+    }
+
+    /// Binds the listener while primary, releases it otherwise.
+    async fn set_listener(self: &Arc<Self>, primary: bool) {
+        let Some(addr) = self.cfg.listener else {
+            return;
+        };
+        if !primary {
+            self.release_listener().await;
+            return;
+        }
+        if self
+            .watch
+            .lock()
+            .map(|w| w.listener.is_some())
+            .unwrap_or(true)
+        {
+            return;
+        }
+        // Bound by the primary only; while an old primary still holds it, clients use the
+        // replicas' own addresses.
+        match RpcServer::bind(addr, self.cfg.rpc_server.clone()).await {
+            Ok(server) => {
+                self.serve_store(&server);
+                server.spawn();
+                tracing::info!(store = %self.cfg.store, %addr, "listener bound");
+                if let Ok(mut w) = self.watch.lock() {
+                    w.listener = Some(server);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(store = %self.cfg.store, %addr, error = %e, "listener address still taken")
+            }
+        }
+    }
+
+    async fn release_listener(&self) {
+        let current = self.watch.lock().ok().and_then(|mut w| w.listener.take());
+        if let Some(server) = current {
+            server.shutdown().await;
+            tracing::info!(store = %self.cfg.store, "listener released");
+        }
+    }
+
+    /// The rpc pool the node uses (for clients in the same server).
+    pub fn pool(&self) -> &RpcPool {
+        &self.pool
+    }
+
+    /// Stops the replica (and the listener).
+    pub async fn shutdown(&self) {
+        self.release_listener().await;
+        self.replica().shutdown().await;
+    }
+}
+
+/// A random request id.
+pub fn random_id() -> u128 {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        // Unique enough without the OS: time and a counter.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let c = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return (u128::from(now_ms()) << 64) | u128::from(c);
+    }
+    u128::from_le_bytes(b)
+}

@@ -1,0 +1,149 @@
+//! The store's state machine under replication: the same SQL machine, applied in the
+//! replicated log's order, with the log position stored in the same transaction as the data.
+//!
+//! The database is written with `synchronous=NORMAL`: the replicated log (fsynced on a majority)
+//! is the durable copy, and a process crash keeps every committed SQLite transaction anyway.
+
+use crate::machine::{self, StoreError};
+use crate::model::{Applied, Envelope};
+use crate::sqlite::{Sync, open_connection};
+use rusqlite::Connection;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A command's outcome as carried back through the log: the machine's result.
+pub type Outcome = Result<Applied, StoreError>;
+
+/// Encodes a command for the log.
+pub fn encode_command(env: &Envelope) -> Result<Vec<u8>, StoreError> {
+    postcard::to_allocvec(env)
+        .map_err(|e| StoreError::Storage(format!("cannot encode a command: {e}")))
+}
+
+/// Decodes a command's outcome from the log's response.
+pub fn decode_outcome(bytes: &[u8]) -> Result<Outcome, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Storage(format!("unreadable outcome: {e}")))
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// The SQL machine as a replica's [`replica::Machine`].
+pub struct SqliteMachine {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl SqliteMachine {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<SqliteMachine, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Storage(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let conn = open_connection(path, Sync::Normal)?;
+        machine::init_schema(&conn)?;
+        Ok(SqliteMachine {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file (readers open it too).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Forgets the replicated position (the data stays): for a member that starts a new
+    /// group from its current state (forced service).
+    pub fn forget_position(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM meta_blob WHERE key = 'position'", [])?;
+        Ok(())
+    }
+
+    /// Empties the database: for a member about to be reseeded from a snapshot.
+    pub fn reset(&mut self) -> Result<(), StoreError> {
+        machine::reset(&self.conn)
+    }
+}
+
+impl replica::Machine for SqliteMachine {
+    fn apply(&mut self, commands: &[Option<&[u8]>], position: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        /// What each log entry is to the machine.
+        enum Slot {
+            /// No command (blank or membership entry).
+            Empty,
+            /// The i-th decoded command.
+            Command(usize),
+            /// Bytes that do not decode: refused, the same way on every member.
+            Undecodable(String),
+        }
+        let mut envs = Vec::with_capacity(commands.len());
+        let mut slots = Vec::with_capacity(commands.len());
+        for c in commands {
+            slots.push(match c {
+                None => Slot::Empty,
+                Some(bytes) => match postcard::from_bytes::<Envelope>(bytes) {
+                    Ok(env) => {
+                        envs.push(env);
+                        Slot::Command(envs.len() - 1)
+                    }
+                    Err(e) => Slot::Undecodable(e.to_string()),
+                },
+            });
+        }
+        let results =
+            machine::apply_batch_at(&self.conn, envs.iter(), Some(position)).map_err(io_err)?;
+        let mut out = Vec::with_capacity(commands.len());
+        for slot in slots {
+            out.push(match slot {
+                Slot::Empty => Vec::new(),
+                Slot::Undecodable(why) => {
+                    let refused: Outcome =
+                        Err(StoreError::Storage(format!("undecodable command: {why}")));
+                    postcard::to_allocvec(&refused).map_err(io_err)?
+                }
+                Slot::Command(i) => {
+                    let r = results.get(i).ok_or_else(|| io_err("missing result"))?;
+                    postcard::to_allocvec(r).map_err(io_err)?
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    fn position(&mut self) -> io::Result<Option<Vec<u8>>> {
+        machine::position(&self.conn).map_err(io_err)
+    }
+
+    fn snapshot(&mut self) -> io::Result<Vec<u8>> {
+        // VACUUM INTO writes a consistent, compact copy of the database.
+        let tmp = self.path.with_extension("snapshot.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        self.conn
+            .execute("VACUUM INTO ?1", [tmp.to_string_lossy().as_ref()])
+            .map_err(io_err)?;
+        let bytes = std::fs::read(&tmp)?;
+        let _ = std::fs::remove_file(&tmp);
+        Ok(bytes)
+    }
+
+    fn install(&mut self, snapshot: &[u8]) -> io::Result<()> {
+        // The snapshot replaces the live database page by page (SQLite's backup API), so open
+        // readers simply see the new state.
+        let tmp = self.path.with_extension("install.tmp");
+        std::fs::write(&tmp, snapshot)?;
+        let result = (|| -> rusqlite::Result<()> {
+            let src =
+                Connection::open_with_flags(&tmp, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let backup = rusqlite::backup::Backup::new(&src, &mut self.conn)?;
+            backup.run_to_completion(1024, std::time::Duration::ZERO, None)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        result.map_err(io_err)?;
+        machine::init_schema(&self.conn).map_err(io_err)
+    }
+}

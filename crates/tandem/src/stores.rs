@@ -1,0 +1,238 @@
+//! `tandem store …`: replicated stores through a server's admin API.
+
+use crate::client::Admin;
+use crate::{AdminTarget, StoreCommand};
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use std::io::BufRead;
+use std::process::ExitCode;
+
+fn text(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn when(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let secs = ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}.{:03} UTC", ms % 1000)
+}
+
+/// Prints a store status as tables.
+pub fn print_status(st: &Value) {
+    println!(
+        "store {} ({}) — primary {} — term {} — lease age {} ms — last position {} (committed {}) — listener {}",
+        text(st, "store"),
+        text(st, "mode"),
+        text(st, "primary"),
+        text(st, "term"),
+        text(st, "lease_age_ms"),
+        text(st, "last_log_index"),
+        text(st, "committed"),
+        text(st, "listener"),
+    );
+    let rows: Vec<Vec<String>> = st["replicas"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    vec![
+                        text(r, "server"),
+                        text(r, "role"),
+                        text(r, "commit"),
+                        text(r, "failover"),
+                        if r["readable"].as_bool() == Some(true) {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                        if r["synchronized"].as_bool() == Some(true) {
+                            "synchronized".into()
+                        } else {
+                            "synchronizing".into()
+                        },
+                        text(r, "lag_entries"),
+                        text(r, "lag_ms"),
+                        if r["healthy"].as_bool() == Some(true) {
+                            "healthy".into()
+                        } else {
+                            "NOT healthy".into()
+                        },
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!(
+        "{}",
+        crate::render_table(
+            &[
+                "replica", "role", "commit", "failover", "readable", "state", "lag (tx)",
+                "lag (ms)", "health"
+            ],
+            &rows
+        )
+    );
+    let failovers: Vec<Vec<String>> = st["failovers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| {
+                    let first = f["first_write_ms"].as_u64().unwrap_or(0);
+                    let detected = f["detected_ms"].as_u64().unwrap_or(0);
+                    vec![
+                        when(f["decided_ms"].as_u64().unwrap_or(0)),
+                        text(f, "kind").to_lowercase(),
+                        format!("{} → {}", text(f, "from_server"), text(f, "to_server")),
+                        text(f, "term"),
+                        text(f, "lost_transactions"),
+                        if first > 0 {
+                            first.saturating_sub(detected).to_string()
+                        } else {
+                            "pending".into()
+                        },
+                        text(f, "reason"),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if failovers.is_empty() {
+        println!("no failover recorded");
+    } else {
+        println!(
+            "{}",
+            crate::render_table(
+                &[
+                    "when",
+                    "kind",
+                    "primary",
+                    "term",
+                    "RPO (tx lost)",
+                    "RTO (ms)",
+                    "reason"
+                ],
+                &failovers
+            )
+        );
+    }
+}
+
+/// `tandem store …`.
+pub fn run(target: &AdminTarget, command: StoreCommand) -> anyhow::Result<ExitCode> {
+    let admin = Admin::from_target(target)?;
+    let show = |v: &Value| {
+        if target.json {
+            println!("{v}");
+        } else {
+            print_status(v);
+        }
+    };
+    match command {
+        StoreCommand::Status { name } => {
+            show(&admin.ok("GET", &format!("/api/v1/stores/{name}/status"), None)?)
+        }
+        StoreCommand::Failover { name, to } => {
+            let v = admin.ok(
+                "POST",
+                &format!("/api/v1/stores/{name}/failover"),
+                Some(json!({"to": to})),
+            )?;
+            if !target.json {
+                println!(
+                    "planned failover done: {} is the primary",
+                    text(&v, "primary")
+                );
+            }
+            show(&v);
+        }
+        StoreCommand::ForceService { name, to, yes } => {
+            let path = format!("/api/v1/stores/{name}/force-service");
+            let report = admin.ok("POST", &path, Some(json!({"to": to, "confirm": false})))?;
+            let lost = report["lost_transactions"].as_u64().unwrap_or(0);
+            let contact = report["last_primary_contact_ms"].as_u64();
+            println!(
+                "Forcing service on {to} loses {lost} committed transaction(s) it never received{}",
+                if lost > 0 {
+                    format!(" (positions {})", text(&report, "lost_positions"))
+                } else {
+                    String::new()
+                }
+            );
+            println!(
+                "  {to} holds everything up to position {}; the primary had reported position {} committed{}.",
+                text(&report, "last_applied"),
+                text(&report, "primary_committed_seen"),
+                match contact {
+                    Some(ms) => format!(
+                        "; anything it committed after its last message ({}) is lost too",
+                        when(ms)
+                    ),
+                    None => String::new(),
+                }
+            );
+            if !yes {
+                eprint!("Type the store name ({name}) to force service on {to}: ");
+                let mut line = String::new();
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .context("cannot read the confirmation")?;
+                if line.trim() != name {
+                    bail!("not confirmed: nothing changed");
+                }
+            }
+            let done = admin.ok("POST", &path, Some(json!({"to": to, "confirm": true})))?;
+            if target.json {
+                println!("{done}");
+            } else {
+                println!(
+                    "{to} now serves store {name} as its only replica (generation {}); {} transaction(s) lost. \
+                     Reseed the other replicas with `tandem store add-replica`.",
+                    text(&done, "generation"),
+                    text(&done, "lost_transactions")
+                );
+            }
+        }
+        StoreCommand::AddReplica {
+            name,
+            server,
+            addr,
+            commit,
+        } => {
+            let v = admin.ok(
+                "POST",
+                &format!("/api/v1/stores/{name}/add-replica"),
+                Some(json!({"server": server, "addr": addr, "commit": commit})),
+            )?;
+            show(&v);
+        }
+        StoreCommand::RemoveReplica { name, server } => {
+            let v = admin.ok(
+                "POST",
+                &format!("/api/v1/stores/{name}/remove-replica"),
+                Some(json!({"server": server, "addr": null, "commit": null})),
+            )?;
+            show(&v);
+        }
+        StoreCommand::SetCommit {
+            name,
+            server,
+            commit,
+        } => {
+            let v = admin.ok(
+                "POST",
+                &format!("/api/v1/stores/{name}/set-commit"),
+                Some(json!({"server": server, "addr": null, "commit": commit})),
+            )?;
+            show(&v);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
