@@ -253,3 +253,25 @@ async fn learners_promotion_demotion_removal_and_snapshot_catch_up() {
     let st = l.status();
     assert!(!st.voters.contains_key(&node_id("d")) && !st.learners.contains_key(&node_id("d")));
 }
+
+/// The leader's view of a dead member: not caught up, no recent acknowledgement.
+#[tokio::test]
+async fn a_dead_member_shows_no_progress() {
+    let (router, _dir) = three("deadview").await;
+    let servers = ["a", "b", "c"];
+    write_anywhere(&router, &servers, set("k", "v"), WAIT).await;
+    let old = leader(&router, &servers).await;
+    let gone = router.remove(&old).unwrap();
+    gone.shutdown().await;
+    let rest: Vec<&str> = servers.iter().copied().filter(|s| *s != old).collect();
+    write_anywhere(&router, &rest, set("k2", "v"), WAIT).await;
+    let l = router.get(&leader(&router, &rest).await).unwrap();
+    let st = l.status();
+    eprintln!("{st:#?}");
+    let p = st.replication.get(&node_id(&old)).cloned();
+    assert!(
+        p.as_ref().is_none_or(|p| p.matched < st.last_log_index),
+        "{p:?} vs {:?}",
+        st.last_log_index
+    );
+}

@@ -87,6 +87,77 @@ max_contacts_per_user = {}
     )
 }
 
+/// The replicas of an availability-group test topology.
+#[derive(Debug, Clone, Copy)]
+pub struct AgReplica {
+    pub sync: bool,
+    pub automatic: bool,
+    pub readable: bool,
+}
+
+/// An availability-group topology on 127.0.0.1: store servers `s1`…`sN` (rpc and admin only)
+/// holding store `store` (s1 the initial primary; the others as `replicas` says), with a
+/// listener, and one front-end server `fe1` using the store through it. Returns the text and
+/// the admin port of `fe1`.
+pub fn ag_topology(replicas: &[AgReplica], options: &Options) -> (String, u16) {
+    let algorithms: Vec<String> = options
+        .digest_algorithms
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect();
+    let fe_sip = free_port("127.0.0.1");
+    let fe_admin = free_port("127.0.0.1");
+    let fe_rpc = free_port("127.0.0.1");
+    let listener = free_port("127.0.0.1");
+    let mut t = format!(
+        r#"name = "ag-test"
+sip_domain = "{DOMAIN}"
+[[site]]
+name = "dc1"
+[[server]]
+name = "fe1"
+site = "dc1"
+sip_udp = "127.0.0.1:{fe_sip}"
+sip_tcp = "127.0.0.1:{fe_sip}"
+rpc = "127.0.0.1:{fe_rpc}"
+admin = "127.0.0.1:{fe_admin}"
+"#
+    );
+    for i in 1..=replicas.len() {
+        t.push_str(&format!(
+            "[[server]]\nname = \"s{i}\"\nsite = \"dc1\"\nrpc = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
+            free_port("127.0.0.1"),
+            free_port("127.0.0.1")
+        ));
+    }
+    t.push_str(&format!(
+        "[[pool]]\nname = \"pool1\"\nkind = \"frontend\"\nsite = \"dc1\"\nservers = [\"fe1\"]\nstore = \"store\"\nrouting_groups = 1\n\
+         [[store]]\nname = \"store\"\nsite = \"dc1\"\nmode = \"availability-group\"\nlistener = \"127.0.0.1:{listener}\"\n"
+    ));
+    for (i, r) in replicas.iter().enumerate() {
+        let n = i + 1;
+        if n == 1 {
+            t.push_str(&format!(
+                "[[store.replica]]\nserver = \"s{n}\"\nrole = \"primary\"\n"
+            ));
+        } else {
+            t.push_str(&format!(
+                "[[store.replica]]\nserver = \"s{n}\"\nrole = \"secondary\"\ncommit = \"{}\"\nfailover = \"{}\"\nreadable = {}\n",
+                if r.sync { "sync" } else { "async" },
+                if r.automatic { "automatic" } else { "manual" },
+                r.readable
+            ));
+        }
+    }
+    t.push_str(&format!(
+        "[sip]\ndigest_algorithms = [{}]\nregister_expires_min_s = {}\nmax_contacts_per_user = {}\n",
+        algorithms.join(", "),
+        options.register_expires_min_s,
+        options.max_contacts_per_user
+    ));
+    (t, fe_admin)
+}
+
 /// A standalone server (front end and store in one process) on free loopback ports.
 pub struct Server {
     exe: PathBuf,
@@ -378,4 +449,91 @@ pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
         .unwrap_or(false)
+}
+
+/// One REGISTER of a [`RegisterLoad`]: who, what contact, when sent and answered, the status.
+#[derive(Debug, Clone)]
+pub struct RegisterRecord {
+    pub user: String,
+    pub contact: String,
+    pub sent: std::time::Instant,
+    pub done: std::time::Instant,
+    pub status: u16,
+}
+
+/// Registration load: `threads` clients, each registering the next user of `user0001…` once
+/// (a new socket and contact per user), until stopped or the users run out.
+pub struct RegisterLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    pub records: std::sync::Arc<std::sync::Mutex<Vec<RegisterRecord>>>,
+}
+
+impl RegisterLoad {
+    /// Starts the load against `sip` (users `user0001`… with `password`, at most `users`).
+    pub fn start(sip: SocketAddr, threads: usize, users: usize, password: &str) -> RegisterLoad {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let next = std::sync::Arc::new(AtomicUsize::new(1));
+        let records = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let handles = (0..threads)
+            .map(|_| {
+                let (stop, next, records, password) = (
+                    stop.clone(),
+                    next.clone(),
+                    records.clone(),
+                    password.to_string(),
+                );
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i > users {
+                            return;
+                        }
+                        let user = format!("user{i:04}");
+                        let mut ua = Ua::udp(sip, &user, &password, DOMAIN);
+                        let contact = ua.contact();
+                        let sent = std::time::Instant::now();
+                        let status = ua.register(3600).status;
+                        let done = std::time::Instant::now();
+                        if let Ok(mut r) = records.lock() {
+                            r.push(RegisterRecord {
+                                user,
+                                contact,
+                                sent,
+                                done,
+                                status,
+                            });
+                        }
+                    }
+                })
+            })
+            .collect();
+        RegisterLoad {
+            stop,
+            handles,
+            records,
+        }
+    }
+
+    /// Waits until at least `n` requests were answered (or `timeout`).
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < end {
+            if self.records.lock().map(|r| r.len()).unwrap_or(0) >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Stops the clients and returns every record.
+    pub fn stop(self) -> Vec<RegisterRecord> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for h in self.handles {
+            let _ = h.join();
+        }
+        self.records.lock().map(|r| r.clone()).unwrap_or_default()
+    }
 }

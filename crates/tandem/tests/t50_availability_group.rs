@@ -1,0 +1,463 @@
+//! Availability groups with real server processes: a front end on a store replicated over
+//! three servers, SIP registrations as the load, `kill -9`, SIGSTOP/SIGCONT, planned failover,
+//! membership changes and forced service — counting what was acknowledged and what survived.
+
+#![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use testkit::{AgReplica, Lab, Options, RegisterLoad, RegisterRecord, ag_topology, test_dir};
+
+const EXE: &str = env!("CARGO_BIN_EXE_tandem");
+const TMP: &str = env!("CARGO_TARGET_TMPDIR");
+const SYNC: AgReplica = AgReplica {
+    sync: true,
+    automatic: true,
+    readable: false,
+};
+const ASYNC: AgReplica = AgReplica {
+    sync: false,
+    automatic: false,
+    readable: true,
+};
+const USERS: usize = 4000;
+
+struct Ag {
+    lab: Lab,
+    dir: PathBuf,
+    admin: SocketAddr,
+    sip: SocketAddr,
+    token: String,
+}
+
+fn start(name: &str, replicas: &[AgReplica]) -> Ag {
+    let dir = test_dir(TMP, name);
+    let (topology, fe_admin) = ag_topology(replicas, &Options::default());
+    let path = dir.join("topology.toml");
+    std::fs::write(&path, topology).unwrap();
+    let lab = Lab::up(
+        EXE.as_ref(),
+        &path,
+        &dir.join("data"),
+        &["--users", &USERS.to_string(), "--password", "pw"],
+    );
+    let fe = lab.servers.iter().find(|s| s["server"] == "fe1").unwrap();
+    let sip = fe["sip_udp"].as_str().unwrap().parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{fe_admin}").parse().unwrap();
+    let token = lab.token();
+    Ag {
+        lab,
+        dir,
+        admin,
+        sip,
+        token,
+    }
+}
+
+impl Ag {
+    fn status(&self) -> serde_json::Value {
+        let (code, body) = testkit::admin_call(
+            &self.admin,
+            Some(&self.token),
+            "GET",
+            "/api/v1/stores/store/status",
+            None,
+        );
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+
+    /// Waits until the status names a primary satisfying `pred`.
+    fn wait_primary(&self, what: &str, pred: impl Fn(&str) -> bool) -> serde_json::Value {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, body) = testkit::admin_call(
+                &self.admin,
+                Some(&self.token),
+                "GET",
+                "/api/v1/stores/store/status",
+                None,
+            );
+            if code == 200
+                && let Some(p) = body["primary"].as_str()
+                && pred(p)
+            {
+                return body;
+            }
+            assert!(
+                Instant::now() < end,
+                "no primary ({what}) within 60 s: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pid(&self, server: &str) -> i32 {
+        self.lab
+            .servers
+            .iter()
+            .find(|s| s["server"] == server)
+            .unwrap()["pid"]
+            .as_i64()
+            .unwrap() as i32
+    }
+
+    fn signal(&self, server: &str, sig: Signal) {
+        kill(Pid::from_raw(self.pid(server)), sig).unwrap();
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        let admin = self.admin.to_string();
+        let token = self.dir.join("data").join("admin.token");
+        Command::new(EXE)
+            .args(args)
+            .args(["--admin", &admin, "--token-file", token.to_str().unwrap()])
+            .output()
+            .unwrap()
+    }
+
+    /// The contacts bound to a user, as the primary answers.
+    fn contacts(&self, user: &str) -> Vec<String> {
+        let (code, body) = testkit::admin_call(
+            &self.admin,
+            Some(&self.token),
+            "GET",
+            &format!("/api/v1/registrations/{user}"),
+            None,
+        );
+        assert_eq!(code, 200, "{body}");
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["contact"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Acknowledged registrations that are not bound now.
+    fn lost(&self, records: &[RegisterRecord]) -> Vec<String> {
+        records
+            .iter()
+            .filter(|r| r.status == 200)
+            .filter(|r| {
+                !self
+                    .contacts(&r.user)
+                    .iter()
+                    .any(|c| contact_matches(c, &r.contact))
+            })
+            .map(|r| r.user.clone())
+            .collect()
+    }
+}
+
+fn contact_matches(bound: &str, registered: &str) -> bool {
+    bound.split(';').next() == registered.split(';').next()
+}
+
+fn summary(
+    records: &[RegisterRecord],
+    since: Instant,
+) -> (usize, usize, Duration, Option<Duration>) {
+    let acked = records.iter().filter(|r| r.status == 200).count();
+    let failed = records.len() - acked;
+    let worst = records
+        .iter()
+        .map(|r| r.done - r.sent)
+        .max()
+        .unwrap_or_default();
+    let first_after = records
+        .iter()
+        .filter(|r| r.status == 200 && r.sent >= since)
+        .map(|r| r.done - since)
+        .min();
+    (acked, failed, worst, first_after)
+}
+
+/// `kill -9` of the primary under registration load: every REGISTER that got a 200 is still
+/// bound afterwards (synchronous replicas lose nothing acknowledged), service resumes by
+/// itself, and the new primary records the failover with RPO 0 and a measured RTO.
+#[test]
+fn kill_9_of_the_primary_loses_no_acknowledged_registration() {
+    let ag = start("ag_kill9", &[SYNC, SYNC, SYNC]);
+    let first = ag.wait_primary("initial", |_| true);
+    let old = first["primary"].as_str().unwrap().to_string();
+    let load = RegisterLoad::start(ag.sip, 4, USERS, "pw");
+    assert!(
+        load.wait_for(150, Duration::from_secs(60)),
+        "the load did not start"
+    );
+    let killed_at = Instant::now();
+    ag.signal(&old, Signal::SIGKILL);
+    let done_before = load.records.lock().unwrap().len();
+    assert!(
+        load.wait_for(done_before + 300, Duration::from_secs(90)),
+        "registrations did not resume after the kill"
+    );
+    let records = load.stop();
+    let (acked, failed, worst, first_after) = summary(&records, killed_at);
+    let status = ag.wait_primary("a new one", |p| p != old);
+    eprintln!(
+        "kill -9 of {old}: {acked} acknowledged, {failed} failed, slowest request {worst:?}, first success after the kill {first_after:?}; new primary {}",
+        status["primary"]
+    );
+    let lost = ag.lost(&records);
+    assert!(lost.is_empty(), "acknowledged registrations lost: {lost:?}");
+    assert!(acked >= 450);
+    // The failover is on record, measured.
+    let end = Instant::now() + Duration::from_secs(20);
+    let ev = loop {
+        let st = ag.status();
+        if let Some(ev) = st["failovers"].as_array().and_then(|a| a.first()).cloned()
+            && ev["first_write_ms"].as_u64().unwrap_or(0) > 0
+        {
+            break ev;
+        }
+        assert!(Instant::now() < end, "no failover recorded: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(ev["kind"], "Automatic");
+    assert_eq!(ev["from_server"], old.as_str());
+    assert_eq!(ev["lost_transactions"], 0);
+    let rto = ev["first_write_ms"].as_u64().unwrap() - ev["detected_ms"].as_u64().unwrap();
+    eprintln!(
+        "recorded failover: RTO {rto} ms, RPO {} transactions",
+        ev["lost_transactions"]
+    );
+}
+
+/// A primary paused with SIGSTOP is replaced; resumed with SIGCONT, it acknowledges no write
+/// (it answers "not the primary" or "unavailable"), and every registration acknowledged while
+/// it slept or woke is bound.
+#[test]
+fn a_paused_primary_acknowledges_nothing_after_it_wakes() {
+    let ag = start("ag_sigstop", &[SYNC, SYNC, SYNC]);
+    let old = ag.wait_primary("initial", |_| true)["primary"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old_rpc = rpc_addr(&ag.dir, &old);
+    let load = RegisterLoad::start(ag.sip, 4, USERS, "pw");
+    assert!(load.wait_for(100, Duration::from_secs(60)));
+    ag.signal(&old, Signal::SIGSTOP);
+    let paused_at = Instant::now();
+    ag.wait_primary("a new one", |p| p != old);
+    let replaced_after = paused_at.elapsed();
+    ag.signal(&old, Signal::SIGCONT);
+    // Straight to the old primary, right after it wakes: no acknowledgment.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let secret = rpc::ClusterSecret::load(ag.dir.join("data").join("cluster.secret")).unwrap();
+    let pool = store::pool::RpcPool::new(rpc::ClientConfig::new(secret, "ag-test", "tester"));
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        let env = store::Envelope {
+            request: Some(1000 + i),
+            cmd: store::Command::AddUser {
+                user: store::User {
+                    aor: format!("sip:stale{i}@example.com"),
+                    username: format!("stale{i}"),
+                    realm: "example.com".into(),
+                    ha1_md5: "x".into(),
+                    ha1_sha256: "x".into(),
+                    created_ms: 0,
+                },
+            },
+        };
+        let reply = runtime.block_on(pool.call(
+            &old_rpc,
+            "store/store/apply",
+            store::proto::encode(&env),
+            Duration::from_secs(5),
+        ));
+        if let Ok(bytes) = reply {
+            let r: store::proto::Reply<store::Applied> =
+                store::proto::decode(&bytes, "reply").unwrap();
+            assert!(
+                r.is_err(),
+                "the resumed old primary acknowledged a write: {r:?}"
+            );
+            answers.push(format!("{:?}", r.unwrap_err()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let done = load.records.lock().unwrap().len();
+    assert!(load.wait_for(done + 100, Duration::from_secs(60)));
+    let records = load.stop();
+    eprintln!(
+        "replaced after {replaced_after:?}; the old primary answered: {:?}",
+        answers.iter().collect::<HashSet<_>>()
+    );
+    assert!(
+        !answers.is_empty(),
+        "the old primary never answered after SIGCONT"
+    );
+    let lost = ag.lost(&records);
+    assert!(lost.is_empty(), "acknowledged registrations lost: {lost:?}");
+}
+
+/// Planned failover, and membership changes, under load: no request fails.
+#[test]
+fn planned_failover_and_membership_changes_fail_no_request() {
+    let ag = start("ag_planned", &[SYNC, SYNC, ASYNC]);
+    let old = ag.wait_primary("initial", |_| true)["primary"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let load = RegisterLoad::start(ag.sip, 4, USERS, "pw");
+    assert!(load.wait_for(100, Duration::from_secs(60)));
+    let out = ag.cli(&["store", "failover", "store", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let new = st["primary"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    let step = |args: &[&str]| {
+        let out = ag.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let n = load.records.lock().unwrap().len();
+        assert!(
+            load.wait_for(n + 50, Duration::from_secs(60)),
+            "the load stalled after {args:?}"
+        );
+    };
+    step(&[
+        "store",
+        "set-commit",
+        "store",
+        "--server",
+        "s3",
+        "--commit",
+        "sync",
+    ]);
+    step(&[
+        "store",
+        "set-commit",
+        "store",
+        "--server",
+        "s3",
+        "--commit",
+        "async",
+    ]);
+    step(&["store", "remove-replica", "store", "--server", "s3"]);
+    step(&[
+        "store",
+        "add-replica",
+        "store",
+        "--server",
+        "s3",
+        "--commit",
+        "async",
+    ]);
+    let records = load.stop();
+    let (acked, failed, worst, _) = summary(&records, Instant::now());
+    eprintln!(
+        "planned failover {old} -> {new} and membership changes: {acked} acknowledged, {failed} failed, slowest {worst:?}"
+    );
+    assert_eq!(
+        failed,
+        0,
+        "requests failed: {:?}",
+        records
+            .iter()
+            .filter(|r| r.status != 200)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let st = ag.status();
+    let s3 = st["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["server"] == "s3")
+        .unwrap();
+    assert_eq!(s3["commit"], "async");
+    let planned = st["failovers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "Planned");
+    assert!(planned.is_some(), "the planned failover is on record: {st}");
+    // The documented JSON keys of `store status`.
+    for r in st["replicas"].as_array().unwrap() {
+        for key in [
+            "server",
+            "role",
+            "commit",
+            "synchronized",
+            "lag_ms",
+            "healthy",
+        ] {
+            assert!(!r[key].is_null(), "{key} missing in {r}");
+        }
+    }
+}
+
+/// Forced service on an asynchronous replica that fell behind: the tool states the loss it
+/// knows, and the transactions actually lost are no more than the lag `store status` reported
+/// before the primary's site was lost.
+#[test]
+fn forced_service_loss_is_bounded_by_the_reported_lag() {
+    let ag = start("ag_force", &[SYNC, SYNC, ASYNC]);
+    ag.wait_primary("initial", |p| p == "s1");
+    let load = RegisterLoad::start(ag.sip, 4, USERS, "pw");
+    assert!(load.wait_for(100, Duration::from_secs(60)));
+    // The async replica falls behind while the load goes on.
+    ag.signal("s3", Signal::SIGSTOP);
+    let n = load.records.lock().unwrap().len();
+    assert!(load.wait_for(n + 100, Duration::from_secs(60)));
+    let records = load.stop();
+    let before = ag.status();
+    let s3 = before["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["server"] == "s3")
+        .unwrap()
+        .clone();
+    let reported_lag = s3["lag_entries"].as_u64().unwrap();
+    assert!(reported_lag > 0, "s3 should be behind: {before}");
+    // Site loss: both sync replicas die; the async one wakes up alone.
+    ag.signal("s1", Signal::SIGKILL);
+    ag.signal("s2", Signal::SIGKILL);
+    ag.signal("s3", Signal::SIGCONT);
+    let out = ag.cli(&["store", "force-service", "store", "--to", "s3", "--yes"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Forcing service on s3 loses"), "{text}");
+    ag.wait_primary("s3", |p| p == "s3");
+    let lost = ag.lost(&records);
+    eprintln!(
+        "forced service: {} registrations lost, status had reported s3 {reported_lag} transactions behind\n{text}",
+        lost.len()
+    );
+    assert!(
+        lost.len() as u64 <= reported_lag,
+        "lost {} > reported lag {reported_lag}",
+        lost.len()
+    );
+    // Service goes on on s3.
+    let mut ua = testkit::Ua::udp(ag.sip, &format!("user{:04}", USERS), "pw", testkit::DOMAIN);
+    assert_eq!(ua.register(600).status, 200);
+}
+
+fn rpc_addr(dir: &Path, server: &str) -> String {
+    let t = topology::load(&dir.join("topology.toml")).unwrap();
+    t.server(server).unwrap().rpc.unwrap().to_string()
+}
