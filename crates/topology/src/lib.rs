@@ -49,6 +49,8 @@ pub const RULES: &[&str] = &[
     "ag-primary",
     "ag-secondaries",
     "ag-auto-failover-async",
+    "ag-auto-failover-quorum",
+    "ag-listener",
     "mirroring-members",
     "cluster-shared-path",
     "replica-duplicate",

@@ -735,12 +735,21 @@ impl<'t> Checker<'t, '_> {
                 let secondaries = n(ReplicaRole::Secondary);
                 if secondaries > 8 {
                     self.rep.error(
-                        anchor,
+                        anchor.clone(),
                         "ag-secondaries",
                         format!("{owner} has {secondaries} secondaries; an availability group has at most 8"),
                         "remove secondaries until there are at most 8",
                     );
                 }
+                if s.listener.is_none() {
+                    self.rep.error(
+                        anchor,
+                        "ag-listener",
+                        format!("{owner} is an availability group without a `listener`"),
+                        "add `listener = \"IP:PORT\"`: the address the primary serves on, wherever it is",
+                    );
+                }
+                self.ag_quorum(s, &owner);
             }
             Some(StoreMode::Mirroring) => {
                 let (principals, mirrors) = (n(ReplicaRole::Principal), n(ReplicaRole::Mirror));
@@ -782,6 +791,37 @@ impl<'t> Checker<'t, '_> {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The `ag-auto-failover-quorum` rule: a replica set to fail over automatically needs a
+    /// majority of the voting (sync) replicas, the primary included, to outlive the primary.
+    fn ag_quorum(&mut self, s: &RawStore, owner: &str) {
+        let voters = s
+            .replica
+            .iter()
+            .filter(|r| val(&r.get_ref().commit) != Some(&Commit::Async))
+            .count();
+        if voters >= 3 {
+            return;
+        }
+        for r in &s.replica {
+            let r = r.get_ref();
+            if let Some(failover) = &r.failover
+                && *failover.get_ref() == FailoverMode::Automatic
+                && val(&r.commit) != Some(&Commit::Async)
+            {
+                let server = val(&r.server).map_or("?", String::as_str);
+                self.rep.error(
+                    failover.span(),
+                    "ag-auto-failover-quorum",
+                    format!(
+                        "the replica on `{server}` of {owner} is set to fail over automatically, but {owner} has {voters} sync replica(s): without its primary, {} of {voters} is no majority",
+                        voters.saturating_sub(1)
+                    ),
+                    "automatic failover needs at least three sync replicas (the primary included): add a sync secondary, or set `failover = \"manual\"`",
+                );
+            }
         }
     }
 

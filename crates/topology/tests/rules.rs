@@ -484,6 +484,7 @@ role = "principal"
 name = "s2"
 site = "dc1"
 mode = "availability-group"
+listener = "127.0.0.9:7100"
 lease_ms = 500
 [[store.replica]]
 server = "fe1"
@@ -496,7 +497,7 @@ role = "secondary"
 "#;
     assert_eq!(
         problems(primary),
-        vec![("store-mode", 5), ("store-mode", 9), ("store-mode", 10)]
+        vec![("store-mode", 6), ("store-mode", 10), ("store-mode", 11)]
     );
     let mirror_commit = r#"[[store]]
 name = "m"
@@ -537,6 +538,7 @@ fn ag_primary() {
 name = "ag"
 site = "dc1"
 mode = "availability-group"
+listener = "127.0.0.9:7100"
 [[store.replica]]
 server = "fe1"
 role = "secondary"
@@ -556,7 +558,7 @@ fn ag_secondaries() {
         );
     }
     let store_line = snippet.lines().count() + 2;
-    snippet += "[[store]]\nname = \"big\"\nsite = \"dc1\"\nmode = \"availability-group\"\n";
+    snippet += "[[store]]\nname = \"big\"\nsite = \"dc1\"\nmode = \"availability-group\"\nlistener = \"127.0.0.9:7100\"\n";
     snippet += "[[store.replica]]\nserver = \"fe1\"\nrole = \"primary\"\n";
     for i in 1..=9 {
         snippet += &format!("[[store.replica]]\nserver = \"be{i}\"\nrole = \"secondary\"\n");
@@ -576,6 +578,7 @@ fn ag_auto_failover_async() {
 name = "ag"
 site = "dc1"
 mode = "availability-group"
+listener = "127.0.0.9:7100"
 [[store.replica]]
 server = "fe1"
 role = "primary"
@@ -585,7 +588,7 @@ role = "secondary"
 commit = "async"
 failover = "automatic"
 "#;
-    assert_eq!(problems(snippet), vec![("ag-auto-failover-async", 12)]);
+    assert_eq!(problems(snippet), vec![("ag-auto-failover-async", 13)]);
     // Async with the default (manual) failover is fine.
     assert_eq!(
         problems(
@@ -595,6 +598,64 @@ failover = "automatic"
         ),
         vec![]
     );
+}
+
+#[test]
+fn ag_listener() {
+    let snippet = r#"[[store]]
+name = "ag"
+site = "dc1"
+mode = "availability-group"
+[[store.replica]]
+server = "fe1"
+role = "primary"
+[[store.replica]]
+server = "fe2"
+role = "secondary"
+"#;
+    assert_eq!(problems(snippet), vec![("ag-listener", 2)]);
+    let with = snippet.replace(
+        "mode = \"availability-group\"",
+        "mode = \"availability-group\"\nlistener = \"127.0.0.9:7100\"",
+    );
+    assert_eq!(problems(&with), vec![]);
+    // The listener's address is checked against the servers' like any other.
+    let taken = snippet.replace(
+        "mode = \"availability-group\"",
+        "mode = \"availability-group\"\nlistener = \"127.0.0.1:7000\"",
+    );
+    assert_eq!(problems(&taken), vec![("duplicate-address", 5)]);
+}
+
+#[test]
+fn ag_auto_failover_quorum() {
+    let two = r#"[[store]]
+name = "ag"
+site = "dc1"
+mode = "availability-group"
+listener = "127.0.0.9:7100"
+[[store.replica]]
+server = "fe1"
+role = "primary"
+[[store.replica]]
+server = "fe2"
+role = "secondary"
+failover = "automatic"
+"#;
+    // Two voters: without the primary, one of two is no majority.
+    assert_eq!(problems(two), vec![("ag-auto-failover-quorum", 12)]);
+    assert_eq!(
+        problems(&two.replace("failover = \"automatic\"", "failover = \"manual\"")),
+        vec![]
+    );
+    // An async replica adds no vote.
+    let with_async = format!(
+        "[[server]]\nname = \"be1\"\nsite = \"dc1\"\nrpc = \"127.0.1.1:7000\"\nadmin = \"127.0.1.1:8080\"\n{two}[[store.replica]]\nserver = \"be1\"\nrole = \"secondary\"\ncommit = \"async\"\n"
+    );
+    assert_eq!(problems(&with_async), vec![("ag-auto-failover-quorum", 17)]);
+    // A third sync replica makes it a majority.
+    let three = with_async.replace("commit = \"async\"\n", "");
+    assert_eq!(problems(&three), vec![]);
 }
 
 #[test]
@@ -645,6 +706,7 @@ fn replica_duplicate() {
 name = "ag"
 site = "dc1"
 mode = "availability-group"
+listener = "127.0.0.9:7100"
 [[store.replica]]
 server = "fe1"
 role = "primary"
@@ -652,7 +714,7 @@ role = "primary"
 server = "fe1"
 role = "secondary"
 "#;
-    assert_eq!(problems(snippet), vec![("replica-duplicate", 9)]);
+    assert_eq!(problems(snippet), vec![("replica-duplicate", 10)]);
 }
 
 /// store2 (dc2, on fe2) and a log-shipping link store1 -> store2 named "dr".
