@@ -4,7 +4,9 @@
 //! A request goes to the last known primary, else the listener, else each replica in turn; a
 //! replica that is not the primary names it, and the client goes there. Writes carry a request
 //! id, so a write retried after a failover is applied once. A request keeps trying for
-//! `deadline` (a failover takes seconds), then fails with `StoreError::Closed`.
+//! `deadline` (a failover takes seconds), then fails with `StoreError::Closed`. While no
+//! primary is known, one request at a time probes the replicas (every `PROBE_EVERY`) and the
+//! others wait for what it finds, so thousands of waiting requests cost a few probes.
 
 use crate::machine::StoreError;
 use crate::model::*;
@@ -30,6 +32,7 @@ pub struct StoreClient {
     address: Arc<StoreAddress>,
     pool: RpcPool,
     primary: Arc<Mutex<Option<String>>>,
+    search: Arc<Search>,
     /// How long a request keeps trying.
     pub deadline: Duration,
     /// How long one attempt may take.
@@ -43,6 +46,7 @@ impl StoreClient {
             address: Arc::new(address),
             pool,
             primary: Arc::default(),
+            search: Arc::default(),
             deadline: Duration::from_secs(20),
             attempt: Duration::from_secs(5),
         }
@@ -83,8 +87,18 @@ impl StoreClient {
         let service = format!("store/{}/{op}", self.address.store);
         let end = tokio::time::Instant::now() + self.deadline;
         let mut last = Refusal::Unavailable("no replica answered".into());
-        let mut backoff = Duration::from_millis(20);
         loop {
+            if self.search.lost() && !self.search.claim() {
+                // Another request of this client is looking for the primary: wait for it.
+                let found = self.search.found.notified();
+                if tokio::time::Instant::now() >= end {
+                    return Err(last);
+                }
+                let _ = tokio::time::timeout(PROBE_EVERY, found).await;
+                if self.search.lost() {
+                    continue;
+                }
+            }
             let mut redirected = false;
             for addr in self.candidates() {
                 match self
@@ -98,6 +112,7 @@ impl StoreClient {
                             if self.address.listener.as_deref() != Some(addr.as_str()) {
                                 self.remember(Some(addr));
                             }
+                            self.search.found();
                             return Ok(v);
                         }
                         Ok(Err(Refusal::NotPrimary { primary })) => {
@@ -112,7 +127,10 @@ impl StoreClient {
                                 break;
                             }
                         }
-                        Ok(Err(e @ (Refusal::Store(_) | Refusal::Refused(_)))) => return Err(e),
+                        Ok(Err(e @ (Refusal::Store(_) | Refusal::Refused(_)))) => {
+                            self.search.found();
+                            return Err(e);
+                        }
                         Ok(Err(e)) => last = e,
                         Err(e) => last = e,
                     },
@@ -133,8 +151,9 @@ impl StoreClient {
                 return Err(last);
             }
             if !redirected {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_millis(500));
+                self.search.lose();
+                let found = self.search.found.notified();
+                let _ = tokio::time::timeout(PROBE_EVERY, found).await;
             }
         }
     }
@@ -180,6 +199,53 @@ impl StoreClient {
     /// The replicas' addresses.
     pub fn replicas(&self) -> &[Endpoint] {
         &self.address.replicas
+    }
+}
+
+/// While no primary is known, the client's requests probe the replicas at most this often
+/// between them (one request probes, the others wait for what it finds), so a failover costs
+/// a few probes per interval however many requests are waiting.
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+
+/// The search for the primary that a client's waiting requests share.
+#[derive(Default)]
+struct Search {
+    /// The last round of some request reached no primary (and none has since).
+    lost: std::sync::atomic::AtomicBool,
+    last_probe: Mutex<Option<std::time::Instant>>,
+    /// Woken when a request reaches the primary.
+    found: tokio::sync::Notify,
+}
+
+impl Search {
+    fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lose(&self) {
+        self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A request reached the primary: the waiting ones go now.
+    fn found(&self) {
+        if self.lost.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            self.found.notify_waiters();
+        }
+    }
+
+    /// May this request probe now? True for at most one request per `PROBE_EVERY`.
+    fn claim(&self) -> bool {
+        let Ok(mut last) = self.last_probe.lock() else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        match *last {
+            Some(t) if now.duration_since(t) < PROBE_EVERY => false,
+            _ => {
+                *last = Some(now);
+                true
+            }
+        }
     }
 }
 

@@ -20,6 +20,12 @@ const SYNC: AgReplica = AgReplica {
     automatic: true,
     readable: false,
 };
+/// A sync replica that fails over only when told (two voters cannot fail over by themselves).
+const SYNC_MANUAL: AgReplica = AgReplica {
+    sync: true,
+    automatic: false,
+    readable: false,
+};
 const ASYNC: AgReplica = AgReplica {
     sync: false,
     automatic: false,
@@ -304,7 +310,7 @@ fn a_paused_primary_acknowledges_nothing_after_it_wakes() {
 /// Planned failover, and membership changes, under load: no request fails.
 #[test]
 fn planned_failover_and_membership_changes_fail_no_request() {
-    let ag = start("ag_planned", &[SYNC, SYNC, ASYNC]);
+    let ag = start("ag_planned", &[SYNC, SYNC_MANUAL, ASYNC]);
     let old = ag.wait_primary("initial", |_| true)["primary"]
         .as_str()
         .unwrap()
@@ -410,7 +416,7 @@ fn planned_failover_and_membership_changes_fail_no_request() {
 /// before the primary's site was lost.
 #[test]
 fn forced_service_loss_is_bounded_by_the_reported_lag() {
-    let ag = start("ag_force", &[SYNC, SYNC, ASYNC]);
+    let ag = start("ag_force", &[SYNC, SYNC_MANUAL, ASYNC]);
     ag.wait_primary("initial", |p| p == "s1");
     let load = RegisterLoad::start(ag.sip, 4, USERS, "pw");
     assert!(load.wait_for(100, Duration::from_secs(60)));
