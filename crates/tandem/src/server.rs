@@ -51,6 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| "info,openraft=error".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let topology = match topology::load(&args.topology) {
         Ok(t) => t,
@@ -184,9 +185,9 @@ fn node_config(
         dir: data.join("stores").join(&store.name),
         listener: store.listener,
         rpc_server: rpc.clone(),
-        heartbeat_ms: 100,
-        election_timeout_min_ms: 500,
-        election_timeout_max_ms: 1000,
+        heartbeat_ms: replica::DEFAULT_HEARTBEAT_MS,
+        election_timeout_min_ms: replica::DEFAULT_ELECTION_TIMEOUT_MS.0,
+        election_timeout_max_ms: replica::DEFAULT_ELECTION_TIMEOUT_MS.1,
     })
 }
 
