@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# bench/store.sh — the replicated store against etcd, in one run on this machine:
+#   (a) commit throughput and p50/p99 latency of a 3-replica synchronous availability group
+#       (three `tandem server` processes, written through the listener with the front end's
+#       store client) and of a 3-member etcd cluster (gRPC), at 1, 16 and 64 writers;
+#   (b) failover: kill -9 of the primary (etcd: the leader) → first successful write, over
+#       20 kills, default timing on both sides;
+#   (c) the floor: one 4 KiB fdatasync and one loopback round trip, measured in the same run.
+# Both systems fsync every commit on a majority before acknowledging it. The machine is shared
+# by clients and servers: read the ratios, not the absolute rates.
+#
+#   bench/store.sh                                  # defaults
+#   DURATION=5 KILLS=5 WRITERS=1,16 bench/store.sh  # shorter
+#
+# Needs: etcd (Debian etcd-server) and protoc (protobuf-compiler, to build the etcd client).
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+KILLS=${KILLS:-20}
+WRITERS=${WRITERS:-1,16,64}
+
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+for tool in etcd protoc; do
+  command -v "$tool" >/dev/null || { echo "bench/store.sh needs $tool (apt-get install etcd-server protobuf-compiler)" >&2; exit 1; }
+done
+work=$(mktemp -d /tmp/tandem-bench-store.XXXXXX)
+# The work directory stays for post-mortems (server and etcd logs, results.json).
+
+echo "# building tandem and the bench driver (release)" >&2
+cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p tandem
+cargo build --release --quiet --manifest-path "$here/store-bench/Cargo.toml" --target-dir "$root/target"
+
+echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(nproc) cores; work dir $work" >&2
+exec "$root/target/release/store-bench" \
+  --tandem "$root/target/release/tandem" --etcd "$(command -v etcd)" --work "$work" \
+  --duration "$DURATION" --kills "$KILLS" --writers "$WRITERS"
