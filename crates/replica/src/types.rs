@@ -84,6 +84,10 @@ openraft::declare_raft_types!(
         R = Resp,
         NodeId = NodeId,
         Node = Member,
+        // Standard Raft: at most one leader per term. openraft's default ("advanced" leader
+        // ids, ordered by (term, node)) lets a second candidate win the same term, so two
+        // members could accept writes in one term (found by the simulation, tests/sim.rs).
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, NodeId>,
         AsyncRuntime = Runtime,
 );
 

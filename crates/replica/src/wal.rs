@@ -193,9 +193,14 @@ struct Writer {
 
 impl Writer {
     fn current(&mut self, next_index: u64) -> io::Result<&mut File> {
+        // A record that does not follow the segment's last one (the first after a snapshot
+        // installed past the end of the log, which purged everything) starts a new segment:
+        // within a segment, reading back takes a gap for a torn tail and cuts it.
         let roll = match self.segments.last() {
             None => true,
-            Some(s) => s.len >= SEGMENT_BYTES,
+            Some(s) => {
+                s.len >= SEGMENT_BYTES || s.offsets.last().is_some_and(|(i, _)| i + 1 != next_index)
+            }
         };
         if roll || self.file.is_none() {
             if roll {
@@ -399,9 +404,11 @@ impl Wal {
                 f.set_len(seg.len)?;
                 f.sync_all()?;
             }
+            // A gap between segments is fine where everything before it was purged.
             if let (Some(last), Some((next, _))) =
                 (index.entries.keys().next_back(), records.first())
                 && *next != last + 1
+                && meta.purged_index.is_none_or(|p| p + 1 < *next)
             {
                 return Err(corrupt(format!(
                     "log segment {} starts at {next}, after {last}: a hole",

@@ -1,0 +1,1019 @@
+//! One simulated seed: a replica group (3 or 5 voters, sometimes an async learner) under a
+//! fault schedule, clients writing through whoever leads, then healing and the checks.
+//!
+//! Every member is a real `Replica` (openraft, the WAL written inline without fsync, the
+//! snapshot file) in its own directory; the runtime is tokio's current-thread one on a paused
+//! clock, so a seed takes a few hundred ms of CPU for seconds of virtual time.
+//!
+//! Phases:
+//! 1. Start: every member opens its directory; the first voter initializes the group; a
+//!    learner (when the seed has one) is added as soon as a leader can change membership.
+//! 2. Safety (`safety_ms` of virtual time): clients write unique keys through whoever they
+//!    believe leads (following `NotLeader` hints, giving a write up after 3 s: its outcome is
+//!    then unknown) and read through read barriers. The fault schedule crashes members
+//!    (shutdown; the directory stays, and the machine too when it is durable) and restarts
+//!    them, partitions the network (one-way or both ways), heals it, changes the link quality,
+//!    transfers leadership, sends write bursts, and at a random moment loses the learner's
+//!    site for good, after sampling the lag its leader reports. In a few seeds a follower
+//!    stays down while over a thousand entries are written (the snapshot-install path).
+//! 3. Liveness: the network heals and calms down, crashed members restart (not the lost
+//!    learner), clients finish; the group must converge within `converge_ms`.
+//! 4. Checks: see `history::check`.
+
+use super::history::{AsyncCut, AsyncLoss, CutLearner, Final, History, check};
+use super::machine::{Bug, MachineStats, SimKv, set_cmd};
+use super::net::{Net, NetBug, NetStats};
+use super::rng::{Rng, derive};
+use replica::wal::{Wal, WalOptions};
+use replica::{Member, Replica, ReplicaConfig, Role, Status, WriteError, node_id};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::{Instant, sleep};
+
+/// Everything a seed decides up front.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub seed: u64,
+    pub voters: usize,
+    pub learner: bool,
+    pub safety_ms: u64,
+    pub converge_ms: u64,
+    pub clients: usize,
+    /// A client pauses up to this long between writes.
+    pub pace_ms: u64,
+    pub drop: f64,
+    pub max_delay_ms: u64,
+    pub snapshot_every: u64,
+    pub heartbeat_ms: u64,
+    /// Election timeouts are drawn in this range (the upper end is also the leader lease).
+    pub election_ms: (u64, u64),
+    /// Restarted members keep their machine (a durable machine, as the SQL store) rather
+    /// than rebuilding it from the snapshot and the log.
+    pub durable_machine: bool,
+    /// Pause between faults, in ms.
+    pub fault_gap: (u64, u64),
+    /// Bursts of concurrent writes (many entries at once: batching, long catch-ups).
+    pub bursts: bool,
+    pub burst_size: (u64, u64),
+    /// A straggler: a follower is down while over a thousand entries are written, so that the
+    /// leader purges what it would need and must send it a snapshot when it is back
+    /// (`max_in_snapshot_log_to_keep` is 1,000 entries).
+    pub straggler: bool,
+    pub bug: Bug,
+    pub net_bug: NetBug,
+    /// Wall-clock seconds after which a seed counts as hung.
+    pub watchdog_s: u64,
+    /// Keep every message and its fate in the report (`SIM_TRACE_NET`).
+    pub record_net: bool,
+}
+
+impl Params {
+    pub fn from_seed(seed: u64) -> Params {
+        let mut r = Rng::new(derive(seed, "params"));
+        let voters = if r.chance(0.8) { 3 } else { 5 };
+        let mut p = Params {
+            seed,
+            voters,
+            learner: r.chance(0.4),
+            safety_ms: r.between(1_000, 2_500),
+            converge_ms: 30_000,
+            clients: if r.chance(0.7) { 2 } else { 3 },
+            pace_ms: r.between(100, 300),
+            drop: r.unit() * 0.2,
+            max_delay_ms: r.between(0, 50),
+            snapshot_every: r.between(20, 50),
+            heartbeat_ms: 50,
+            election_ms: (200, 400),
+            durable_machine: r.chance(0.5),
+            fault_gap: (50, r.between(200, 800)),
+            bursts: r.chance(0.1),
+            burst_size: (20, 80),
+            straggler: false,
+            bug: Bug::None,
+            net_bug: NetBug::None,
+            watchdog_s: 120,
+            record_net: std::env::var("SIM_TRACE_NET").is_ok_and(|v| v != "0"),
+        };
+        // Half the seeds run the timing of `ReplicaConfig::new` (what servers run), half a
+        // faster one (50 ms heartbeats, elections after 200-400 ms).
+        if r.chance(0.5) {
+            let d = ReplicaConfig::new("sim", member("x"), PathBuf::new());
+            p.heartbeat_ms = d.heartbeat_ms;
+            p.election_ms = (d.election_timeout_min_ms, d.election_timeout_max_ms);
+        }
+        // A few seeds take the long way: over a thousand entries while a follower is down.
+        // (Drawn last, so that adding it left the other seeds as they were.)
+        if r.chance(0.015) {
+            p.straggler = true;
+            p.safety_ms = p.safety_ms.max(4_000);
+        }
+        p
+    }
+
+    /// Applies `name=value,...` overrides (the `SIM_PARAMS` variable), e.g. `voters=5,learner=1`.
+    pub fn with_overrides(mut self, spec: &str) -> Params {
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (k, v) = item.split_once('=').unwrap_or((item, "1"));
+            let n = || {
+                v.parse::<u64>()
+                    .unwrap_or_else(|_| panic!("SIM_PARAMS: {item}"))
+            };
+            match k {
+                "voters" => self.voters = n() as usize,
+                "learner" => self.learner = n() != 0,
+                "safety_ms" => self.safety_ms = n(),
+                "converge_ms" => self.converge_ms = n(),
+                "clients" => self.clients = n() as usize,
+                "pace_ms" => self.pace_ms = n(),
+                "drop_pct" => self.drop = n() as f64 / 100.0,
+                "max_delay_ms" => self.max_delay_ms = n(),
+                "snapshot_every" => self.snapshot_every = n(),
+                "heartbeat_ms" => self.heartbeat_ms = n(),
+                "election_min_ms" => self.election_ms.0 = n(),
+                "election_max_ms" => self.election_ms.1 = n(),
+                "burst_min" => self.burst_size.0 = n(),
+                "burst_max" => self.burst_size.1 = n(),
+                "durable_machine" => self.durable_machine = n() != 0,
+                "bursts" => self.bursts = n() != 0,
+                "straggler" => self.straggler = n() != 0,
+                // A broken machine, to see what a failure looks like.
+                "bug_forget_every" => self.bug = Bug::ForgetEvery(n()),
+                "fault_gap_max" => self.fault_gap.1 = n(),
+                other => panic!("SIM_PARAMS: unknown parameter {other}"),
+            }
+        }
+        self
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} voters{}, {} ms of faults, {} clients (pace {} ms), drop {:.1}%, delay 0-{} ms, \
+             heartbeat {} ms, elections {}-{} ms, snapshot every {}, {} machine{}{}",
+            self.voters,
+            if self.learner { " + learner" } else { "" },
+            self.safety_ms,
+            self.clients,
+            self.pace_ms,
+            self.drop * 100.0,
+            self.max_delay_ms,
+            self.heartbeat_ms,
+            self.election_ms.0,
+            self.election_ms.1,
+            self.snapshot_every,
+            if self.durable_machine {
+                "durable"
+            } else {
+                "rebuilt"
+            },
+            if self.bursts { ", bursts" } else { "" },
+            if self.straggler { ", straggler" } else { "" },
+        )
+    }
+}
+
+/// What one seed produced.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub violations: Vec<String>,
+    pub trace: Vec<String>,
+    /// Every message with its fate, when `record_net` was set.
+    pub messages: Vec<String>,
+    pub counts: BTreeMap<&'static str, u64>,
+    pub acked: usize,
+    pub unknown: usize,
+    pub max_term: u64,
+    pub virtual_ms: u64,
+    pub net: NetStats,
+    pub installs: u64,
+    pub loads: u64,
+    pub snapshots: u64,
+    pub async_loss: Option<AsyncLoss>,
+}
+
+const LEARNER: &str = "dr";
+
+fn member(name: &str) -> Member {
+    Member {
+        server: name.to_string(),
+        addr: format!("{name}:7000"),
+    }
+}
+
+/// The members and their network, shared by the simulation's tasks.
+struct World {
+    p: Params,
+    dir: PathBuf,
+    net: Arc<Net>,
+    hist: Arc<Mutex<History>>,
+    stats: Arc<MachineStats>,
+    voters: Vec<String>,
+    learner: Option<String>,
+    incarnations: Mutex<BTreeMap<String, u64>>,
+    /// Machines of crashed members (reused at a restart when the machine is durable).
+    saved: Mutex<BTreeMap<String, SimKv>>,
+    down: Mutex<BTreeSet<String>>,
+    /// Down members the fault schedule must not restart (the straggler).
+    held: Mutex<BTreeSet<String>>,
+    learner_added: AtomicBool,
+    learner_cut: AtomicBool,
+    stop: AtomicBool,
+    /// Tasks started along the way (bursts, the lost site's stop).
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl World {
+    fn hist<T>(&self, f: impl FnOnce(&mut History) -> T) -> T {
+        f(&mut self.hist.lock().unwrap())
+    }
+
+    fn all(&self) -> Vec<String> {
+        let mut v = self.voters.clone();
+        v.extend(self.learner.clone());
+        v
+    }
+
+    async fn start(self: &Arc<World>, name: &str) {
+        // Only a member that is down (and no longer stopping) starts again, and only once.
+        let inc = {
+            let mut down = self.down.lock().unwrap();
+            let mut i = self.incarnations.lock().unwrap();
+            if i.contains_key(name) && !down.remove(name) {
+                return;
+            }
+            let e = i.entry(name.to_string()).or_default();
+            *e += 1;
+            *e
+        };
+        let mut cfg = ReplicaConfig::new("sim", member(name), self.dir.join(name));
+        cfg.heartbeat_ms = self.p.heartbeat_ms;
+        cfg.election_timeout_min_ms = self.p.election_ms.0;
+        cfg.election_timeout_max_ms = self.p.election_ms.1;
+        cfg.snapshot_every = self.p.snapshot_every;
+        cfg.blocking_machine = false;
+        cfg.seed = Some(derive(self.p.seed, &format!("{name}#{inc}")));
+        cfg.log = WalOptions {
+            sync: false,
+            inline: true,
+        };
+        let saved = self
+            .saved
+            .lock()
+            .unwrap()
+            .remove(name)
+            .filter(|_| self.p.durable_machine);
+        let machine =
+            saved.unwrap_or_else(|| SimKv::new(name, self.p.bug.clone(), self.stats.clone()));
+        self.stats.opening.store(true, Ordering::Relaxed);
+        let opened = Replica::open(cfg, machine, self.net.transport(name)).await;
+        self.stats.opening.store(false, Ordering::Relaxed);
+        let r = match opened {
+            Ok(r) => r,
+            Err(e) => {
+                self.hist(|h| h.violation(format!("{name} could not reopen its directory: {e}")));
+                self.down.lock().unwrap().insert(name.to_string());
+                return;
+            }
+        };
+        self.net.add(name, r.clone());
+        self.hist(|h| {
+            h.event(format!("start {name} #{inc}"));
+            if inc > 1 && !self.stopped() {
+                h.count("restarts");
+            }
+        });
+        // Watch every status this member publishes (role and term, for the leader check).
+        let hist = self.hist.clone();
+        let who = name.to_string();
+        tokio::spawn(async move {
+            let _ = r
+                .wait_for(Duration::from_secs(1 << 30), "the end", move |s| {
+                    hist.lock().unwrap().observe(&who, s);
+                    false
+                })
+                .await;
+        });
+    }
+
+    /// Stops a member (`fault`: as a fault, rather than at the end).
+    async fn crash(&self, name: &str, fault: bool) {
+        let Some(r) = self.net.remove(name) else {
+            return;
+        };
+        self.hist(|h| {
+            if fault {
+                h.event(format!("crash {name}"));
+                h.count("crashes");
+            } else {
+                h.event(format!("stop {name}"));
+            }
+        });
+        r.shutdown().await;
+        // The machine as the crash left it: reused at the restart if the machine is durable.
+        let m = r.with_machine(|m| Ok(m.clone())).await.unwrap();
+        self.saved.lock().unwrap().insert(name.to_string(), m);
+        // Down only now: nothing restarts it while the old instance still runs.
+        self.down.lock().unwrap().insert(name.to_string());
+    }
+
+    /// Runs `f` in the background; the liveness phase waits for it before checking.
+    fn background(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.lock().unwrap().push(tokio::spawn(f));
+    }
+
+    /// The member claiming leadership in the highest term, with its status.
+    fn leader(&self) -> Option<(String, Replica<SimKv>, Status)> {
+        self.net
+            .up()
+            .into_iter()
+            .map(|(n, r)| {
+                let s = r.status();
+                (n, r, s)
+            })
+            .filter(|(_, _, s)| s.role == Role::Leader)
+            .max_by_key(|(_, _, s)| s.term)
+    }
+
+    /// The member claiming leadership with a quorum acknowledgement younger than the lease:
+    /// one that knows it leads. A deposed leader cut off from the others keeps reporting
+    /// itself leader (openraft does not step down on quorum loss), with a stale view of the
+    /// group; only a leader within its lease can report lag that means something.
+    fn leader_with_lease(&self) -> Option<(String, Replica<SimKv>, Status)> {
+        self.leader().filter(|(_, _, s)| {
+            s.quorum_ack_ms_ago
+                .is_some_and(|ms| ms < self.p.election_ms.1)
+        })
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// One write of a unique key, tried until acknowledged or until its deadline.
+async fn write_one(
+    w: &Arc<World>,
+    client: &str,
+    n: u64,
+    rng: &mut Rng,
+    believed: &mut Option<String>,
+) {
+    let key = format!("{client}-{n}");
+    let value = format!("v{}-{client}-{n}", w.p.seed);
+    w.hist(|h| h.issue(&key, &value));
+    let cmd = set_cmd(&key, &value);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let all = w.all();
+    let mut last = String::from("no attempt");
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            w.hist(|h| h.unknown(&key, last));
+            return;
+        }
+        let name = believed
+            .take()
+            .unwrap_or_else(|| rng.pick(&all).unwrap().clone());
+        let Some(r) = w.net.get(&name) else {
+            last = format!("{name} is down");
+            sleep(Duration::from_millis(rng.between(5, 50))).await;
+            continue;
+        };
+        let attempt = (deadline - now).min(Duration::from_secs(1));
+        match tokio::time::timeout(attempt, r.write(cmd.clone())).await {
+            Ok(Ok(resp)) => {
+                let s = r.status();
+                w.hist(|h| h.ack(&key, &name, &s, &resp));
+                *believed = Some(name);
+                return;
+            }
+            Ok(Err(WriteError::NotLeader {
+                leader: Some((_, m)),
+            })) => {
+                last = format!("{name}: not the leader, {} is", m.server);
+                // Always let time pass: two members naming each other would spin otherwise
+                // (on a paused clock, a task that never waits on a timer stops the clock).
+                sleep(Duration::from_millis(rng.between(1, 20))).await;
+                *believed = Some(m.server);
+            }
+            Ok(Err(e)) => {
+                last = format!("{name}: {e}");
+                sleep(Duration::from_millis(rng.between(5, 60))).await;
+            }
+            Err(_) => last = format!("{name}: attempt timed out"),
+        }
+    }
+}
+
+async fn client(w: Arc<World>, c: usize) {
+    let mut rng = Rng::new(derive(w.p.seed, &format!("client{c}")));
+    let name = format!("c{c}");
+    let mut believed = None;
+    let mut n = 0;
+    while !w.stopped() {
+        n += 1;
+        write_one(&w, &name, n, &mut rng, &mut believed).await;
+        sleep(Duration::from_millis(rng.between(0, w.p.pace_ms))).await;
+    }
+}
+
+/// Many writes at once, each its own task.
+async fn burst(w: &Arc<World>, id: u64, size: u64) {
+    let mut tasks = Vec::new();
+    for i in 0..size {
+        let w = w.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng::new(derive(w.p.seed, &format!("burst{id}-{i}")));
+            let mut believed = w.leader().map(|(n, _, _)| n);
+            write_one(&w, &format!("b{id}"), i + 1, &mut rng, &mut believed).await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Takes a follower down, writes over a thousand entries, brings it back.
+async fn straggler(w: Arc<World>) {
+    let victim = loop {
+        sleep(Duration::from_millis(100)).await;
+        if w.stopped() {
+            return;
+        }
+        if !w.down.lock().unwrap().is_empty() {
+            continue;
+        }
+        let Some((leader, _, _)) = w.leader() else {
+            continue;
+        };
+        if let Some(v) = w.voters.iter().find(|v| **v != leader) {
+            break v.clone();
+        }
+    };
+    w.held.lock().unwrap().insert(victim.clone());
+    w.crash(&victim, true).await;
+    w.hist(|h| h.event(format!("straggler {victim}: down for 1,200 writes")));
+    for b in 0..3 {
+        burst(&w, 100 + b, 400).await;
+    }
+    // Time for the leader to build a snapshot and purge what the straggler needs.
+    sleep(Duration::from_millis(1_000)).await;
+    w.held.lock().unwrap().remove(&victim);
+    if !w.stopped() {
+        w.start(&victim).await;
+    }
+}
+
+/// Reads through a read barrier on the leader: every write acknowledged before the read
+/// began must be visible.
+async fn reader(w: Arc<World>) {
+    let mut rng = Rng::new(derive(w.p.seed, "reader"));
+    let all = w.all();
+    let mut believed: Option<String> = None;
+    while !w.stopped() {
+        sleep(Duration::from_millis(rng.between(150, 500))).await;
+        let name = believed
+            .take()
+            .unwrap_or_else(|| rng.pick(&all).unwrap().clone());
+        let Some(r) = w.net.get(&name) else { continue };
+        let before = w.hist(|h| h.acked());
+        match tokio::time::timeout(Duration::from_secs(1), r.read_barrier()).await {
+            Ok(Ok(())) => {
+                let missing = r
+                    .with_machine(move |m| {
+                        Ok(before
+                            .into_iter()
+                            .filter(|(k, v)| m.map.get(k) != Some(v))
+                            .collect::<Vec<_>>())
+                    })
+                    .await
+                    .unwrap_or_default();
+                w.hist(|h| {
+                    h.count("reads");
+                    if !missing.is_empty() {
+                        h.violation(format!(
+                            "stale read on {name} after a read barrier: {} acknowledged write(s) missing, e.g. {:?}",
+                            missing.len(),
+                            missing.first()
+                        ));
+                    }
+                });
+                believed = Some(name);
+            }
+            Ok(Err(WriteError::NotLeader {
+                leader: Some((_, m)),
+            })) => believed = Some(m.server),
+            _ => {}
+        }
+    }
+}
+
+/// Adds the learner, retrying while leaders cannot change membership yet.
+async fn add_learner(w: Arc<World>) {
+    let Some(l) = w.learner.clone() else { return };
+    let lid = node_id(&l);
+    while !w.stopped() {
+        sleep(Duration::from_millis(50)).await;
+        let Some((name, r, s)) = w.leader() else {
+            continue;
+        };
+        if s.learners.contains_key(&lid) && s.committed >= s.last_log_index {
+            w.learner_added.store(true, Ordering::Relaxed);
+            w.hist(|h| h.event(format!("learner {l} added (seen on {name})")));
+            return;
+        }
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), r.add_learner(member(&l), false)).await;
+    }
+}
+
+/// Loses the learner's site after sampling the leader's view of it; false if no leader.
+fn cut_learner(w: &World) -> bool {
+    let Some(l) = w.learner.clone() else {
+        return true;
+    };
+    let Some((leader, _, s)) = w.leader_with_lease() else {
+        return false;
+    };
+    let progress = s.replication.get(&node_id(&l));
+    let matched = progress.and_then(|p| p.matched);
+    let lag_entries = match (s.last_log_index, matched) {
+        (Some(last), Some(m)) => last.saturating_sub(m),
+        (Some(last), None) => last + 1,
+        (None, _) => 0,
+    };
+    let lag_ms = progress.and_then(|p| p.last_ack_ms_ago);
+    w.net.lose_site(&l);
+    w.learner_cut.store(true, Ordering::Relaxed);
+    w.hist(|h| {
+        let acked_before = h.acked();
+        h.event(format!(
+            "site of {l} lost: {leader} reported lag {lag_entries} entries ({lag_ms:?} ms), {} writes acked",
+            acked_before.len()
+        ));
+        h.cut = Some(AsyncCut {
+            at_ms: h.now_ms(),
+            learner: l.clone(),
+            leader,
+            last_log_index: s.last_log_index,
+            matched,
+            lag_entries,
+            lag_ms,
+            acked_before,
+        });
+    });
+    true
+}
+
+fn random_partition(rng: &mut Rng, members: &[String]) -> (String, BTreeSet<(String, String)>) {
+    let mut m = members.to_vec();
+    rng.shuffle(&mut m);
+    let roll = rng.below(10);
+    let k = if roll < 3 {
+        1
+    } else {
+        rng.between(1, m.len() as u64 - 1) as usize
+    };
+    let (a, b) = m.split_at(k);
+    let one_way = rng.chance(0.3);
+    let mut links = BTreeSet::new();
+    for x in a {
+        for y in b {
+            links.insert((x.clone(), y.clone()));
+            if !one_way {
+                links.insert((y.clone(), x.clone()));
+            }
+        }
+    }
+    let what = format!("{a:?} {} {b:?}", if one_way { "-/->" } else { "<-/->" });
+    (what, links)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Crash,
+    Restart,
+    Partition,
+    Heal,
+    Transfer,
+    Learner,
+    Weather,
+    Burst,
+}
+
+const FAULTS: [(Fault, u64); 8] = [
+    (Fault::Crash, 15),
+    (Fault::Restart, 20),
+    (Fault::Partition, 15),
+    (Fault::Heal, 20),
+    (Fault::Transfer, 12),
+    (Fault::Learner, 6),
+    (Fault::Weather, 6),
+    (Fault::Burst, 6),
+];
+
+async fn faults(w: Arc<World>, end: Instant) {
+    let mut rng = Rng::new(derive(w.p.seed, "faults"));
+    let f = (w.p.voters - 1) / 2;
+    let start = Instant::now();
+    let cut_at = start + (end - start).mul_f64(0.3 + 0.5 * rng.unit());
+    let mut bursts = 0;
+    let total: u64 = FAULTS.iter().map(|(_, n)| n).sum();
+    loop {
+        let gap = rng.between(w.p.fault_gap.0, w.p.fault_gap.1);
+        sleep(Duration::from_millis(gap)).await;
+        if Instant::now() >= end {
+            return;
+        }
+        if w.learner.is_some()
+            && !w.learner_cut.load(Ordering::Relaxed)
+            && w.learner_added.load(Ordering::Relaxed)
+            && Instant::now() >= cut_at
+            && w.net.get(LEARNER).is_some()
+            && cut_learner(&w)
+        {
+            // Nothing reaches the lost site any more: stop it once it applied what it knew
+            // was committed (what it holds is read at the end).
+            let w2 = w.clone();
+            w.background(async move {
+                sleep(Duration::from_millis(200)).await;
+                w2.crash(LEARNER, false).await;
+            });
+        }
+        let down: Vec<String> = w.down.lock().unwrap().iter().cloned().collect();
+        let down_voters = down.iter().filter(|d| w.voters.contains(d)).count();
+        let up_voters: Vec<String> = w
+            .voters
+            .iter()
+            .filter(|v| !down.contains(v))
+            .cloned()
+            .collect();
+        let mut roll = rng.below(total);
+        let fault = FAULTS
+            .iter()
+            .find(|(_, n)| {
+                if roll < *n {
+                    true
+                } else {
+                    roll -= n;
+                    false
+                }
+            })
+            .map(|(f, _)| *f)
+            .unwrap();
+        match fault {
+            // At most a minority of voters down at once (partitions come on top).
+            Fault::Crash if down_voters < f => {
+                let victim = match w.leader().map(|(n, _, _)| n) {
+                    Some(l) if rng.chance(0.5) && w.voters.contains(&l) => l,
+                    _ => rng.pick(&up_voters).unwrap().clone(),
+                };
+                w.crash(&victim, true).await;
+            }
+            Fault::Crash => {}
+            Fault::Restart => {
+                let cut = w.learner_cut.load(Ordering::Relaxed);
+                let held = w.held.lock().unwrap().clone();
+                let restartable: Vec<String> = down
+                    .iter()
+                    .filter(|d| !(held.contains(*d) || cut && *d == LEARNER))
+                    .cloned()
+                    .collect();
+                if let Some(n) = rng.pick(&restartable).cloned() {
+                    w.start(&n).await;
+                }
+            }
+            Fault::Partition => {
+                let (what, links) = random_partition(&mut rng, &w.all());
+                w.net.partition(links);
+                w.hist(|h| {
+                    h.event(format!("partition {what}"));
+                    h.count("partitions");
+                });
+            }
+            Fault::Heal => {
+                if w.net.partitioned() {
+                    w.net.heal();
+                    w.hist(|h| h.event("heal"));
+                }
+            }
+            Fault::Transfer => {
+                if let Some((name, r, _)) = w.leader()
+                    && let Some(to) = rng.pick(&up_voters).cloned()
+                    && to != name
+                {
+                    w.hist(|h| {
+                        h.event(format!("transfer {name} -> {to}"));
+                        h.count("transfers");
+                    });
+                    let _ = r.transfer_leader(node_id(&to)).await;
+                }
+            }
+            Fault::Learner => {
+                if let Some(l) = w.learner.clone()
+                    && !w.learner_cut.load(Ordering::Relaxed)
+                {
+                    if down.contains(&l) {
+                        w.start(&l).await;
+                    } else {
+                        w.crash(&l, true).await;
+                    }
+                }
+            }
+            Fault::Weather => {
+                // The link quality changes for a while: calm, the seed's own, or worse.
+                let (drop, delay) = match rng.below(3) {
+                    0 => (0.0, rng.between(0, 5)),
+                    1 => (w.p.drop, w.p.max_delay_ms),
+                    _ => (0.1 + rng.unit() * 0.2, rng.between(10, 50)),
+                };
+                w.net.set_quality(drop, delay);
+                w.hist(|h| h.event(format!("weather: drop {drop:.2}, delay 0-{delay} ms")));
+            }
+            Fault::Burst => {
+                if w.p.bursts && bursts < 3 {
+                    bursts += 1;
+                    let size = rng.between(w.p.burst_size.0, w.p.burst_size.1);
+                    w.hist(|h| {
+                        h.event(format!("burst b{bursts} of {size} writes"));
+                        h.count("bursts");
+                    });
+                    let w2 = w.clone();
+                    w.background(async move { burst(&w2, bursts, size).await });
+                }
+            }
+        }
+    }
+}
+
+/// Waits until one leader, everything applied everywhere and identical machines.
+async fn converge(
+    w: &Arc<World>,
+    members: &[String],
+    within: Duration,
+) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let up = w.net.up();
+        let why: String;
+        let statuses: Vec<(String, Replica<SimKv>, Status)> = members
+            .iter()
+            .filter_map(|m| up.get(m).map(|r| (m.clone(), r.clone(), r.status())))
+            .collect();
+        let leaders: Vec<&(String, Replica<SimKv>, Status)> = statuses
+            .iter()
+            .filter(|(n, _, s)| s.role == Role::Leader && w.voters.contains(n))
+            .collect();
+        if statuses.len() != members.len() {
+            why = "members down".into();
+        } else if leaders.len() != 1 {
+            why = format!("{} leaders", leaders.len());
+        } else {
+            let ls = &leaders[0].2;
+            let last = ls.last_log_index;
+            let caught_up = ls.committed == last
+                && statuses
+                    .iter()
+                    .all(|(_, _, s)| s.leader == Some(ls.id) && s.applied == last);
+            if caught_up {
+                let mut maps = BTreeMap::new();
+                for (n, r, _) in &statuses {
+                    maps.insert(
+                        n.clone(),
+                        r.with_machine(|m| Ok(m.map.clone())).await.unwrap(),
+                    );
+                }
+                let first = maps.values().next().unwrap();
+                if maps.values().all(|m| m == first) {
+                    return Ok(maps);
+                }
+                let (a, ma) = maps.iter().next().unwrap();
+                let (b, mb) = maps.iter().find(|(_, m)| *m != first).unwrap();
+                let diff = ma
+                    .iter()
+                    .find(|(k, v)| mb.get(*k) != Some(v))
+                    .map(|(k, v)| format!("{k}: {v:?} on {a}, {:?} on {b}", mb.get(k)))
+                    .or_else(|| {
+                        mb.iter()
+                            .find(|(k, _)| !ma.contains_key(*k))
+                            .map(|(k, v)| format!("{k}: absent on {a}, {v:?} on {b}"))
+                    })
+                    .unwrap_or_default();
+                return Err(format!(
+                    "machines differ with everything applied up to {last:?} ({} keys on {a}, {} on {b}; {diff})",
+                    ma.len(),
+                    mb.len()
+                ));
+            }
+            why = "not caught up".into();
+        }
+        if Instant::now() >= deadline {
+            let states: Vec<String> = statuses
+                .iter()
+                .map(|(n, _, s)| {
+                    format!(
+                        "{n}: {:?} term {} leader {:?} last {:?} committed {:?} applied {:?}",
+                        s.role,
+                        s.term,
+                        s.leader
+                            .map(|l| w.all().into_iter().find(|m| node_id(m) == l)),
+                        s.last_log_index,
+                        s.committed,
+                        s.applied
+                    )
+                })
+                .collect();
+            return Err(format!("after {within:?}: {why}; {}", states.join("; ")));
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn simulate(p: Params, dir: PathBuf) -> Report {
+    let voters: Vec<String> = (1..=p.voters).map(|i| format!("n{i}")).collect();
+    let learner = p.learner.then(|| LEARNER.to_string());
+    let net = Net::new(
+        derive(p.seed, "net"),
+        p.drop,
+        p.max_delay_ms,
+        p.net_bug.clone(),
+        p.record_net,
+    );
+    let w = Arc::new(World {
+        p: p.clone(),
+        dir,
+        net,
+        hist: Arc::new(Mutex::new(History::new())),
+        stats: Arc::new(MachineStats::default()),
+        voters: voters.clone(),
+        learner: learner.clone(),
+        incarnations: Mutex::new(BTreeMap::new()),
+        saved: Mutex::new(BTreeMap::new()),
+        down: Mutex::new(BTreeSet::new()),
+        held: Mutex::new(BTreeSet::new()),
+        learner_added: AtomicBool::new(false),
+        learner_cut: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        tasks: Mutex::new(Vec::new()),
+    });
+    // 1. Start.
+    for n in w.all() {
+        w.start(&n).await;
+    }
+    let initial: BTreeMap<_, _> = voters.iter().map(|v| (node_id(v), member(v))).collect();
+    if let Some(r) = w.net.get(&voters[0]) {
+        r.initialize(initial).await.unwrap();
+    }
+    // 2. Safety.
+    let end = Instant::now() + Duration::from_millis(p.safety_ms);
+    let mut tasks = Vec::new();
+    for c in 0..p.clients {
+        tasks.push(tokio::spawn(client(w.clone(), c)));
+    }
+    tasks.push(tokio::spawn(reader(w.clone())));
+    tasks.push(tokio::spawn(add_learner(w.clone())));
+    if p.straggler {
+        tasks.push(tokio::spawn(straggler(w.clone())));
+    }
+    let fault_task = tokio::spawn(faults(w.clone(), end));
+    tokio::time::sleep_until(end).await;
+    fault_task.await.unwrap();
+    // 3. Liveness.
+    w.stop.store(true, Ordering::Relaxed);
+    w.net.heal();
+    w.net.set_quality(0.0, 2);
+    let cut = w.learner_cut.load(Ordering::Relaxed);
+    let down: Vec<String> = w.down.lock().unwrap().iter().cloned().collect();
+    for d in down {
+        if !(cut && d == LEARNER) {
+            w.start(&d).await;
+        }
+    }
+    w.hist(|h| h.event("liveness: healed, restarted"));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    loop {
+        let more: Vec<_> = std::mem::take(&mut *w.tasks.lock().unwrap());
+        if more.is_empty() {
+            break;
+        }
+        for t in more {
+            t.await.unwrap();
+        }
+    }
+    let mut members = voters.clone();
+    if let Some(l) = &learner
+        && w.learner_added.load(Ordering::Relaxed)
+        && !cut
+    {
+        members.push(l.clone());
+    }
+    let mut fin = Final::default();
+    match converge(&w, &members, Duration::from_millis(p.converge_ms)).await {
+        Ok(maps) => fin.machines = maps,
+        Err(e) => {
+            fin.converged = Err(e);
+            // Still check what every member holds.
+            for (n, r) in w.net.up() {
+                if members.contains(&n) {
+                    fin.machines
+                        .insert(n, r.with_machine(|m| Ok(m.map.clone())).await.unwrap());
+                }
+            }
+        }
+    }
+    w.hist(|h| h.event("converged"));
+    // 4. Stop everything; read the lost learner's machine and log.
+    for (n, _) in w.net.up() {
+        w.crash(&n, false).await;
+    }
+    if cut && let Some(l) = &learner {
+        let map = w
+            .saved
+            .lock()
+            .unwrap()
+            .get(l)
+            .map(|m| m.map.clone())
+            .unwrap_or_default();
+        fin.cut_learner = Some(CutLearner {
+            machine: map,
+            log: read_log(&w.dir.join(l).join("log")),
+        });
+    }
+    let virtual_ms = w.hist(|h| h.now_ms());
+    let hist = std::mem::take(&mut *w.hist.lock().unwrap());
+    let mut report = Report {
+        virtual_ms,
+        net: w.net.stats(),
+        installs: w.stats.installs.load(Ordering::Relaxed),
+        loads: w.stats.loads.load(Ordering::Relaxed),
+        snapshots: w.stats.snapshots.load(Ordering::Relaxed),
+        ..Report::default()
+    };
+    let (violations, loss) = check(&hist, &fin);
+    let (acked, unknown, _) = hist.tally();
+    report.violations = violations;
+    report.async_loss = loss;
+    report.acked = acked;
+    report.unknown = unknown;
+    report.max_term = hist.leaders.keys().next_back().copied().unwrap_or(0);
+    report.counts = hist.counts.clone();
+    report.trace = hist.trace;
+    if let Some(log) = &w.net.log {
+        report.messages = log.lock().unwrap().clone();
+    }
+    report
+}
+
+fn read_log(dir: &Path) -> Vec<Vec<u8>> {
+    match Wal::open_with(
+        dir,
+        WalOptions {
+            sync: false,
+            inline: true,
+        },
+    )
+    .and_then(|wal| wal.range(0, u64::MAX))
+    {
+        Ok(records) => records
+            .into_iter()
+            .map(|(_, b)| b.as_ref().clone())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Runs one seed in a fresh runtime on a paused clock, in `base/seed-<seed>`.
+pub fn run(p: Params, base: &Path) -> (Report, PathBuf) {
+    let dir = base.join(format!("seed-{}", p.seed));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    // A seed whose clock stops (a task spinning without waiting on a timer) or that never
+    // ends would hang the test: name it and stop the process instead.
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let (seed, limit) = (p.seed, p.watchdog_s);
+    let watchdog = std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            finished.recv_timeout(Duration::from_secs(limit))
+        {
+            eprintln!(
+                "seed {seed} still running after {limit} s of wall time: replay it with \
+                 `SIM_SEED={seed} SIM_TRACE=1 cargo test -p replica --test sim simulation`"
+            );
+            std::process::exit(101);
+        }
+    });
+    let report = rt.block_on(simulate(p, dir.clone()));
+    drop(rt);
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    (report, dir)
+}
