@@ -16,7 +16,7 @@ pub mod net;
 pub mod types;
 pub mod wal;
 
-pub use machine::Machine;
+pub use machine::{Machine, SnapshotCopy, SnapshotJob};
 pub use net::{BoxFuture, Transport};
 pub use types::{Member, NodeId, node_id};
 

@@ -6,7 +6,7 @@
 //! membership and snapshot metadata into that.
 
 use crate::types::{
-    Cmd, LogId, Resp, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+    Cmd, Entry, LogId, Resp, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -26,8 +26,27 @@ pub trait Machine: Send + 'static {
     fn position(&mut self) -> io::Result<Option<Vec<u8>>>;
     /// A consistent copy of the whole state, position included.
     fn snapshot(&mut self) -> io::Result<Vec<u8>>;
+    /// Starts a snapshot. Called with the machine held, between applies; the job it returns
+    /// runs without the machine (on another thread in servers), so applies go on while a large
+    /// state is copied, and reports the copy with the position it holds. The default copies
+    /// right away with [`Machine::snapshot`]; a machine whose storage can give a consistent
+    /// view on its own (SQLite's read transactions) does the copy in the job.
+    fn start_snapshot(&mut self) -> io::Result<SnapshotJob> {
+        let data = self.snapshot()?;
+        let position = self.position()?;
+        Ok(Box::new(move || Ok(SnapshotCopy { data, position })))
+    }
     /// Replaces the state with a snapshot (which carries its own position).
     fn install(&mut self, snapshot: &[u8]) -> io::Result<()>;
+}
+
+/// A snapshot being made: see [`Machine::start_snapshot`].
+pub type SnapshotJob = Box<dyn FnOnce() -> io::Result<SnapshotCopy> + Send>;
+
+/// A consistent copy of a machine's state and the position stored in it.
+pub struct SnapshotCopy {
+    pub data: Vec<u8>,
+    pub position: Option<Vec<u8>>,
 }
 
 /// The position stored with the data: the last applied log id and membership.
@@ -45,11 +64,19 @@ struct Current {
 }
 
 /// A snapshot file on disk: the metadata and the application's bytes.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
     #[serde(with = "serde_bytes_vec")]
     data: Vec<u8>,
+}
+
+/// The same, borrowed, for writing (the same encoding: a snapshot is written without copying).
+#[derive(Serialize)]
+struct StoredSnapshotRef<'a> {
+    meta: &'a SnapshotMeta,
+    #[serde(serialize_with = "serde_bytes_vec::serialize")]
+    data: &'a [u8],
 }
 
 mod serde_bytes_vec {
@@ -83,6 +110,8 @@ pub struct StateMachine<M: Machine> {
     snapshot_file: Option<PathBuf>,
     /// Run the machine on a blocking thread (real storage) or inline (simulation).
     blocking: bool,
+    /// Held while the snapshot file is written (a snapshot built and one installed may race).
+    writing: Arc<Mutex<()>>,
 }
 
 impl<M: Machine> Clone for StateMachine<M> {
@@ -92,6 +121,7 @@ impl<M: Machine> Clone for StateMachine<M> {
             current: self.current.clone(),
             snapshot_file: self.snapshot_file.clone(),
             blocking: self.blocking,
+            writing: self.writing.clone(),
         }
     }
 }
@@ -127,6 +157,7 @@ impl<M: Machine> StateMachine<M> {
             current: Arc::new(Mutex::new(current)),
             snapshot_file,
             blocking,
+            writing: Arc::new(Mutex::new(())),
         })
     }
 
@@ -136,12 +167,57 @@ impl<M: Machine> StateMachine<M> {
         f: impl FnOnce(&mut M) -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
         let machine = self.machine.clone();
-        let run = move || {
+        self.off_runtime(move || {
             let mut m = machine
                 .lock()
                 .map_err(|_| io::Error::other("state machine poisoned"))?;
             f(&mut m)
+        })
+        .await
+    }
+
+    /// Applies entries (in log order, after the last applied one) as one batch on the machine,
+    /// with the position they bring it to; one response per entry.
+    pub(crate) async fn apply_entries(&mut self, entries: &[&Entry]) -> io::Result<Vec<Vec<u8>>> {
+        let (last_applied, current_membership) = self.applied_state().await?;
+        let mut position = Position {
+            last_applied,
+            membership: current_membership,
         };
+        let mut commands: Vec<Option<Vec<u8>>> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            position.last_applied = Some(entry.log_id);
+            match &entry.payload {
+                EntryPayload::Blank => commands.push(None),
+                EntryPayload::Normal(Cmd(bytes)) => commands.push(Some(bytes.clone())),
+                EntryPayload::Membership(m) => {
+                    position.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    commands.push(None);
+                }
+            }
+        }
+        let position_bytes = serde_json::to_vec(&position).map_err(io::Error::other)?;
+        let responses = self
+            .with(move |m| {
+                let refs: Vec<Option<&[u8]>> = commands.iter().map(|c| c.as_deref()).collect();
+                m.apply(&refs, &position_bytes)
+            })
+            .await?;
+        if responses.len() != entries.len() {
+            return Err(io::Error::other(format!(
+                "the state machine answered {} of {} entries",
+                responses.len(),
+                entries.len()
+            )));
+        }
+        Ok(responses)
+    }
+
+    /// Runs blocking work on a blocking thread (real storage) or inline (simulation).
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        run: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
         if self.blocking {
             tokio::task::spawn_blocking(run)
                 .await
@@ -151,48 +227,62 @@ impl<M: Machine> StateMachine<M> {
         }
     }
 
-    fn keep_current(&self, meta: SnapshotMeta, data: Vec<u8>) -> io::Result<()> {
-        if let Some(path) = &self.snapshot_file {
-            let bytes = postcard::to_allocvec(&StoredSnapshot {
-                meta: meta.clone(),
-                data: data.clone(),
-            })
-            .map_err(io::Error::other)?;
-            let tmp = path.with_extension("tmp");
-            {
-                use std::io::Write;
-                let mut f = std::fs::File::create(&tmp)?;
-                f.write_all(&bytes)?;
-                f.sync_all()?;
+    /// Makes `data` the current snapshot, on disk (fsynced) and in memory, unless the current
+    /// one is newer (a snapshot installed while this one was being built).
+    async fn keep_current(&self, meta: SnapshotMeta, data: Arc<Vec<u8>>) -> io::Result<()> {
+        let (current, file, writing) = (
+            self.current.clone(),
+            self.snapshot_file.clone(),
+            self.writing.clone(),
+        );
+        self.off_runtime(move || {
+            let _writing = writing
+                .lock()
+                .map_err(|_| io::Error::other("snapshot writer poisoned"))?;
+            let newer_kept = |current: &Option<Current>| {
+                current
+                    .as_ref()
+                    .is_some_and(|c| c.meta.last_log_id > meta.last_log_id)
+            };
+            if newer_kept(&*current.lock().map_err(|_| poisoned())?) {
+                return Ok(());
             }
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
+            if let Some(path) = &file {
+                let tmp = path.with_extension("tmp");
+                {
+                    let mut f = io::BufWriter::new(std::fs::File::create(&tmp)?);
+                    let stored = StoredSnapshotRef {
+                        meta: &meta,
+                        data: &data,
+                    };
+                    postcard::to_io(&stored, &mut f).map_err(io::Error::other)?;
+                    // into_inner flushes the buffer.
+                    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                }
+                std::fs::rename(&tmp, path)?;
+                if let Some(dir) = path.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
             }
-        }
-        *self
-            .current
-            .lock()
-            .map_err(|_| io::Error::other("snapshot slot poisoned"))? = Some(Current {
-            meta,
-            data: Arc::new(data),
-        });
-        Ok(())
+            *current.lock().map_err(|_| poisoned())? = Some(Current { meta, data });
+            Ok(())
+        })
+        .await
     }
+}
+
+fn poisoned() -> io::Error {
+    io::Error::other("snapshot slot poisoned")
 }
 
 impl<M: Machine> RaftSnapshotBuilder<TypeConfig> for StateMachine<M> {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        // One step on the machine: the copy and its position are consistent.
-        let (data, position) = self
-            .with(|m| {
-                let data = m.snapshot()?;
-                let position = m.position()?;
-                Ok((data, position))
-            })
-            .await?;
+        // The machine is held only to start the copy; the copy and its position are
+        // consistent, and applies go on while it is made.
+        let job = self.with(|m| m.start_snapshot()).await?;
+        let SnapshotCopy { data, position } = self.off_runtime(job).await?;
         let position: Position = match position {
             Some(p) => serde_json::from_slice(&p).map_err(|e| invalid("stored position", e))?,
             None => Position::default(),
@@ -201,10 +291,11 @@ impl<M: Machine> RaftSnapshotBuilder<TypeConfig> for StateMachine<M> {
             last_log_id: position.last_applied,
             last_membership: position.membership,
         };
-        self.keep_current(meta.clone(), data.clone())?;
+        let data = Arc::new(data);
+        self.keep_current(meta.clone(), data.clone()).await?;
         Ok(Snapshot {
             meta,
-            snapshot: data,
+            snapshot: data.as_ref().clone(),
         })
     }
 }
@@ -234,37 +325,8 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachine<M> {
         if batch.is_empty() {
             return Ok(());
         }
-        let (last_applied, current_membership) = self.applied_state().await?;
-        let mut position = Position {
-            last_applied,
-            membership: current_membership,
-        };
-        let mut commands: Vec<Option<Vec<u8>>> = Vec::with_capacity(batch.len());
-        for (entry, _) in &batch {
-            position.last_applied = Some(entry.log_id);
-            match &entry.payload {
-                EntryPayload::Blank => commands.push(None),
-                EntryPayload::Normal(Cmd(bytes)) => commands.push(Some(bytes.clone())),
-                EntryPayload::Membership(m) => {
-                    position.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    commands.push(None);
-                }
-            }
-        }
-        let position_bytes = serde_json::to_vec(&position).map_err(io::Error::other)?;
-        let responses = self
-            .with(move |m| {
-                let refs: Vec<Option<&[u8]>> = commands.iter().map(|c| c.as_deref()).collect();
-                m.apply(&refs, &position_bytes)
-            })
-            .await?;
-        if responses.len() != batch.len() {
-            return Err(io::Error::other(format!(
-                "the state machine answered {} of {} entries",
-                responses.len(),
-                batch.len()
-            )));
-        }
+        let entries: Vec<&Entry> = batch.iter().map(|(e, _)| e).collect();
+        let responses = self.apply_entries(&entries).await?;
         for ((_, responder), resp) in batch.into_iter().zip(responses) {
             if let Some(r) = responder {
                 r.send(Resp(resp));
@@ -282,9 +344,10 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachine<M> {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let data = snapshot.clone();
-        self.with(move |m| m.install(&data)).await?;
-        self.keep_current(meta.clone(), snapshot)
+        let data = Arc::new(snapshot);
+        let installing = data.clone();
+        self.with(move |m| m.install(&installing)).await?;
+        self.keep_current(meta.clone(), data).await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
