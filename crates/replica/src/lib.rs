@@ -170,6 +170,8 @@ fn mix(mut z: u64) -> u64 {
 pub struct Replica<M: Machine> {
     raft: Raft<TypeConfig, StateMachine<M>>,
     sm: StateMachine<M>,
+    /// The log openraft writes (a reader on the same files).
+    log: log::LogStore,
     shared: Arc<Shared>,
     config: Arc<ReplicaConfig>,
 }
@@ -179,6 +181,7 @@ impl<M: Machine> Clone for Replica<M> {
         Replica {
             raft: self.raft.clone(),
             sm: self.sm.clone(),
+            log: self.log.clone(),
             shared: self.shared.clone(),
             config: self.config.clone(),
         }
@@ -245,13 +248,14 @@ impl<M: Machine> Replica<M> {
         let id = node_id(&config.me.server);
         let raft = types::Runtime::scope(
             mix(seed),
-            Raft::new(id, raft_config, network, log, sm.clone()),
+            Raft::new(id, raft_config, network, log.clone(), sm.clone()),
         )
         .await
         .map_err(io::Error::other)?;
         Ok(Replica {
             raft,
             sm,
+            log,
             shared,
             config: Arc::new(config),
         })
@@ -580,6 +584,30 @@ impl<M: Machine> Replica<M> {
         self.scoped(self.raft.trigger().purge_log(index))
             .await
             .map_err(stopped)
+    }
+
+    /// For a member about to serve alone (forced service), after [`Replica::shutdown`]:
+    /// applies the entries its log holds beyond what its machine applied — received from the
+    /// lost leader, never known here to be committed, possibly acknowledged to clients — so
+    /// that nothing this member holds is lost. Returns the index applied last.
+    pub async fn apply_log_tail(&self) -> io::Result<Option<u64>> {
+        let mut sm = self.sm.clone();
+        let (applied, _) = openraft::storage::RaftStateMachine::applied_state(&mut sm).await?;
+        let from = applied.map_or(0, |l| l.index + 1);
+        let last = match self.log.last_log_id()? {
+            Some(last) if last.index >= from => last.index,
+            _ => return Ok(applied.map(|l| l.index)),
+        };
+        let entries = self.log.entries(from, last + 1)?;
+        if entries.first().map(|e| e.log_id.index) != Some(from) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the log does not hold entry {from}, the first not applied"),
+            ));
+        }
+        let refs: Vec<&types::Entry> = entries.iter().collect();
+        sm.apply_entries(&refs).await?;
+        Ok(entries.last().map(|e| e.log_id.index))
     }
 
     /// Stops the member.

@@ -48,7 +48,7 @@ impl LogStore {
         })
     }
 
-    fn entries(&self, from: u64, to: u64) -> io::Result<Vec<Entry>> {
+    pub(crate) fn entries(&self, from: u64, to: u64) -> io::Result<Vec<Entry>> {
         self.wal
             .range(from, to)?
             .into_iter()

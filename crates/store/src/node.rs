@@ -772,7 +772,8 @@ impl StoreNode {
             )));
         }
         let st = self.replica().status();
-        let applied = st.applied.unwrap_or(0);
+        // What this replica holds: applied, and received into its log (applied on forcing).
+        let applied = st.applied.unwrap_or(0).max(st.last_log_index.unwrap_or(0));
         let seen = st.leader_commit_seen.unwrap_or(0);
         let lost = seen.saturating_sub(applied);
         let generation = self.generation.load(Ordering::SeqCst);
@@ -814,7 +815,20 @@ impl StoreNode {
         me.sync = true;
         me.automatic = true;
         self.release_listener().await;
-        self.replica().shutdown().await;
+        let old = self.replica();
+        old.shutdown().await;
+        // Entries received from the lost primary but not yet known committed here may have
+        // been acknowledged to clients: they are kept, not dropped with the old log.
+        match old.apply_log_tail().await {
+            Ok(last) => {
+                tracing::info!(store = %self.cfg.store, last = ?last, "forced service: applied this replica's whole log")
+            }
+            Err(e) => {
+                return Err(Refusal::Unavailable(format!(
+                    "cannot apply this replica's log before forcing service: {e}"
+                )));
+            }
+        }
         let reopened = (|| -> Result<(), StoreError> {
             let mut m = SqliteMachine::open(&self.cfg.dir.join("store.sqlite"))?;
             m.forget_position()

@@ -121,7 +121,8 @@ pub struct ForceRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForceReport {
     pub server: String,
-    /// The last position this replica holds.
+    /// The last position this replica holds (applied, or received into its log: forcing
+    /// service applies its whole log).
     pub last_applied: u64,
     /// The highest position the primary told this replica was committed.
     pub primary_committed_seen: u64,
