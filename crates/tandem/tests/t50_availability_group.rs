@@ -4,14 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
-use testkit::{AgReplica, Lab, Options, RegisterLoad, RegisterRecord, ag_topology, test_dir};
+use testkit::replicated::{ReplicatedLab, summary};
+use testkit::{AgReplica, Options, RegisterLoad, ag_topology};
 
 const EXE: &str = env!("CARGO_BIN_EXE_tandem");
 const TMP: &str = env!("CARGO_TARGET_TMPDIR");
@@ -33,154 +31,14 @@ const ASYNC: AgReplica = AgReplica {
 };
 const USERS: usize = 4000;
 
-struct Ag {
-    lab: Lab,
-    dir: PathBuf,
-    admin: SocketAddr,
-    sip: SocketAddr,
-    token: String,
-}
-
-fn start(name: &str, replicas: &[AgReplica]) -> Ag {
-    let dir = test_dir(TMP, name);
-    let (topology, fe_admin) = ag_topology(replicas, &Options::default());
-    let path = dir.join("topology.toml");
-    std::fs::write(&path, topology).unwrap();
-    let lab = Lab::up(
+fn start(name: &str, replicas: &[AgReplica]) -> ReplicatedLab {
+    ReplicatedLab::start(
         EXE.as_ref(),
-        &path,
-        &dir.join("data"),
-        &["--users", &USERS.to_string(), "--password", "pw"],
-    );
-    let fe = lab.servers.iter().find(|s| s["server"] == "fe1").unwrap();
-    let sip = fe["sip_udp"].as_str().unwrap().parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{fe_admin}").parse().unwrap();
-    let token = lab.token();
-    Ag {
-        lab,
-        dir,
-        admin,
-        sip,
-        token,
-    }
-}
-
-impl Ag {
-    fn status(&self) -> serde_json::Value {
-        let (code, body) = testkit::admin_call(
-            &self.admin,
-            Some(&self.token),
-            "GET",
-            "/api/v1/stores/store/status",
-            None,
-        );
-        assert_eq!(code, 200, "{body}");
-        body
-    }
-
-    /// Waits until the status names a primary satisfying `pred`.
-    fn wait_primary(&self, what: &str, pred: impl Fn(&str) -> bool) -> serde_json::Value {
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (code, body) = testkit::admin_call(
-                &self.admin,
-                Some(&self.token),
-                "GET",
-                "/api/v1/stores/store/status",
-                None,
-            );
-            if code == 200
-                && let Some(p) = body["primary"].as_str()
-                && pred(p)
-            {
-                return body;
-            }
-            assert!(
-                Instant::now() < end,
-                "no primary ({what}) within 60 s: {body}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn pid(&self, server: &str) -> i32 {
-        self.lab
-            .servers
-            .iter()
-            .find(|s| s["server"] == server)
-            .unwrap()["pid"]
-            .as_i64()
-            .unwrap() as i32
-    }
-
-    fn signal(&self, server: &str, sig: Signal) {
-        kill(Pid::from_raw(self.pid(server)), sig).unwrap();
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        let admin = self.admin.to_string();
-        let token = self.dir.join("data").join("admin.token");
-        Command::new(EXE)
-            .args(args)
-            .args(["--admin", &admin, "--token-file", token.to_str().unwrap()])
-            .output()
-            .unwrap()
-    }
-
-    /// The contacts bound to a user, as the primary answers.
-    fn contacts(&self, user: &str) -> Vec<String> {
-        let (code, body) = testkit::admin_call(
-            &self.admin,
-            Some(&self.token),
-            "GET",
-            &format!("/api/v1/registrations/{user}"),
-            None,
-        );
-        assert_eq!(code, 200, "{body}");
-        body.as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b["contact"].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    /// Acknowledged registrations that are not bound now.
-    fn lost(&self, records: &[RegisterRecord]) -> Vec<String> {
-        records
-            .iter()
-            .filter(|r| r.status == 200)
-            .filter(|r| {
-                !self
-                    .contacts(&r.user)
-                    .iter()
-                    .any(|c| contact_matches(c, &r.contact))
-            })
-            .map(|r| r.user.clone())
-            .collect()
-    }
-}
-
-fn contact_matches(bound: &str, registered: &str) -> bool {
-    bound.split(';').next() == registered.split(';').next()
-}
-
-fn summary(
-    records: &[RegisterRecord],
-    since: Instant,
-) -> (usize, usize, Duration, Option<Duration>) {
-    let acked = records.iter().filter(|r| r.status == 200).count();
-    let failed = records.len() - acked;
-    let worst = records
-        .iter()
-        .map(|r| r.done - r.sent)
-        .max()
-        .unwrap_or_default();
-    let first_after = records
-        .iter()
-        .filter(|r| r.status == 200 && r.sent >= since)
-        .map(|r| r.done - since)
-        .min();
-    (acked, failed, worst, first_after)
+        TMP,
+        name,
+        ag_topology(replicas, &Options::default()),
+        USERS,
+    )
 }
 
 /// `kill -9` of the primary under registration load: every REGISTER that got a 200 is still
@@ -259,7 +117,8 @@ fn a_paused_primary_acknowledges_nothing_after_it_wakes() {
         .build()
         .unwrap();
     let secret = rpc::ClusterSecret::load(ag.dir.join("data").join("cluster.secret")).unwrap();
-    let pool = store::pool::RpcPool::new(rpc::ClientConfig::new(secret, "ag-test", "tester"));
+    let pool =
+        store::pool::RpcPool::new(rpc::ClientConfig::new(secret, "replicated-test", "tester"));
     let mut answers = Vec::new();
     for i in 0..20 {
         let env = store::Envelope {

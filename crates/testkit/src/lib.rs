@@ -1,6 +1,7 @@
 //! Test harness for process tests: real `tandem server` processes on loopback with free
 //! ports, their admin API, a SIP user agent over real sockets, and SIPp runs.
 
+pub mod replicated;
 pub mod sipp;
 pub mod ua;
 
@@ -100,40 +101,7 @@ pub struct AgReplica {
 /// listener, and one front-end server `fe1` using the store through it. Returns the text and
 /// the admin port of `fe1`.
 pub fn ag_topology(replicas: &[AgReplica], options: &Options) -> (String, u16) {
-    let algorithms: Vec<String> = options
-        .digest_algorithms
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect();
-    let fe_sip = free_port("127.0.0.1");
-    let fe_admin = free_port("127.0.0.1");
-    let fe_rpc = free_port("127.0.0.1");
-    let listener = free_port("127.0.0.1");
-    let mut t = format!(
-        r#"name = "ag-test"
-sip_domain = "{DOMAIN}"
-[[site]]
-name = "dc1"
-[[server]]
-name = "fe1"
-site = "dc1"
-sip_udp = "127.0.0.1:{fe_sip}"
-sip_tcp = "127.0.0.1:{fe_sip}"
-rpc = "127.0.0.1:{fe_rpc}"
-admin = "127.0.0.1:{fe_admin}"
-"#
-    );
-    for i in 1..=replicas.len() {
-        t.push_str(&format!(
-            "[[server]]\nname = \"s{i}\"\nsite = \"dc1\"\nrpc = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
-            free_port("127.0.0.1"),
-            free_port("127.0.0.1")
-        ));
-    }
-    t.push_str(&format!(
-        "[[pool]]\nname = \"pool1\"\nkind = \"frontend\"\nsite = \"dc1\"\nservers = [\"fe1\"]\nstore = \"store\"\nrouting_groups = 1\n\
-         [[store]]\nname = \"store\"\nsite = \"dc1\"\nmode = \"availability-group\"\nlistener = \"127.0.0.1:{listener}\"\n"
-    ));
+    let (mut t, fe_admin) = replicated_head(replicas.len(), "availability-group", None);
     for (i, r) in replicas.iter().enumerate() {
         let n = i + 1;
         if n == 1 {
@@ -149,13 +117,80 @@ admin = "127.0.0.1:{fe_admin}"
             ));
         }
     }
+    t.push_str(&sip_section(options));
+    (t, fe_admin)
+}
+
+/// A mirroring topology on 127.0.0.1, shaped as [`ag_topology`]'s: `s1` the principal, `s2`
+/// the mirror and, `with_witness`, `s3` the witness of store `store` (`safety` is
+/// `high-safety` or `high-performance`), with a listener; `fe1` the front end.
+pub fn mirroring_topology(safety: &str, with_witness: bool, options: &Options) -> (String, u16) {
+    let servers = if with_witness { 3 } else { 2 };
+    let (mut t, fe_admin) = replicated_head(servers, "mirroring", Some(safety));
+    for (n, role) in ["principal", "mirror", "witness"]
+        .iter()
+        .take(servers)
+        .enumerate()
+    {
+        t.push_str(&format!(
+            "[[store.replica]]\nserver = \"s{}\"\nrole = \"{role}\"\n",
+            n + 1
+        ));
+    }
+    t.push_str(&sip_section(options));
+    (t, fe_admin)
+}
+
+/// The common part of the replicated test topologies: `fe1`, store servers `s1`…`sN`, the
+/// front-end pool, and the `[[store]]` header (its replicas follow).
+fn replicated_head(servers: usize, mode: &str, safety: Option<&str>) -> (String, u16) {
+    let fe_sip = free_port("127.0.0.1");
+    let fe_admin = free_port("127.0.0.1");
+    let fe_rpc = free_port("127.0.0.1");
+    let listener = free_port("127.0.0.1");
+    let mut t = format!(
+        r#"name = "replicated-test"
+sip_domain = "{DOMAIN}"
+[[site]]
+name = "dc1"
+[[server]]
+name = "fe1"
+site = "dc1"
+sip_udp = "127.0.0.1:{fe_sip}"
+sip_tcp = "127.0.0.1:{fe_sip}"
+rpc = "127.0.0.1:{fe_rpc}"
+admin = "127.0.0.1:{fe_admin}"
+"#
+    );
+    for i in 1..=servers {
+        t.push_str(&format!(
+            "[[server]]\nname = \"s{i}\"\nsite = \"dc1\"\nrpc = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
+            free_port("127.0.0.1"),
+            free_port("127.0.0.1")
+        ));
+    }
     t.push_str(&format!(
+        "[[pool]]\nname = \"pool1\"\nkind = \"frontend\"\nsite = \"dc1\"\nservers = [\"fe1\"]\nstore = \"store\"\nrouting_groups = 1\n\
+         [[store]]\nname = \"store\"\nsite = \"dc1\"\nmode = \"{mode}\"\nlistener = \"127.0.0.1:{listener}\"\n"
+    ));
+    if let Some(safety) = safety {
+        t.push_str(&format!("safety = \"{safety}\"\n"));
+    }
+    (t, fe_admin)
+}
+
+fn sip_section(options: &Options) -> String {
+    let algorithms: Vec<String> = options
+        .digest_algorithms
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect();
+    format!(
         "[sip]\ndigest_algorithms = [{}]\nregister_expires_min_s = {}\nmax_contacts_per_user = {}\n",
         algorithms.join(", "),
         options.register_expires_min_s,
         options.max_contacts_per_user
-    ));
-    (t, fe_admin)
+    )
 }
 
 /// A standalone server (front end and store in one process) on free loopback ports.
