@@ -358,9 +358,46 @@ impl<M: Machine> Replica<M> {
 
     /// Replicates a command; returns the machine's response once it is committed and applied.
     pub async fn write(&self, cmd: Vec<u8>) -> Result<Vec<u8>, WriteError> {
+        self.write_indexed(cmd).await.map(|(resp, _)| resp)
+    }
+
+    /// Like [`Replica::write`], and returns the entry's log index too.
+    pub async fn write_indexed(&self, cmd: Vec<u8>) -> Result<(Vec<u8>, u64), WriteError> {
         match self.scoped(self.raft.client_write(types::Cmd(cmd))).await {
-            Ok(resp) => Ok(resp.data.0),
+            Ok(resp) => Ok((resp.data.0, resp.log_id.index)),
             Err(e) => Err(write_error(e)),
+        }
+    }
+
+    /// On the leader: waits until member `id` holds the log up to `index`, or until it has
+    /// not acknowledged anything for `silent_ms` (then it counts as disconnected), or until
+    /// this member is no longer the leader. Returns whether `id` holds `index`.
+    pub async fn wait_replicated(&self, id: NodeId, index: u64, silent_ms: u64) -> bool {
+        let mut rx = self.raft.metrics();
+        loop {
+            let (holds, silent, leading) = {
+                let m = rx.borrow_watched();
+                let leading = m.state == ServerState::Leader;
+                let holds = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .is_some_and(|l| l.index >= index);
+                let silent = m
+                    .heartbeat
+                    .as_ref()
+                    .and_then(|h| h.get(&id).cloned().flatten())
+                    .is_none_or(|t| t.elapsed().as_millis() as u64 >= silent_ms);
+                (holds, silent, leading)
+            };
+            if holds {
+                return true;
+            }
+            if silent || !leading {
+                return false;
+            }
+            // An acknowledgement changes the metrics; silence does not, so look again soon.
+            let _ = tokio::time::timeout(Duration::from_millis(20), rx.changed()).await;
         }
     }
 

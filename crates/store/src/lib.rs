@@ -16,6 +16,7 @@ pub mod pool;
 pub mod proto;
 pub mod replicated;
 pub mod sqlite;
+pub mod witness;
 
 pub use local::{LocalStore, Options};
 pub use machine::StoreError;

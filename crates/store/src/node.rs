@@ -8,6 +8,7 @@ use crate::pool::{RpcPool, RpcTransport};
 use crate::proto::*;
 use crate::replicated::{SqliteMachine, decode_outcome, encode_command};
 use crate::sqlite::Readers;
+use crate::witness::{NodeMachine, WitnessMachine};
 use replica::{Member, Replica, ReplicaConfig, Role, WriteError, node_id};
 use rpc::{RemoteError, Request, RpcServer};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -29,13 +30,15 @@ pub struct MemberSpec {
     pub automatic: bool,
     /// Serves reads with a staleness bound.
     pub readable: bool,
+    /// A mirroring witness: votes, holds the log but no database, is never primary.
+    pub witness: bool,
 }
 
 /// How a store replica is set up.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub store: String,
-    /// `availability-group` (the HA mode shown in status).
+    /// `availability-group` or `mirroring` (the HA mode shown in status).
     pub mode: String,
     /// This server.
     pub me: String,
@@ -52,6 +55,10 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// High-safety mirroring: a commit is acknowledged only once the mirror (whichever of
+    /// the two data-holding members is not the principal now) holds it too, while the mirror
+    /// is connected; without it the principal is "exposed".
+    pub high_safety_mirroring: bool,
 }
 
 fn now_ms() -> u64 {
@@ -89,13 +96,14 @@ pub struct StoreNode {
     cfg: NodeConfig,
     /// The current replica; replaced when the node starts a new generation (forced service)
     /// or is reseeded into one.
-    replica: Mutex<Replica<SqliteMachine>>,
+    replica: Mutex<Replica<NodeMachine>>,
     /// The group's generation this node belongs to: raised by a forced failover, so members
     /// of an older generation can never again form a group with newer ones.
     generation: AtomicU64,
     /// A newer generation exists elsewhere: this node serves nothing until it is reseeded.
     fenced: AtomicBool,
-    readers: Readers,
+    /// Reader connections on the database (`None` on a witness, which has none).
+    readers: Option<Readers>,
     watch: Mutex<Watch>,
     pool: RpcPool,
     /// Held while the node changes generation (forced service, reseed, fence): one at a time.
@@ -136,15 +144,20 @@ async fn open_replica(
     me: &MemberSpec,
     generation: u64,
     pool: &RpcPool,
-) -> std::io::Result<Replica<SqliteMachine>> {
-    let machine = SqliteMachine::open(&cfg.dir.join("store.sqlite")).map_err(store_err)?;
+) -> std::io::Result<Replica<NodeMachine>> {
+    let machine = if me.witness {
+        NodeMachine::Witness(WitnessMachine::new(cfg.dir.clone()))
+    } else {
+        NodeMachine::Data(SqliteMachine::open(&cfg.dir.join("store.sqlite")).map_err(store_err)?)
+    };
     let raft_dir = if generation == 0 {
         cfg.dir.join("raft")
     } else {
         cfg.dir.join(format!("raft-g{generation}"))
     };
     let mut rcfg = ReplicaConfig::new(&group(&cfg.store, generation), member(me), raft_dir);
-    rcfg.elect = me.sync && me.automatic;
+    // A witness only votes (a leadership transfer to it is refused before it reaches here).
+    rcfg.elect = me.sync && me.automatic && !me.witness;
     rcfg.heartbeat_ms = cfg.heartbeat_ms;
     rcfg.election_timeout_min_ms = cfg.election_timeout_min_ms;
     rcfg.election_timeout_max_ms = cfg.election_timeout_max_ms;
@@ -185,7 +198,11 @@ impl StoreNode {
         let generation = read_generation(&cfg.dir);
         let db = cfg.dir.join("store.sqlite");
         let replica = open_replica(&cfg, &me, generation, &pool).await?;
-        let readers = Readers::open(&db, 2, 8192).map_err(store_err)?;
+        let readers = if me.witness {
+            None
+        } else {
+            Some(Readers::open(&db, 2, 8192).map_err(store_err)?)
+        };
         let node = Arc::new(StoreNode {
             cfg,
             replica: Mutex::new(replica),
@@ -255,7 +272,7 @@ impl StoreNode {
     }
 
     /// The current replica (for status and tests).
-    pub fn replica(&self) -> Replica<SqliteMachine> {
+    pub fn replica(&self) -> Replica<NodeMachine> {
         match self.replica.lock() {
             Ok(r) => r.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -365,11 +382,29 @@ impl StoreNode {
             return Err(self.not_primary());
         }
         let bytes = encode_command(&env).map_err(Refusal::Store)?;
-        let out = self
-            .replica()
-            .write(bytes)
+        let replica = self.replica();
+        let (out, index) = replica
+            .write_indexed(bytes)
             .await
             .map_err(|e| self.refusal(e))?;
+        if self.cfg.high_safety_mirroring
+            && let Some(mirror) = self
+                .cfg
+                .members
+                .iter()
+                .find(|m| m.server != self.cfg.me && !m.witness)
+        {
+            // High safety: the mirror holds it too before it is acknowledged — unless the
+            // mirror is not connected (silent for an election timeout): then the principal
+            // goes on alone, exposed, and status says so.
+            replica
+                .wait_replicated(
+                    node_id(&mirror.server),
+                    index,
+                    self.cfg.election_timeout_max_ms,
+                )
+                .await;
+        }
         match decode_outcome(&out) {
             Ok(Ok(applied)) => Ok(applied),
             Ok(Err(e)) if e.is_storage() => Err(Refusal::Unavailable(e.to_string())),
@@ -427,8 +462,13 @@ impl StoreNode {
             }
         };
         let query = q.query;
-        let result = self
-            .readers
+        let Some(readers) = &self.readers else {
+            return Err(Refusal::Refused(format!(
+                "{} is a witness: it holds no data",
+                self.cfg.me
+            )));
+        };
+        let result = readers
             .read(move |c| machine::query(c, &query))
             .await
             .map_err(Refusal::Store)?;
@@ -485,13 +525,19 @@ impl StoreNode {
                 let since = caught.get(&id).copied().unwrap_or(leader_since);
                 now.saturating_sub(since)
             };
+            let mirroring = self.cfg.mode == "mirroring";
+            let role = if s.as_ref().is_some_and(|s| s.witness) {
+                "witness"
+            } else if st.leader == Some(id) {
+                if mirroring { "principal" } else { "primary" }
+            } else if mirroring {
+                "mirror"
+            } else {
+                "secondary"
+            };
             replicas.push(ReplicaStatus {
                 server: m.server.clone(),
-                role: if st.leader == Some(id) {
-                    "primary".into()
-                } else {
-                    "secondary".into()
-                },
+                role: role.into(),
                 commit: if voter { "sync".into() } else { "async".into() },
                 failover: match s.as_ref() {
                     Some(s) if s.automatic && voter => "automatic".into(),
@@ -511,11 +557,14 @@ impl StoreNode {
         for (id, m) in &st.learners {
             push(*id, m, false);
         }
-        let failovers = self
-            .readers
-            .read(|c| machine::failovers(c, 10))
-            .await
-            .unwrap_or_default();
+        let mirroring = self.mirroring_status(&replicas, is_leader);
+        let failovers = match &self.readers {
+            Some(r) => r
+                .read(|c| machine::failovers(c, 10))
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
         Ok(StoreStatus {
             store: self.cfg.store.clone(),
             mode: self.cfg.mode.clone(),
@@ -528,6 +577,42 @@ impl StoreNode {
             listener: self.cfg.listener.map(|a| a.to_string()),
             replicas,
             failovers,
+            mirroring,
+        })
+    }
+
+    /// The mirroring session's state, from the principal's rows of `store status`.
+    fn mirroring_status(
+        &self,
+        replicas: &[ReplicaStatus],
+        is_leader: bool,
+    ) -> Option<MirroringStatus> {
+        if self.cfg.mode != "mirroring" || !is_leader {
+            return None;
+        }
+        let mirror = replicas.iter().find(|r| r.role == "mirror")?;
+        let state = if mirror.synchronized {
+            "synchronized"
+        } else if mirror.healthy {
+            "synchronizing"
+        } else {
+            "suspended"
+        };
+        Some(MirroringStatus {
+            safety: if self.cfg.high_safety_mirroring {
+                "high-safety".into()
+            } else {
+                "high-performance".into()
+            },
+            mirror: mirror.server.clone(),
+            witness: replicas
+                .iter()
+                .find(|r| r.role == "witness")
+                .map(|r| r.server.clone()),
+            state: state.into(),
+            // High safety holds commits for a connected mirror: only a suspended one exposes
+            // the principal. High performance never waits.
+            exposed: !self.cfg.high_safety_mirroring || !mirror.healthy,
         })
     }
 
@@ -538,10 +623,24 @@ impl StoreNode {
             return Err(self.not_primary());
         }
         let last = st.last_log_index.unwrap_or(0);
+        let witness = |server: &str| {
+            self.cfg
+                .members
+                .iter()
+                .any(|s| s.server == server && s.witness)
+        };
+        if let Some(to) = &req.to
+            && witness(to)
+        {
+            return Err(Refusal::Refused(format!(
+                "{to} is the witness of {}: it holds no data and is never primary",
+                self.cfg.store
+            )));
+        }
         let candidates: Vec<(u64, Member)> = st
             .voters
             .iter()
-            .filter(|(id, _)| **id != st.id)
+            .filter(|(id, m)| **id != st.id && !witness(&m.server))
             .map(|(id, m)| (*id, m.clone()))
             .collect();
         let target = match &req.to {
@@ -742,7 +841,7 @@ impl StoreNode {
         self: &Arc<Self>,
         generation: u64,
         me: &MemberSpec,
-    ) -> std::io::Result<Replica<SqliteMachine>> {
+    ) -> std::io::Result<Replica<NodeMachine>> {
         write_generation(&self.cfg.dir, generation)?;
         let replica = open_replica(&self.cfg, me, generation, &self.pool).await?;
         if let Ok(mut r) = self.replica.lock() {
@@ -768,6 +867,12 @@ impl StoreNode {
         if self.fenced.load(Ordering::SeqCst) {
             return Err(Refusal::Refused(format!(
                 "{} holds an old generation: reseed it instead",
+                self.cfg.me
+            )));
+        }
+        if self.spec().is_some_and(|s| s.witness) {
+            return Err(Refusal::Refused(format!(
+                "{} is a witness: it holds no data and cannot serve",
                 self.cfg.me
             )));
         }

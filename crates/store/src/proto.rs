@@ -61,7 +61,8 @@ pub struct QueryAnswer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaStatus {
     pub server: String,
-    /// `primary`, `secondary` (and later `witness`).
+    /// `primary` or `secondary` (availability group); `principal`, `mirror` or `witness`
+    /// (mirroring).
     pub role: String,
     /// `sync` (a voter) or `async` (a learner).
     pub commit: String,
@@ -97,6 +98,24 @@ pub struct StoreStatus {
     pub listener: Option<String>,
     pub replicas: Vec<ReplicaStatus>,
     pub failovers: Vec<FailoverEvent>,
+    /// Mirroring stores, as the principal sees them.
+    #[serde(default)]
+    pub mirroring: Option<MirroringStatus>,
+}
+
+/// The state of a mirroring session, in the terms of database mirroring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirroringStatus {
+    /// `high-safety` (commits wait for the mirror) or `high-performance` (they do not).
+    pub safety: String,
+    pub mirror: String,
+    pub witness: Option<String>,
+    /// `synchronized` (the mirror holds every commit), `synchronizing` (connected, catching
+    /// up) or `suspended` (the mirror is not connected).
+    pub state: String,
+    /// The principal commits without the mirror holding its commits: a loss of the principal
+    /// now loses data (or, with a witness, cannot fail over automatically).
+    pub exposed: bool,
 }
 
 /// `store/<name>/apply`.

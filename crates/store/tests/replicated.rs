@@ -42,6 +42,7 @@ impl Cluster {
                 sync: self.sync[i],
                 automatic: self.sync[i],
                 readable: !self.sync[i],
+                witness: false,
             })
             .collect()
     }
@@ -66,6 +67,7 @@ impl Cluster {
             heartbeat_ms: 50,
             election_timeout_min_ms: 250,
             election_timeout_max_ms: 500,
+            high_safety_mirroring: false,
         };
         let node = StoreNode::open(cfg, &server, pool).await.unwrap();
         self.nodes[i] = Some((node, server));

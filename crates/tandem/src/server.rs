@@ -147,7 +147,13 @@ fn store_address(topology: &Topology, store: &topology::Store) -> store::client:
     }
 }
 
-/// The replica set of an availability group, from the topology.
+/// The replica set of an availability group or a mirroring session, from the topology.
+///
+/// Mirroring runs on the same replica groups: under high safety with a witness, principal,
+/// mirror and witness are the three voters (automatic failover; the witness votes but holds no
+/// database and never leads); without a witness, or under high performance, the principal is
+/// the only voter and the mirror a learner (failover by hand). Under high safety the principal
+/// also waits for a connected mirror before acknowledging a commit.
 fn node_config(
     topology: &Topology,
     store: &topology::Store,
@@ -157,7 +163,18 @@ fn node_config(
 ) -> anyhow::Result<store::node::NodeConfig> {
     let mut members = Vec::new();
     let mut initial_primary = None;
+    let mirroring = store.mode == StoreMode::Mirroring;
+    let high_safety = store.safety == topology::Safety::HighSafety;
+    let with_witness = store
+        .replicas
+        .iter()
+        .any(|r| r.role == topology::ReplicaRole::Witness);
     for r in &store.replicas {
+        use topology::ReplicaRole::{Mirror, Principal, Witness};
+        if mirroring && r.role == Witness && !high_safety {
+            // A witness only serves automatic failover, which high performance does not do.
+            continue;
+        }
         let Some(addr) = topology.server(&r.server).and_then(|s| s.rpc) else {
             bail!(
                 "replica {} of store `{}` has no rpc address",
@@ -165,15 +182,22 @@ fn node_config(
                 store.name
             );
         };
-        if r.role == topology::ReplicaRole::Primary {
+        if matches!(r.role, topology::ReplicaRole::Primary | Principal) {
             initial_primary = Some(r.server.clone());
         }
+        let sync = match r.role {
+            Mirror => high_safety && with_witness,
+            _ => r.commit == topology::Commit::Sync,
+        };
         members.push(store::node::MemberSpec {
             server: r.server.clone(),
             addr: addr.to_string(),
-            sync: r.commit == topology::Commit::Sync,
-            automatic: r.failover == topology::FailoverMode::Automatic,
+            sync,
+            // A principal without a witness is its group's only voter: it must be able to
+            // elect itself (after a restart too).
+            automatic: r.role == Principal || r.failover == topology::FailoverMode::Automatic,
             readable: r.readable,
+            witness: r.role == Witness,
         });
     }
     Ok(store::node::NodeConfig {
@@ -188,6 +212,7 @@ fn node_config(
         heartbeat_ms: replica::DEFAULT_HEARTBEAT_MS,
         election_timeout_min_ms: replica::DEFAULT_ELECTION_TIMEOUT_MS.0,
         election_timeout_max_ms: replica::DEFAULT_ELECTION_TIMEOUT_MS.1,
+        high_safety_mirroring: mirroring && high_safety,
     })
 }
 
@@ -234,7 +259,7 @@ async fn serve(
                 tracing::info!(store = %store.name, path = %path.display(), "store open (standalone)");
                 stores.push((store.name.clone(), handle));
             }
-            StoreMode::AvailabilityGroup => {
+            StoreMode::AvailabilityGroup | StoreMode::Mirroring => {
                 let (Some(server), Some(pool)) = (&rpc_server, &pool) else {
                     bail!(
                         "store `{}` is replicated but `{}` has no rpc address",
@@ -256,7 +281,7 @@ async fn serve(
                 let node = store::node::StoreNode::open(cfg, server, pool.clone())
                     .await
                     .with_context(|| format!("cannot open replica of store `{}`", store.name))?;
-                tracing::info!(store = %store.name, role = replica.role.as_str(), "store replica open (availability group)");
+                tracing::info!(store = %store.name, role = replica.role.as_str(), mode = store.mode.as_str(), "store replica open");
                 nodes.push(node);
             }
             other => tracing::warn!(
@@ -272,7 +297,7 @@ async fn serve(
         for s in topology
             .stores
             .iter()
-            .filter(|s| s.mode == StoreMode::AvailabilityGroup)
+            .filter(|s| matches!(s.mode, StoreMode::AvailabilityGroup | StoreMode::Mirroring))
         {
             clients.insert(
                 s.name.clone(),

@@ -37,6 +37,21 @@ pub fn print_status(st: &Value) {
         text(st, "committed"),
         text(st, "listener"),
     );
+    let m = &st["mirroring"];
+    if m.is_object() {
+        println!(
+            "mirroring {}: {}{} — mirror {}, witness {}",
+            text(m, "safety"),
+            text(m, "state"),
+            if m["exposed"].as_bool() == Some(true) {
+                ", principal EXPOSED (commits are not on the mirror)"
+            } else {
+                ""
+            },
+            text(m, "mirror"),
+            text(m, "witness"),
+        );
+    }
     let rows: Vec<Vec<String>> = st["replicas"]
         .as_array()
         .map(|a| {

@@ -1,0 +1,166 @@
+//! The machine behind a store replica: the SQL database, or — for a mirroring witness — no
+//! database at all.
+//!
+//! A witness votes and holds the replicated log (so the mirror cannot be elected while it
+//! lacks a committed transaction only the witness holds: Raft's vote check refuses a candidate
+//! whose log is behind), but applies nothing: its machine keeps only the log position. A
+//! snapshot it receives (a whole database, when it fell behind the principal's purge point)
+//! is read for its position and dropped.
+
+use crate::machine;
+use crate::replicated::SqliteMachine;
+use rusqlite::Connection;
+use std::io;
+use std::path::PathBuf;
+
+/// How a witness's own snapshots start (the rest is the position).
+const WITNESS_SNAPSHOT: &[u8] = b"tandem-witness-snapshot\n";
+/// How every SQLite database file starts.
+const SQLITE_HEADER: &[u8] = b"SQLite format 3\0";
+
+/// A witness's machine: the log position, in memory (after a restart openraft rebuilds it
+/// from the snapshot and the log, which cost nothing to apply here).
+pub struct WitnessMachine {
+    position: Option<Vec<u8>>,
+    /// Where a received database is put while its position is read.
+    scratch: PathBuf,
+}
+
+impl WitnessMachine {
+    /// A witness whose scratch files go in `dir`.
+    pub fn new(dir: PathBuf) -> WitnessMachine {
+        WitnessMachine {
+            position: None,
+            scratch: dir.join("witness-install.tmp"),
+        }
+    }
+}
+
+impl replica::Machine for WitnessMachine {
+    fn apply(&mut self, commands: &[Option<&[u8]>], position: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        self.position = Some(position.to_vec());
+        Ok(vec![Vec::new(); commands.len()])
+    }
+
+    fn position(&mut self) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.position.clone())
+    }
+
+    fn snapshot(&mut self) -> io::Result<Vec<u8>> {
+        let mut out = WITNESS_SNAPSHOT.to_vec();
+        out.extend(self.position.as_deref().unwrap_or_default());
+        Ok(out)
+    }
+
+    fn install(&mut self, snapshot: &[u8]) -> io::Result<()> {
+        if let Some(position) = snapshot.strip_prefix(WITNESS_SNAPSHOT) {
+            self.position = (!position.is_empty()).then(|| position.to_vec());
+            return Ok(());
+        }
+        if !snapshot.starts_with(SQLITE_HEADER) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the snapshot is neither a database nor a witness's",
+            ));
+        }
+        // A principal's database: only its position matters here.
+        if let Some(dir) = self.scratch.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&self.scratch, snapshot)?;
+        let position = (|| {
+            let conn = Connection::open_with_flags(
+                &self.scratch,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .map_err(io::Error::other)?;
+            machine::position(&conn).map_err(|e| io::Error::other(e.to_string()))
+        })();
+        let _ = std::fs::remove_file(&self.scratch);
+        self.position = position?;
+        Ok(())
+    }
+}
+
+/// The machine a store node runs: its database, or a witness's position.
+pub enum NodeMachine {
+    Data(SqliteMachine),
+    Witness(WitnessMachine),
+}
+
+impl replica::Machine for NodeMachine {
+    fn apply(&mut self, commands: &[Option<&[u8]>], position: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        match self {
+            NodeMachine::Data(m) => m.apply(commands, position),
+            NodeMachine::Witness(m) => m.apply(commands, position),
+        }
+    }
+
+    fn position(&mut self) -> io::Result<Option<Vec<u8>>> {
+        match self {
+            NodeMachine::Data(m) => m.position(),
+            NodeMachine::Witness(m) => m.position(),
+        }
+    }
+
+    fn snapshot(&mut self) -> io::Result<Vec<u8>> {
+        match self {
+            NodeMachine::Data(m) => m.snapshot(),
+            NodeMachine::Witness(m) => m.snapshot(),
+        }
+    }
+
+    fn start_snapshot(&mut self) -> io::Result<replica::SnapshotJob> {
+        match self {
+            NodeMachine::Data(m) => m.start_snapshot(),
+            NodeMachine::Witness(m) => m.start_snapshot(),
+        }
+    }
+
+    fn install(&mut self, snapshot: &[u8]) -> io::Result<()> {
+        match self {
+            NodeMachine::Data(m) => m.install(snapshot),
+            NodeMachine::Witness(m) => m.install(snapshot),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use replica::Machine;
+
+    /// A witness keeps positions only, survives its own snapshot, takes a principal's
+    /// database snapshot for its position, and refuses bytes that are neither.
+    #[test]
+    fn a_witness_keeps_the_position_and_no_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = WitnessMachine::new(dir.path().to_path_buf());
+        assert_eq!(w.apply(&[Some(b"x"), None], b"p1").unwrap().len(), 2);
+        assert_eq!(w.position().unwrap(), Some(b"p1".to_vec()));
+        let own = w.snapshot().unwrap();
+        let mut again = WitnessMachine::new(dir.path().to_path_buf());
+        again.install(&own).unwrap();
+        assert_eq!(again.position().unwrap(), Some(b"p1".to_vec()));
+
+        let mut db = SqliteMachine::open(&dir.path().join("p.sqlite")).unwrap();
+        db.apply(&[None], b"p9").unwrap();
+        let job = db.start_snapshot().unwrap();
+        let copy = job().unwrap();
+        again.install(&copy.data).unwrap();
+        assert_eq!(again.position().unwrap(), Some(b"p9".to_vec()));
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("witness")),
+            "no database left behind"
+        );
+
+        let err = again.install(b"garbage").unwrap_err();
+        assert!(err.to_string().contains("neither"), "{err}");
+        assert_eq!(again.position().unwrap(), Some(b"p9".to_vec()));
+    }
+}
