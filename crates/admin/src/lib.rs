@@ -466,9 +466,14 @@ async fn store_failover(
     Path(name): Path<String>,
     body: Body<store::proto::FailoverRequest>,
 ) -> Result<Json<store::proto::StoreStatus>, Failure> {
-    let Json(req) =
+    let Json(mut req) =
         body.map_err(|_| bad_request("expected a JSON body {\"to\": null | \"server\"}"))?;
     let mut client = s.store_client(&name)?.clone();
+    if req.from.is_none() {
+        // Named, so that a retry reaching the new primary does not fail over again.
+        let st: store::proto::StoreStatus = client.call("status", Vec::new()).await?;
+        req.from = st.primary;
+    }
     client.attempt = std::time::Duration::from_secs(30);
     Ok(Json(
         client.call("failover", store::proto::encode(&req)).await?,

@@ -8,6 +8,8 @@
 //! other HA modes plug in behind the same calls.
 
 pub mod client;
+pub mod cluster;
+pub mod listener;
 pub mod local;
 pub mod machine;
 pub mod model;

@@ -52,6 +52,9 @@ pub struct Stats {
 
 type WriteJob = (Envelope, oneshot::Sender<Result<Applied, StoreError>>);
 
+/// The fencing token a failover-cluster storage held before, and the owner that took it.
+pub type PreviousOwner = (u64, Option<String>);
+
 /// A handle on a local store; cheap to clone.
 #[derive(Clone)]
 pub struct LocalStore {
@@ -64,6 +67,28 @@ pub struct LocalStore {
 impl LocalStore {
     /// Opens (creating if needed) the database at `path` and starts its threads.
     pub fn open(path: &Path, options: Options) -> Result<LocalStore, StoreError> {
+        Self::open_with(path, options, None).map(|(store, _)| store)
+    }
+
+    /// Opens the database on a failover cluster's shared storage for the owner of fencing
+    /// token `token` (named `owner`): takes the storage's fence first, then every batch checks
+    /// it inside its transaction (see [`machine::apply_batch_fenced`]). Returns the store and
+    /// the previous token with its owner.
+    pub fn open_fenced(
+        path: &Path,
+        options: Options,
+        token: u64,
+        owner: &str,
+    ) -> Result<(LocalStore, PreviousOwner), StoreError> {
+        Self::open_with(path, options, Some((token, owner)))
+            .map(|(store, previous)| (store, previous.unwrap_or((0, None))))
+    }
+
+    fn open_with(
+        path: &Path,
+        options: Options,
+        fence: Option<(u64, &str)>,
+    ) -> Result<(LocalStore, Option<PreviousOwner>), StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Storage(format!("cannot create {}: {e}", dir.display()))
@@ -74,6 +99,11 @@ impl LocalStore {
         if let Some(dir) = path.parent() {
             crate::sqlite::sync_dir(dir)?;
         }
+        let previous = match fence {
+            Some((token, owner)) => Some(machine::take_fence(&writer, token, owner)?),
+            None => None,
+        };
+        let token = fence.map(|(t, _)| t);
         let stats = Arc::new(Stats::default());
         let (wtx, mut wrx) = mpsc::channel::<WriteJob>(options.queue_depth.max(1));
         let writer_stats = stats.clone();
@@ -90,24 +120,29 @@ impl LocalStore {
                             Err(_) => break,
                         }
                     }
-                    commit_batch(&writer, &mut batch, &writer_stats);
+                    commit_batch(&writer, &mut batch, &writer_stats, token);
                 }
             })
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
 
         let readers = Readers::open(path, options.readers, options.queue_depth)?;
-        Ok(LocalStore {
+        let store = LocalStore {
             writes: wtx,
             readers,
             stats,
             path: path.to_path_buf(),
-        })
+        };
+        Ok((store, previous))
     }
 
     /// Applies a command; returns once it is committed to disk (or refused).
     pub async fn apply(&self, cmd: Command) -> Result<Applied, StoreError> {
+        self.apply_envelope(Envelope { request: None, cmd }).await
+    }
+
+    /// Applies a command with its request id (a retried request gets its first outcome).
+    pub async fn apply_envelope(&self, env: Envelope) -> Result<Applied, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let env = Envelope { request: None, cmd };
         self.writes
             .send((env, tx))
             .await
@@ -135,8 +170,12 @@ impl LocalStore {
     }
 }
 
-fn commit_batch(conn: &Connection, batch: &mut Vec<WriteJob>, stats: &Stats) {
-    let outcome = machine::apply_batch(conn, batch.iter().map(|(cmd, _)| cmd));
+fn commit_batch(conn: &Connection, batch: &mut Vec<WriteJob>, stats: &Stats, fence: Option<u64>) {
+    let commands = batch.iter().map(|(cmd, _)| cmd);
+    let outcome = match fence {
+        Some(token) => machine::apply_batch_fenced(conn, commands, token),
+        None => machine::apply_batch(conn, commands),
+    };
     match outcome {
         Ok(results) => {
             stats.commits.fetch_add(1, Ordering::Relaxed);

@@ -28,12 +28,19 @@ pub enum StoreError {
     Storage(String),
     #[error("the store is closed")]
     Closed,
+    /// A failover-cluster owner whose fencing token is older than the storage's: another
+    /// node owns the storage now, and nothing was written.
+    #[error("fenced: this owner's token {token} is older than the storage's ({current})")]
+    Fenced { token: u64, current: u64 },
 }
 
 impl StoreError {
     /// True for failures of the storage itself, as opposed to a refused command.
     pub fn is_storage(&self) -> bool {
-        matches!(self, StoreError::Storage(_) | StoreError::Closed)
+        matches!(
+            self,
+            StoreError::Storage(_) | StoreError::Closed | StoreError::Fenced { .. }
+        )
     }
 }
 
@@ -215,8 +222,91 @@ pub fn apply_batch_at<'a>(
     commands: impl Iterator<Item = &'a Envelope>,
     position: Option<&[u8]>,
 ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+    apply_batch_checked(conn, commands, position, None)
+}
+
+/// Like [`apply_batch`] for a failover-cluster owner holding fencing token `token`: inside
+/// the transaction, under the database's write lock, the storage's token must still be
+/// `token`; if a newer owner fenced it, nothing is written and the batch fails with
+/// [`StoreError::Fenced`].
+pub fn apply_batch_fenced<'a>(
+    conn: &Connection,
+    commands: impl Iterator<Item = &'a Envelope>,
+    token: u64,
+) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+    apply_batch_checked(conn, commands, None, Some(token))
+}
+
+/// The fencing token the storage holds (0 before any owner took it).
+fn fence_token(conn: &Connection) -> Result<u64, StoreError> {
+    let current: Option<i64> = one(
+        conn,
+        "SELECT value FROM meta WHERE key = 'fence_token'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()?;
+    Ok(current.map_or(0, |v| v as u64))
+}
+
+/// Takes the storage for the owner of fencing token `token` (one transaction, fsynced with
+/// the database): from now on writes under older tokens fail. Returns the previous token and
+/// its owner; fails with [`StoreError::Fenced`] if a newer token already holds it.
+pub fn take_fence(
+    conn: &Connection,
+    token: u64,
+    owner: &str,
+) -> Result<(u64, Option<String>), StoreError> {
+    exec(conn, "BEGIN IMMEDIATE", [])?;
+    let run = || -> Result<(u64, Option<String>), StoreError> {
+        let current = fence_token(conn)?;
+        if current > token {
+            return Err(StoreError::Fenced { token, current });
+        }
+        let previous: Option<Vec<u8>> = one(
+            conn,
+            "SELECT value FROM meta_blob WHERE key = 'fence_owner'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+        exec(
+            conn,
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('fence_token', ?1)",
+            [token as i64],
+        )?;
+        exec(
+            conn,
+            "INSERT OR REPLACE INTO meta_blob (key, value) VALUES ('fence_owner', ?1)",
+            [owner.as_bytes()],
+        )?;
+        exec(conn, "COMMIT", [])?;
+        Ok((
+            current,
+            previous.map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ))
+    };
+    let outcome = run();
+    if outcome.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    outcome
+}
+
+fn apply_batch_checked<'a>(
+    conn: &Connection,
+    commands: impl Iterator<Item = &'a Envelope>,
+    position: Option<&[u8]>,
+    fence: Option<u64>,
+) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
     exec(conn, "BEGIN IMMEDIATE", [])?;
     let run = || -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+        if let Some(token) = fence {
+            let current = fence_token(conn)?;
+            if current != token {
+                return Err(StoreError::Fenced { token, current });
+            }
+        }
         let mut results = Vec::new();
         for env in commands {
             if let Some(earlier) = earlier_result(conn, env)? {

@@ -2,6 +2,7 @@
 //! services on the server's `rpc` endpoint, the listener while primary, and the bookkeeping
 //! of failovers (detection, decision, first write: RPO and RTO as measured).
 
+use crate::listener::Listener;
 use crate::machine::{self, StoreError};
 use crate::model::*;
 use crate::pool::{RpcPool, RpcTransport};
@@ -79,8 +80,6 @@ struct Watch {
     planned: Option<(u64, String)>,
     /// Per member, the last time (unix ms) it held everything the primary had.
     caught_up_at: HashMap<u64, u64>,
-    /// The listener's rpc endpoint while this node is primary.
-    listener: Option<RpcServer>,
     /// The server's rpc endpoint (to re-register replication on a new generation).
     rpc: Option<RpcServer>,
     /// When peers' generations were last compared with ours (unix ms).
@@ -105,6 +104,7 @@ pub struct StoreNode {
     /// Reader connections on the database (`None` on a witness, which has none).
     readers: Option<Readers>,
     watch: Mutex<Watch>,
+    listener: Listener,
     pool: RpcPool,
     /// Held while the node changes generation (forced service, reseed, fence): one at a time.
     transition: tokio::sync::Mutex<()>,
@@ -203,6 +203,7 @@ impl StoreNode {
         } else {
             Some(Readers::open(&db, 2, 8192).map_err(store_err)?)
         };
+        let listener = Listener::new(&cfg.store, cfg.listener, cfg.rpc_server.clone());
         let node = Arc::new(StoreNode {
             cfg,
             replica: Mutex::new(replica),
@@ -210,6 +211,7 @@ impl StoreNode {
             fenced: AtomicBool::new(false),
             readers,
             watch: Mutex::default(),
+            listener,
             pool,
             transition: tokio::sync::Mutex::new(()),
         });
@@ -621,6 +623,9 @@ impl StoreNode {
         let st = self.replica().status();
         if st.role != Role::Leader {
             return Err(self.not_primary());
+        }
+        if req.from.as_ref().is_some_and(|from| *from != self.cfg.me) {
+            return self.status().await;
         }
         let last = st.last_log_index.unwrap_or(0);
         let witness = |server: &str| {
@@ -1311,44 +1316,13 @@ impl StoreNode {
 
     /// Binds the listener while primary, releases it otherwise.
     async fn set_listener(self: &Arc<Self>, primary: bool) {
-        let Some(addr) = self.cfg.listener else {
-            return;
-        };
-        if !primary {
-            self.release_listener().await;
-            return;
-        }
-        if self
-            .watch
-            .lock()
-            .map(|w| w.listener.is_some())
-            .unwrap_or(true)
-        {
-            return;
-        }
-        // Bound by the primary only; while an old primary still holds it, clients use the
-        // replicas' own addresses.
-        match RpcServer::bind(addr, self.cfg.rpc_server.clone()).await {
-            Ok(server) => {
-                self.serve_store(&server);
-                server.spawn();
-                tracing::info!(store = %self.cfg.store, %addr, "listener bound");
-                if let Ok(mut w) = self.watch.lock() {
-                    w.listener = Some(server);
-                }
-            }
-            Err(e) => {
-                tracing::debug!(store = %self.cfg.store, %addr, error = %e, "listener address still taken")
-            }
-        }
+        self.listener
+            .hold(primary, |server| self.serve_store(server))
+            .await;
     }
 
     async fn release_listener(&self) {
-        let current = self.watch.lock().ok().and_then(|mut w| w.listener.take());
-        if let Some(server) = current {
-            server.shutdown().await;
-            tracing::info!(store = %self.cfg.store, "listener released");
-        }
+        self.listener.release().await;
     }
 
     /// The rpc pool the node uses (for clients in the same server).

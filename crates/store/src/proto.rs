@@ -127,6 +127,11 @@ pub type ApplyReply = Reply<Applied>;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailoverRequest {
     pub to: Option<String>,
+    /// The primary the failover is away from. A node that is primary and is not `from` has
+    /// already taken over — the request is a retry whose first answer was lost with the old
+    /// primary's listener — and answers with its status instead of failing over again.
+    #[serde(default)]
+    pub from: Option<String>,
 }
 
 /// `store/<name>/force`: what forcing service here would lose, or doing it.

@@ -216,6 +216,63 @@ fn node_config(
     })
 }
 
+/// A failover-cluster node's setup, from the topology. A relative `shared_path` is resolved
+/// against the parent of the server's data directory (in a lab: the lab's directory, which
+/// every server of the lab reaches).
+fn cluster_config(
+    topology: &Topology,
+    store: &topology::Store,
+    me: &topology::Server,
+    data: &Path,
+    secret_file: &Path,
+) -> anyhow::Result<store::cluster::ClusterConfig> {
+    let mut members = Vec::new();
+    for r in &store.replicas {
+        let Some(addr) = topology.server(&r.server).and_then(|s| s.rpc) else {
+            bail!(
+                "node {} of store `{}` has no rpc address",
+                r.server,
+                store.name
+            );
+        };
+        members.push(store::node::MemberSpec {
+            server: r.server.clone(),
+            addr: addr.to_string(),
+            sync: true,
+            automatic: r.role == topology::ReplicaRole::Node,
+            readable: false,
+            witness: r.role == topology::ReplicaRole::Witness,
+        });
+    }
+    let Some(shared) = &store.shared_path else {
+        bail!(
+            "store `{}` is a failover cluster without shared_path",
+            store.name
+        );
+    };
+    let shared = if shared.is_absolute() {
+        shared.clone()
+    } else {
+        data.parent().unwrap_or(Path::new(".")).join(shared)
+    };
+    Ok(store::cluster::ClusterConfig {
+        store: store.name.clone(),
+        me: me.name.clone(),
+        members,
+        shared_db: shared.join(format!("{}.sqlite", store.name)),
+        dir: data.join("stores").join(&store.name),
+        listener: store.listener,
+        rpc_server: rpc::ServerConfig::new(
+            rpc::ClusterSecret::load(secret_file)?,
+            &topology.name,
+            &me.name,
+        ),
+        heartbeat_ms: replica::DEFAULT_HEARTBEAT_MS,
+        election_timeout_min_ms: replica::DEFAULT_ELECTION_TIMEOUT_MS.0,
+        election_timeout_max_ms: replica::DEFAULT_ELECTION_TIMEOUT_MS.1,
+    })
+}
+
 async fn serve(
     topology: &Topology,
     me: &topology::Server,
@@ -250,6 +307,7 @@ async fn serve(
     // Store replicas held by this server.
     let mut stores = Vec::new();
     let mut nodes = Vec::new();
+    let mut cluster_nodes = Vec::new();
     for (store, replica) in topology.stores_on(&me.name) {
         match store.mode {
             StoreMode::Standalone => {
@@ -284,11 +342,21 @@ async fn serve(
                 tracing::info!(store = %store.name, role = replica.role.as_str(), mode = store.mode.as_str(), "store replica open");
                 nodes.push(node);
             }
-            other => tracing::warn!(
-                store = %store.name,
-                mode = other.as_str(),
-                "this version does not run stores in this mode yet; this replica stays offline"
-            ),
+            StoreMode::FailoverCluster => {
+                let (Some(server), Some(pool)) = (&rpc_server, &pool) else {
+                    bail!(
+                        "store `{}` is a failover cluster but `{}` has no rpc address",
+                        store.name,
+                        me.name
+                    );
+                };
+                let cfg = cluster_config(topology, store, me, data, secret_file)?;
+                let node = store::cluster::ClusterNode::open(cfg, server, pool.clone())
+                    .await
+                    .with_context(|| format!("cannot open node of store `{}`", store.name))?;
+                tracing::info!(store = %store.name, role = replica.role.as_str(), "failover-cluster node open");
+                cluster_nodes.push(node);
+            }
         }
     }
     // Clients of every replicated store, for the front end and the admin API.
@@ -297,7 +365,7 @@ async fn serve(
         for s in topology
             .stores
             .iter()
-            .filter(|s| matches!(s.mode, StoreMode::AvailabilityGroup | StoreMode::Mirroring))
+            .filter(|s| s.mode != StoreMode::Standalone)
         {
             clients.insert(
                 s.name.clone(),
@@ -396,6 +464,9 @@ async fn serve(
     }
     drop(frontend);
     for node in &nodes {
+        node.shutdown().await;
+    }
+    for node in &cluster_nodes {
         node.shutdown().await;
     }
     drop(stores);

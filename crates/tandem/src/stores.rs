@@ -26,17 +26,28 @@ fn when(ms: u64) -> String {
 
 /// Prints a store status as tables.
 pub fn print_status(st: &Value) {
-    println!(
-        "store {} ({}) — primary {} — term {} — lease age {} ms — last position {} (committed {}) — listener {}",
-        text(st, "store"),
-        text(st, "mode"),
-        text(st, "primary"),
-        text(st, "term"),
-        text(st, "lease_age_ms"),
-        text(st, "last_log_index"),
-        text(st, "committed"),
-        text(st, "listener"),
-    );
+    if st["mode"] == "failover-cluster" {
+        println!(
+            "store {} (failover-cluster) — owner {} — fencing token {} — lease age {} ms — listener {}",
+            text(st, "store"),
+            text(st, "primary"),
+            text(st, "term"),
+            text(st, "lease_age_ms"),
+            text(st, "listener"),
+        );
+    } else {
+        println!(
+            "store {} ({}) — primary {} — term {} — lease age {} ms — last position {} (committed {}) — listener {}",
+            text(st, "store"),
+            text(st, "mode"),
+            text(st, "primary"),
+            text(st, "term"),
+            text(st, "lease_age_ms"),
+            text(st, "last_log_index"),
+            text(st, "committed"),
+            text(st, "listener"),
+        );
+    }
     let m = &st["mirroring"];
     if m.is_object() {
         println!(

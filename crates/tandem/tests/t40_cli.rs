@@ -31,7 +31,7 @@ fn text(o: &Output) -> String {
 /// with file:line:column, the rule id and a help line, and exits non-zero.
 #[test]
 fn topology_check_reports_valid_and_broken_files() {
-    for example in ["standard.toml", "enterprise.toml"] {
+    for example in ["standard.toml", "enterprise.toml", "failover-cluster.toml"] {
         let o = tandem(&["topology", "check", &format!("{EXAMPLES}/{example}")]);
         assert!(o.status.success(), "{}", text(&o));
         assert!(text(&o).contains("valid topology"));

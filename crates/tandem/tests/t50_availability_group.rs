@@ -4,9 +4,10 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
 
+mod common;
+
 use nix::sys::signal::Signal;
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 use testkit::replicated::{ReplicatedLab, summary};
 use testkit::{AgReplica, Options, RegisterLoad, ag_topology};
@@ -103,7 +104,6 @@ fn a_paused_primary_acknowledges_nothing_after_it_wakes() {
         .as_str()
         .unwrap()
         .to_string();
-    let old_rpc = rpc_addr(&ag.dir, &old);
     let load = RegisterLoad::start(ag.sip, 4, USERS, "pw");
     assert!(load.wait_for(100, Duration::from_secs(60)));
     ag.signal(&old, Signal::SIGSTOP);
@@ -112,44 +112,13 @@ fn a_paused_primary_acknowledges_nothing_after_it_wakes() {
     let replaced_after = paused_at.elapsed();
     ag.signal(&old, Signal::SIGCONT);
     // Straight to the old primary, right after it wakes: no acknowledgment.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let secret = rpc::ClusterSecret::load(ag.dir.join("data").join("cluster.secret")).unwrap();
-    let pool =
-        store::pool::RpcPool::new(rpc::ClientConfig::new(secret, "replicated-test", "tester"));
     let mut answers = Vec::new();
-    for i in 0..20 {
-        let env = store::Envelope {
-            request: Some(1000 + i),
-            cmd: store::Command::AddUser {
-                user: store::User {
-                    aor: format!("sip:stale{i}@example.com"),
-                    username: format!("stale{i}"),
-                    realm: "example.com".into(),
-                    ha1_md5: "x".into(),
-                    ha1_sha256: "x".into(),
-                    created_ms: 0,
-                },
-            },
-        };
-        let reply = runtime.block_on(pool.call(
-            &old_rpc,
-            "store/store/apply",
-            store::proto::encode(&env),
-            Duration::from_secs(5),
-        ));
-        if let Ok(bytes) = reply {
-            let r: store::proto::Reply<store::Applied> =
-                store::proto::decode(&bytes, "reply").unwrap();
-            assert!(
-                r.is_err(),
-                "the resumed old primary acknowledged a write: {r:?}"
-            );
-            answers.push(format!("{:?}", r.unwrap_err()));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    for reply in common::direct_writes(&ag, &old, 20).into_iter().flatten() {
+        assert!(
+            reply.is_err(),
+            "the resumed old primary acknowledged a write: {reply:?}"
+        );
+        answers.push(format!("{:?}", reply.unwrap_err()));
     }
     let done = load.records.lock().unwrap().len();
     assert!(load.wait_for(done + 100, Duration::from_secs(60)));
@@ -320,9 +289,4 @@ fn forced_service_loss_is_bounded_by_the_reported_lag() {
     // Service goes on on s3.
     let mut ua = testkit::Ua::udp(ag.sip, &format!("user{:04}", USERS), "pw", testkit::DOMAIN);
     assert_eq!(ua.register(600).status, 200);
-}
-
-fn rpc_addr(dir: &Path, server: &str) -> String {
-    let t = topology::load(&dir.join("topology.toml")).unwrap();
-    t.server(server).unwrap().rpc.unwrap().to_string()
 }

@@ -101,7 +101,7 @@ pub struct AgReplica {
 /// listener, and one front-end server `fe1` using the store through it. Returns the text and
 /// the admin port of `fe1`.
 pub fn ag_topology(replicas: &[AgReplica], options: &Options) -> (String, u16) {
-    let (mut t, fe_admin) = replicated_head(replicas.len(), "availability-group", None);
+    let (mut t, fe_admin) = replicated_head(replicas.len(), "availability-group", "");
     for (i, r) in replicas.iter().enumerate() {
         let n = i + 1;
         if n == 1 {
@@ -126,7 +126,8 @@ pub fn ag_topology(replicas: &[AgReplica], options: &Options) -> (String, u16) {
 /// `high-safety` or `high-performance`), with a listener; `fe1` the front end.
 pub fn mirroring_topology(safety: &str, with_witness: bool, options: &Options) -> (String, u16) {
     let servers = if with_witness { 3 } else { 2 };
-    let (mut t, fe_admin) = replicated_head(servers, "mirroring", Some(safety));
+    let (mut t, fe_admin) =
+        replicated_head(servers, "mirroring", &format!("safety = \"{safety}\"\n"));
     for (n, role) in ["principal", "mirror", "witness"]
         .iter()
         .take(servers)
@@ -141,9 +142,34 @@ pub fn mirroring_topology(safety: &str, with_witness: bool, options: &Options) -
     (t, fe_admin)
 }
 
+/// A failover-cluster topology on 127.0.0.1, shaped as [`ag_topology`]'s: nodes `s1`…`sN`
+/// sharing the database under `shared` (and, `with_witness`, `s{N+1}` the witness) hold store
+/// `store`, with a listener; `fe1` the front end.
+pub fn cluster_topology(
+    nodes: usize,
+    with_witness: bool,
+    shared: &Path,
+    options: &Options,
+) -> (String, u16) {
+    let servers = nodes + usize::from(with_witness);
+    let (mut t, fe_admin) = replicated_head(
+        servers,
+        "failover-cluster",
+        &format!("shared_path = \"{}\"\n", shared.display()),
+    );
+    for n in 1..=servers {
+        let role = if n > nodes { "witness" } else { "node" };
+        t.push_str(&format!(
+            "[[store.replica]]\nserver = \"s{n}\"\nrole = \"{role}\"\n"
+        ));
+    }
+    t.push_str(&sip_section(options));
+    (t, fe_admin)
+}
+
 /// The common part of the replicated test topologies: `fe1`, store servers `s1`…`sN`, the
 /// front-end pool, and the `[[store]]` header (its replicas follow).
-fn replicated_head(servers: usize, mode: &str, safety: Option<&str>) -> (String, u16) {
+fn replicated_head(servers: usize, mode: &str, store_keys: &str) -> (String, u16) {
     let fe_sip = free_port("127.0.0.1");
     let fe_admin = free_port("127.0.0.1");
     let fe_rpc = free_port("127.0.0.1");
@@ -173,9 +199,7 @@ admin = "127.0.0.1:{fe_admin}"
         "[[pool]]\nname = \"pool1\"\nkind = \"frontend\"\nsite = \"dc1\"\nservers = [\"fe1\"]\nstore = \"store\"\nrouting_groups = 1\n\
          [[store]]\nname = \"store\"\nsite = \"dc1\"\nmode = \"{mode}\"\nlistener = \"127.0.0.1:{listener}\"\n"
     ));
-    if let Some(safety) = safety {
-        t.push_str(&format!("safety = \"{safety}\"\n"));
-    }
+    t.push_str(store_keys);
     (t, fe_admin)
 }
 

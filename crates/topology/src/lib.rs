@@ -53,6 +53,7 @@ pub const RULES: &[&str] = &[
     "ag-listener",
     "mirroring-members",
     "cluster-shared-path",
+    "cluster-quorum",
     "replica-duplicate",
     "logship-same-site",
     "logship-self",

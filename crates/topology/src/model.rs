@@ -217,7 +217,7 @@ pub enum ReplicaRole {
     Principal,
     /// Mirroring mirror.
     Mirror,
-    /// Mirroring witness (holds no data).
+    /// Mirroring or failover-cluster witness: votes, holds no data, never serves.
     Witness,
     /// Failover-cluster node.
     Node,

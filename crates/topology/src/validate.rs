@@ -781,12 +781,28 @@ impl<'t> Checker<'t, '_> {
                     );
                 }
                 let nodes = n(ReplicaRole::Node);
+                let witnesses = n(ReplicaRole::Witness);
                 if nodes < 2 {
                     self.rep.error(
                         anchor,
                         "cluster-shared-path",
                         format!("{owner} has {nodes} node(s); a failover cluster needs at least 2"),
                         "add [[store.replica]] tables with role = \"node\" on other servers",
+                    );
+                } else if nodes == 2 && witnesses == 0 {
+                    // Ownership is decided by a majority: of two, losing one leaves none.
+                    self.rep.error(
+                        anchor,
+                        "cluster-quorum",
+                        format!("{owner} has 2 nodes and no witness: if one is lost, the other cannot take the storage over by itself"),
+                        "add a third node, or a [[store.replica]] with role = \"witness\" on a third server",
+                    );
+                } else if witnesses > 1 {
+                    self.rep.error(
+                        anchor,
+                        "cluster-quorum",
+                        format!("{owner} has {witnesses} witnesses; a failover cluster takes at most one"),
+                        "keep a single replica with role = \"witness\"",
                     );
                 }
             }
@@ -1223,7 +1239,7 @@ fn valid_roles(mode: StoreMode) -> &'static [ReplicaRole] {
             ReplicaRole::Mirror,
             ReplicaRole::Witness,
         ],
-        StoreMode::FailoverCluster => &[ReplicaRole::Node],
+        StoreMode::FailoverCluster => &[ReplicaRole::Node, ReplicaRole::Witness],
     }
 }
 
@@ -1446,7 +1462,9 @@ fn build_store(s: &RawStore) -> Store {
                         Safety::HighPerformance => (Commit::Async, FailoverMode::Manual),
                     }
                 }
-                (StoreMode::FailoverCluster, _) => (Commit::Sync, FailoverMode::Automatic),
+                (StoreMode::FailoverCluster, ReplicaRole::Node) => {
+                    (Commit::Sync, FailoverMode::Automatic)
+                }
                 _ => (Commit::Sync, FailoverMode::Manual),
             };
             Replica {

@@ -693,10 +693,14 @@ role = "node"
         problems(snippet),
         vec![("cluster-shared-path", 2), ("cluster-shared-path", 2)]
     );
-    let good = snippet.replace(
+    let two = snippet.replace(
         "mode = \"failover-cluster\"",
         "mode = \"failover-cluster\"\nshared_path = \"/srv/c\"",
     ) + "[[store.replica]]\nserver = \"fe2\"\nrole = \"node\"\n";
+    // Two nodes cannot fail over by themselves: a witness (or a third node) decides.
+    assert_eq!(problems(&two), vec![("cluster-quorum", 2)]);
+    let witness = "[[server]]\nname = \"w1\"\nsite = \"dc3\"\nrpc = \"127.0.0.3:7000\"\nadmin = \"127.0.0.3:8080\"\n";
+    let good = format!("{witness}{two}[[store.replica]]\nserver = \"w1\"\nrole = \"witness\"\n");
     assert_eq!(problems(&good), vec![]);
 }
 
