@@ -186,6 +186,8 @@ fn node_config(
             initial_primary = Some(r.server.clone());
         }
         let sync = match r.role {
+            // The principal always votes (alone, unless high safety has a witness).
+            Principal => true,
             Mirror => high_safety && with_witness,
             _ => r.commit == topology::Commit::Sync,
         };

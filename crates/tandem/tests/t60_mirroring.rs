@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
 
+mod common;
+
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 use testkit::replicated::{ReplicatedLab, summary};
@@ -164,4 +166,16 @@ fn high_safety_without_a_witness_acknowledges_only_what_the_mirror_holds() {
         "{} acknowledged registrations lost: {lost:?}",
         lost.len()
     );
+}
+
+/// High performance: commits do not wait for the mirror, which falls behind while paused;
+/// after the principal is lost, forcing service on the mirror states a loss, and the
+/// registrations actually lost are no more than the lag status reported.
+#[test]
+fn high_performance_forced_service_loss_is_bounded_by_the_reported_lag() {
+    let m = start("mirror_highperf", "high-performance", false);
+    let st = m.wait_primary("the principal", |p| p == "s1");
+    assert_eq!(st["mirroring"]["safety"], "high-performance", "{st}");
+    assert_eq!(st["mirroring"]["exposed"], true, "{st}");
+    common::forced_service_after_site_loss(&m, "s2", &["s1"], USERS);
 }

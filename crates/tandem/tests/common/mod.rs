@@ -1,6 +1,9 @@
-//! Shared by the replicated-store process tests.
+//! Shared by the replicated-store process tests (each uses part of it).
+#![allow(dead_code)]
 
+use nix::sys::signal::Signal;
 use std::time::Duration;
+use testkit::RegisterLoad;
 use testkit::replicated::ReplicatedLab;
 
 /// Sends `count` writes (new users, 50 ms apart) straight to `server`'s store service,
@@ -46,4 +49,62 @@ pub fn direct_writes(
         std::thread::sleep(Duration::from_millis(50));
     }
     answers
+}
+
+/// Forced service on a replica that fell behind: under registration load, `behind` is paused
+/// until the status reports it lagging; then the servers in `lost` are killed, `behind` wakes
+/// up, and service is forced on it. The tool must state a loss, the registrations actually
+/// lost must be no more than the lag the status reported before, and service must go on.
+/// (`users` is the number of users the lab provisioned.)
+pub fn forced_service_after_site_loss(
+    lab: &ReplicatedLab,
+    behind: &str,
+    lost: &[&str],
+    users: usize,
+) {
+    let load = RegisterLoad::start(lab.sip, 4, users, "pw");
+    assert!(load.wait_for(100, Duration::from_secs(60)));
+    lab.signal(behind, Signal::SIGSTOP);
+    let n = load.records.lock().unwrap().len();
+    assert!(load.wait_for(n + 100, Duration::from_secs(60)));
+    let records = load.stop();
+    let before = lab.status();
+    let row = before["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["server"] == behind)
+        .unwrap()
+        .clone();
+    let reported_lag = row["lag_entries"].as_u64().unwrap();
+    assert!(reported_lag > 0, "{behind} should be behind: {before}");
+    for server in lost {
+        lab.signal(server, Signal::SIGKILL);
+    }
+    lab.signal(behind, Signal::SIGCONT);
+    let out = lab.cli(&["store", "force-service", "store", "--to", behind, "--yes"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("Forcing service on {behind} loses")),
+        "{text}"
+    );
+    lab.wait_primary(behind, |p| p == behind);
+    let actually_lost = lab.lost(&records);
+    eprintln!(
+        "forced service: {} registrations lost, status had reported {behind} {reported_lag} transactions behind\n{text}",
+        actually_lost.len()
+    );
+    assert!(
+        actually_lost.len() as u64 <= reported_lag,
+        "lost {} > reported lag {reported_lag}",
+        actually_lost.len()
+    );
+    // Service goes on.
+    let mut ua = testkit::Ua::udp(lab.sip, &format!("user{users:04}"), "pw", testkit::DOMAIN);
+    assert_eq!(ua.register(600).status, 200);
 }
