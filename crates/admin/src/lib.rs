@@ -111,6 +111,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
             axum::routing::post(store_force),
         )
         .route(
+            "/api/v1/stores/{name}/mirroring",
+            axum::routing::post(store_mirroring),
+        )
+        .route(
             "/api/v1/stores/{name}/{op}",
             axum::routing::post(store_member),
         )
@@ -513,6 +517,26 @@ async fn store_force(
     let reply: store::proto::Reply<store::proto::ForceReport> =
         store::proto::decode(&bytes, "force report")?;
     Ok(Json(reply?))
+}
+
+/// `POST /api/v1/stores/{name}/mirroring`: `{"safety": ..., "witness": ...}`.
+async fn store_mirroring(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    body: Body<store::proto::MirroringChange>,
+) -> Result<Json<store::proto::StoreStatus>, Failure> {
+    let Json(change) = body.map_err(|_| {
+        bad_request("expected a JSON body {\"safety\": null | \"high-safety\" | \"high-performance\", \"witness\": null | bool}")
+    })?;
+    // Letting the witness in waits for it to catch up.
+    let mut client = s.store_client(&name)?.clone();
+    client.attempt = std::time::Duration::from_secs(60);
+    client.deadline = std::time::Duration::from_secs(90);
+    Ok(Json(
+        client
+            .call("mirroring", store::proto::encode(&change))
+            .await?,
+    ))
 }
 
 async fn store_member(

@@ -466,6 +466,14 @@ pub fn apply(tx: &Connection, cmd: &Command) -> Result<Applied, StoreError> {
                 notify: Vec::new(),
             })
         }
+        Command::SetMirroringSafety { high_safety } => {
+            exec(
+                tx,
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('mirroring_high_safety', ?1)",
+                [i64::from(*high_safety)],
+            )?;
+            done()
+        }
         Command::FailoverServing { id, first_write_ms } => {
             let n = exec(
                 tx,
@@ -1042,6 +1050,18 @@ pub fn position(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
         |r| r.get(0),
     )
     .optional()?)
+}
+
+/// A mirroring store's safety level as last set while serving (`None`: as the topology says).
+pub fn mirroring_high_safety(conn: &Connection) -> Result<Option<bool>, StoreError> {
+    let v: Option<i64> = one(
+        conn,
+        "SELECT value FROM meta WHERE key = 'mirroring_high_safety'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()?;
+    Ok(v.map(|v| v != 0))
 }
 
 /// Runs a query.

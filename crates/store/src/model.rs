@@ -249,6 +249,11 @@ pub enum Command {
         id: i64,
         first_write_ms: u64,
     },
+    /// A mirroring store's safety level, set while it serves (`store set-safety`): whether
+    /// the principal waits for the mirror. Replicated, so a new principal knows it.
+    SetMirroringSafety {
+        high_safety: bool,
+    },
 }
 
 /// How a primary changed.

@@ -82,6 +82,8 @@ struct Watch {
     caught_up_at: HashMap<u64, u64>,
     /// The server's rpc endpoint (to re-register replication on a new generation).
     rpc: Option<RpcServer>,
+    /// Mirroring: whether this node last set its replica to campaign.
+    elect: Option<bool>,
     /// When peers' generations were last compared with ours (unix ms).
     generation_checked_ms: u64,
     /// When this node last became primary (unix ms).
@@ -105,6 +107,9 @@ pub struct StoreNode {
     readers: Option<Readers>,
     watch: Mutex<Watch>,
     listener: Listener,
+    /// Mirroring: whether the principal waits for the mirror now (the topology's setting
+    /// until `store set-safety` changes it; read from the store when this node becomes primary).
+    high_safety: AtomicBool,
     pool: RpcPool,
     /// Held while the node changes generation (forced service, reseed, fence): one at a time.
     transition: tokio::sync::Mutex<()>,
@@ -204,6 +209,7 @@ impl StoreNode {
             Some(Readers::open(&db, 2, 8192).map_err(store_err)?)
         };
         let listener = Listener::new(&cfg.store, cfg.listener, cfg.rpc_server.clone());
+        let high_safety = cfg.high_safety_mirroring;
         let node = Arc::new(StoreNode {
             cfg,
             replica: Mutex::new(replica),
@@ -212,6 +218,7 @@ impl StoreNode {
             readers,
             watch: Mutex::default(),
             listener,
+            high_safety: AtomicBool::new(high_safety),
             pool,
             transition: tokio::sync::Mutex::new(()),
         });
@@ -335,6 +342,10 @@ impl StoreNode {
                     Err(e) => Err(e),
                 })
             }
+            "mirroring" => encode(&match decode::<MirroringChange>(body, "mirroring change") {
+                Ok(c) => self.change_mirroring(c).await,
+                Err(e) => Err(e),
+            }),
             other => encode(&Reply::<()>::Err(Refusal::Refused(format!(
                 "unknown store operation {other}"
             )))),
@@ -389,7 +400,7 @@ impl StoreNode {
             .write_indexed(bytes)
             .await
             .map_err(|e| self.refusal(e))?;
-        if self.cfg.high_safety_mirroring
+        if self.high_safety.load(Ordering::SeqCst)
             && let Some(mirror) = self
                 .cfg
                 .members
@@ -601,7 +612,7 @@ impl StoreNode {
             "suspended"
         };
         Some(MirroringStatus {
-            safety: if self.cfg.high_safety_mirroring {
+            safety: if self.high_safety.load(Ordering::SeqCst) {
                 "high-safety".into()
             } else {
                 "high-performance".into()
@@ -614,7 +625,7 @@ impl StoreNode {
             state: state.into(),
             // High safety holds commits for a connected mirror: only a suspended one exposes
             // the principal. High performance never waits.
-            exposed: !self.cfg.high_safety_mirroring || !mirror.healthy,
+            exposed: !self.high_safety.load(Ordering::SeqCst) || !mirror.healthy,
         })
     }
 
@@ -833,6 +844,125 @@ impl StoreNode {
         self.status().await
     }
 
+    /// A new principal takes the safety level last set while serving, if any.
+    async fn load_safety(&self) {
+        let Some(readers) = &self.readers else { return };
+        if let Ok(Some(high)) = readers.read(machine::mirroring_high_safety).await {
+            self.high_safety.store(high, Ordering::SeqCst);
+        }
+    }
+
+    /// Mirroring: switches between high safety and high performance, and lets the topology's
+    /// witness in or out, while the store serves. The group's shape follows (see
+    /// `tandem::server::node_config`): with high safety and the witness, principal, mirror and
+    /// witness vote; otherwise the principal votes alone and the mirror is a learner.
+    async fn change_mirroring(&self, c: MirroringChange) -> Reply<StoreStatus> {
+        if self.cfg.mode != "mirroring" {
+            return Err(Refusal::Refused(format!(
+                "{} is not a mirroring store",
+                self.cfg.store
+            )));
+        }
+        let st = self.replica().status();
+        if st.role != Role::Leader {
+            return Err(self.not_primary());
+        }
+        let high = match c.safety.as_deref() {
+            None => self.high_safety.load(Ordering::SeqCst),
+            Some("high-safety") => true,
+            Some("high-performance") => false,
+            Some(other) => {
+                return Err(Refusal::Refused(format!(
+                    "unknown safety `{other}`: high-safety or high-performance"
+                )));
+            }
+        };
+        let witness = self.cfg.members.iter().find(|m| m.witness).cloned();
+        let mirror = self
+            .cfg
+            .members
+            .iter()
+            .find(|m| !m.witness && m.server != self.cfg.me)
+            .cloned();
+        let Some(mirror) = mirror else {
+            return Err(Refusal::Refused("the topology declares no mirror".into()));
+        };
+        let witness_in = witness
+            .as_ref()
+            .is_some_and(|w| st.voters.contains_key(&node_id(&w.server)));
+        let want_witness = c.witness.unwrap_or(witness_in && high);
+        if want_witness && !high {
+            return Err(Refusal::Refused(
+                "a witness serves high safety only (automatic failover); switch to high-safety first, or leave the witness out".into(),
+            ));
+        }
+        if want_witness && witness.is_none() {
+            return Err(Refusal::Refused(format!(
+                "the topology declares no witness for {}",
+                self.cfg.store
+            )));
+        }
+        // Waiting for the mirror starts before the group relies on it, and stops only after.
+        if high {
+            self.set_safety(true).await?;
+        }
+        let (m_id, replica) = (node_id(&mirror.server), self.replica());
+        if want_witness {
+            let w = witness
+                .as_ref()
+                .map(member)
+                .ok_or_else(|| Refusal::Refused("no witness".into()))?;
+            let w_id = node_id(&w.server);
+            if !st.voters.contains_key(&w_id) && !st.learners.contains_key(&w_id) {
+                replica
+                    .add_learner(w, true)
+                    .await
+                    .map_err(|e| self.refusal(e))?;
+            }
+            let promote: BTreeSet<u64> = [m_id, w_id]
+                .into_iter()
+                .filter(|id| !st.voters.contains_key(id))
+                .collect();
+            if !promote.is_empty() {
+                replica
+                    .promote(promote)
+                    .await
+                    .map_err(|e| self.refusal(e))?;
+            }
+        } else {
+            if let Some(w) = &witness {
+                let w_id = node_id(&w.server);
+                if st.voters.contains_key(&w_id) || st.learners.contains_key(&w_id) {
+                    replica
+                        .remove(BTreeSet::from([w_id]))
+                        .await
+                        .map_err(|e| self.refusal(e))?;
+                }
+            }
+            if replica.status().voters.contains_key(&m_id) {
+                replica
+                    .demote(BTreeSet::from([m_id]))
+                    .await
+                    .map_err(|e| self.refusal(e))?;
+            }
+        }
+        if !high {
+            self.set_safety(false).await?;
+        }
+        self.status().await
+    }
+
+    /// Records the safety level in the store (so a new principal knows it) and applies it here.
+    async fn set_safety(&self, high_safety: bool) -> Result<(), Refusal> {
+        self.apply(Envelope {
+            request: Some(random_id()),
+            cmd: Command::SetMirroringSafety { high_safety },
+        })
+        .await?;
+        self.high_safety.store(high_safety, Ordering::SeqCst);
+        Ok(())
+    }
+
     fn spec(&self) -> Option<MemberSpec> {
         self.cfg
             .members
@@ -861,6 +991,7 @@ impl StoreNode {
             w.last_leader = None;
             w.recorded_term = 0;
             w.caught_up_at.clear();
+            w.elect = None;
         }
         Ok(replica)
     }
@@ -1200,6 +1331,19 @@ impl StoreNode {
             }
             let is_leader = st.role == Role::Leader;
             self.set_listener(is_leader).await;
+            if self.cfg.mode == "mirroring" && self.spec().is_some_and(|s| !s.witness) {
+                // Principal and mirror campaign exactly while they vote: the group's shape
+                // changes with `store set-safety` and the witness.
+                let elect = st.voters.contains_key(&st.id);
+                let changed = self
+                    .watch
+                    .lock()
+                    .map(|mut w| w.elect.replace(elect) != Some(elect))
+                    .unwrap_or(false);
+                if changed {
+                    self.replica().set_elect(elect);
+                }
+            }
             let now = now_ms();
             let mut record = None;
             if let Ok(mut w) = self.watch.lock() {
@@ -1207,6 +1351,10 @@ impl StoreNode {
                     if w.leader_term != st.term {
                         w.leader_term = st.term;
                         w.leader_since_ms = now;
+                        if self.cfg.mode == "mirroring" {
+                            let node = self.clone();
+                            tokio::spawn(async move { node.load_safety().await });
+                        }
                     }
                     let last = st.last_log_index.unwrap_or(0);
                     for (id, p) in &st.replication {

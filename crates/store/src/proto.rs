@@ -134,6 +134,16 @@ pub struct FailoverRequest {
     pub from: Option<String>,
 }
 
+/// `store/<name>/mirroring`: a mirroring store's safety level and witness, changed while it
+/// serves. `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MirroringChange {
+    /// `high-safety` or `high-performance`.
+    pub safety: Option<String>,
+    /// Whether the topology's witness takes part (high safety only).
+    pub witness: Option<bool>,
+}
+
 /// `store/<name>/force`: what forcing service here would lose, or doing it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForceRequest {

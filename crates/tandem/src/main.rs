@@ -144,6 +144,17 @@ pub enum StoreCommand {
         #[arg(long)]
         commit: String,
     },
+    /// Mirroring: switches between high-safety (commits wait for the mirror) and
+    /// high-performance (they do not), while the store serves.
+    SetSafety {
+        name: String,
+        /// high-safety or high-performance
+        safety: String,
+    },
+    /// Mirroring: lets the topology's witness vote again (automatic failover; high safety).
+    AddWitness { name: String },
+    /// Mirroring: takes the witness out (no automatic failover).
+    RemoveWitness { name: String },
 }
 
 #[derive(Subcommand)]

@@ -160,7 +160,7 @@ pub fn run(target: &AdminTarget, command: StoreCommand) -> anyhow::Result<ExitCo
             print_status(v);
         }
     };
-    match command {
+    match &command {
         StoreCommand::Status { name } => {
             show(&admin.ok("GET", &format!("/api/v1/stores/{name}/status"), None)?)
         }
@@ -244,6 +244,23 @@ pub fn run(target: &AdminTarget, command: StoreCommand) -> anyhow::Result<ExitCo
                 "POST",
                 &format!("/api/v1/stores/{name}/remove-replica"),
                 Some(json!({"server": server, "addr": null, "commit": null})),
+            )?;
+            show(&v);
+        }
+        StoreCommand::SetSafety { name, safety } => {
+            let v = admin.ok(
+                "POST",
+                &format!("/api/v1/stores/{name}/mirroring"),
+                Some(json!({"safety": safety, "witness": null})),
+            )?;
+            show(&v);
+        }
+        StoreCommand::AddWitness { name } | StoreCommand::RemoveWitness { name } => {
+            let add = matches!(command, StoreCommand::AddWitness { .. });
+            let v = admin.ok(
+                "POST",
+                &format!("/api/v1/stores/{name}/mirroring"),
+                Some(json!({"safety": null, "witness": add})),
             )?;
             show(&v);
         }

@@ -179,3 +179,75 @@ fn high_performance_forced_service_loss_is_bounded_by_the_reported_lag() {
     assert_eq!(st["mirroring"]["exposed"], true, "{st}");
     common::forced_service_after_site_loss(&m, "s2", &["s1"], USERS);
 }
+
+/// Switching high safety and high performance, and taking the witness out and back in, while
+/// the store serves: no request fails, status follows each step, and at the end — high
+/// safety with the witness again — `kill -9` of the principal fails over by itself with
+/// nothing acknowledged lost.
+#[test]
+fn safety_and_witness_change_under_load_with_no_failed_request() {
+    let m = start("mirror_switch", "high-safety", true);
+    m.wait_status("a synchronized session", |s| {
+        s["mirroring"]["state"] == "synchronized"
+    });
+    let load = RegisterLoad::start(m.sip, 4, USERS, "pw");
+    assert!(load.wait_for(100, Duration::from_secs(60)));
+    let step = |args: &[&str], check: &dyn Fn(&serde_json::Value) -> bool| {
+        let mut full = vec!["store"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--json"]);
+        let out = m.cli(&full);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        m.wait_status(&format!("the state after {args:?}"), check);
+        let n = load.records.lock().unwrap().len();
+        assert!(
+            load.wait_for(n + 50, Duration::from_secs(60)),
+            "the load stalled after {args:?}"
+        );
+    };
+    step(&["remove-witness", "store"], &|s| {
+        s["mirroring"]["witness"].is_null() && row(s, "s2")["commit"] == "async"
+    });
+    step(&["set-safety", "store", "high-performance"], &|s| {
+        s["mirroring"]["safety"] == "high-performance" && s["mirroring"]["exposed"] == true
+    });
+    // A witness in high performance is refused, and changes nothing.
+    let out = m.cli(&["store", "add-witness", "store"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("witness serves high safety only"), "{err}");
+    assert_eq!(m.status()["mirroring"]["safety"], "high-performance");
+    step(&["set-safety", "store", "high-safety"], &|s| {
+        s["mirroring"]["safety"] == "high-safety" && s["mirroring"]["exposed"] == false
+    });
+    step(&["add-witness", "store"], &|s| {
+        s["mirroring"]["witness"] == "s3" && row(s, "s2")["commit"] == "sync"
+    });
+    m.signal("s1", Signal::SIGKILL);
+    let n = load.records.lock().unwrap().len();
+    assert!(
+        load.wait_for(n + 100, Duration::from_secs(60)),
+        "no automatic failover after the witness came back"
+    );
+    let records = load.stop();
+    let failed: Vec<_> = records.iter().filter(|r| r.status != 200).collect();
+    m.wait_primary("the mirror", |p| p == "s2");
+    let lost = m.lost(&records);
+    assert!(lost.is_empty(), "acknowledged registrations lost: {lost:?}");
+    // The client rides through the switches and the kill: no request fails.
+    let (acked, _, worst, _) = summary(&records, Instant::now());
+    eprintln!(
+        "{acked} acknowledged, {} failed, slowest {worst:?}",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "failed requests: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+}
