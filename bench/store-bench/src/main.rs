@@ -2,19 +2,28 @@
 //!
 //! 1. The floor: 4 KiB append + fdatasync latency on the disk holding the data, and a 64-byte
 //!    loopback TCP round trip.
-//! 2. Commit throughput and latency of a 3-replica synchronous availability group (three
-//!    `tandem server` processes, reached through the listener with the front end's client) and
-//!    of a 3-member etcd cluster (Debian's `etcd`, through its gRPC API), at each number of
-//!    concurrent writers.
-//! 3. Failover: `kill -9` of the primary (the etcd leader) → first successful write, over N
-//!    kills, restarting the killed member and waiting for it to catch up between kills.
+//! 2. Commit throughput and latency, at each number of concurrent writers, of three Tandem
+//!    stores, each on three `tandem server` processes and reached through its listener with
+//!    the front end's client:
+//!    - "tandem AG": an availability group of three synchronous replicas;
+//!    - "tandem mirror": a high-safety mirroring session — principal, mirror and witness; the
+//!      principal waits for the mirror on every commit;
+//!    - "tandem FC": a failover cluster of three nodes on one shared SQLite database, which
+//!      the owner fsyncs on every group commit;
 //!
-//! Every write is durable on a majority before it is acknowledged, in both systems: nothing
-//! here turns fsync off.
+//!    and of a 3-member etcd cluster (Debian's `etcd`, through its gRPC API).
+//! 3. Failover: `kill -9` of the primary (the principal, the owner, the etcd leader; never a
+//!    witness) → first successful write, over N kills, restarting the killed process and
+//!    waiting for the store to be healthy again between kills.
+//!
+//! Every write is durable before it is acknowledged, in every system: fsynced on a majority
+//! (AG, etcd), on the principal and the mirror (mirror, while the mirror is connected), or on
+//! the shared disk (FC). Nothing here turns fsync off. The systems run side by side and their
+//! steps alternate, so all of them see the same machine.
 //!
 //! ```text
 //! store-bench --tandem target/release/tandem --work /tmp/dir [--duration 10] [--writers 1,16,64]
-//!             [--kills 20] [--etcd etcd|--no-etcd]
+//!             [--kills 20] [--modes ag,mirror,fc] [--etcd etcd|--no-etcd]
 //! ```
 
 use anyhow::{Context, anyhow, bail};
@@ -26,7 +35,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use store::client::{StoreAddress, StoreClient};
 use store::pool::RpcPool;
-use store::proto::Endpoint;
+use store::proto::{Endpoint, Reply, StoreStatus};
 
 struct Args {
     tandem: PathBuf,
@@ -35,6 +44,7 @@ struct Args {
     duration: Duration,
     writers: Vec<usize>,
     kills: usize,
+    modes: Vec<Mode>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -45,6 +55,7 @@ fn args() -> anyhow::Result<Args> {
         duration: Duration::from_secs(10),
         writers: vec![1, 16, 64],
         kills: 20,
+        modes: Mode::ALL.to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,6 +87,19 @@ fn args() -> anyhow::Result<Args> {
                 let v = value()?;
                 a.kills = v.parse().with_context(|| format!("--kills {v}: a count"))?;
             }
+            "--modes" => {
+                let v = value()?;
+                a.modes = Vec::new();
+                for key in v.split(',').map(str::trim) {
+                    let mode = Mode::ALL
+                        .into_iter()
+                        .find(|m| m.key() == key)
+                        .ok_or_else(|| anyhow!("--modes {v}: a list of ag, mirror and fc"))?;
+                    if !a.modes.contains(&mode) {
+                        a.modes.push(mode);
+                    }
+                }
+            }
             other => bail!(
                 "unknown argument {other}; see the usage at the top of bench/store-bench/src/main.rs"
             ),
@@ -85,14 +109,24 @@ fn args() -> anyhow::Result<Args> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = args()?;
+    let mut args = args()?;
     std::fs::create_dir_all(&args.work)
         .with_context(|| format!("cannot create {}", args.work.display()))?;
+    // The failover cluster's `shared_path` must be absolute.
+    args.work = std::fs::canonicalize(&args.work)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let mut report = serde_json::Map::new();
+    report.insert(
+        "run".into(),
+        serde_json::json!({
+            "duration_s": args.duration.as_secs(), "writers": args.writers, "kills": args.kills,
+            "modes": args.modes.iter().map(|m| m.key()).collect::<Vec<_>>(),
+            "etcd": args.etcd.is_some(),
+        }),
+    );
 
     progress("floor: 4 KiB append + fdatasync, and a loopback round trip");
     let fsync = fsync_floor(&args.work, 1000, Duration::ZERO)?;
@@ -112,149 +146,520 @@ fn main() -> anyhow::Result<()> {
     report.insert("fsync".into(), fsync.json());
     report.insert("rtt".into(), rtt.json());
 
-    // Both systems run side by side; their steps alternate so both see the same machine.
-    let mut ag = Ag::start(&args)?;
-    let mut etcd = match &args.etcd {
-        Some(exe) => Some(Etcd::start(exe, &args.work)?),
-        None => None,
-    };
-    let result = rt.block_on(run(&args, &mut ag, etcd.as_mut()));
-    ag.stop();
-    if let Some(e) = etcd.as_mut() {
-        e.stop();
+    // Every server process is killed when its `Server` is dropped, on errors too.
+    let mut servers = Vec::new();
+    for &mode in &args.modes {
+        servers.push(Server::Tandem(Tandem::start(&args, mode)?));
     }
-    let (steps, ag_failover, etcd_failover) = result?;
+    if let Some(exe) = &args.etcd {
+        servers.push(Server::Etcd(Etcd::start(exe, &args.work)?));
+    }
+    let mut systems = rt.block_on(run(&args, servers))?;
+    for s in &mut systems {
+        s.server.stop();
+    }
+    print_loads(&systems, &mut report);
+    print_failovers(&systems, &mut report);
+    print_floor_ratio(&systems, rtt.p50, &mut report);
 
-    println!();
-    println!(
-        "{:>8}  {:>24}  {:>24}  {:>6}  {:>17}  {:>15}",
-        "writers", "tandem AG (3 sync)", "etcd (3 members)", "ratio", "fdatasync meanwhile", "server CPU-s"
-    );
-    println!(
-        "{:>8}  {:>24}  {:>24}  {:>6}  {:>17}  {:>15}",
-        "", "commits/s p50 p99 ms", "puts/s p50 p99 ms", "", "p50 ms (AG/etcd)", "per 1000 (AG/etcd)"
-    );
-    let mut loads = Vec::new();
-    for st in &steps {
-        let ratio = st
-            .etcd
-            .as_ref()
-            .map_or("-".to_string(), |e| format!("{:.2}", st.ag.rate / e.rate.max(1e-9)));
-        println!(
-            "{:>8}  {:>24}  {:>24}  {:>6}  {:>17}  {:>15}",
-            st.ag.writers,
-            st.ag.cell(),
-            st.etcd.as_ref().map_or("-".into(), Load::cell),
-            ratio,
-            format!(
-                "{:.2} / {}",
-                st.ag.disk.p50.as_secs_f64() * 1e3,
-                st.etcd
-                    .as_ref()
-                    .map_or("-".into(), |e| format!("{:.2}", e.disk.p50.as_secs_f64() * 1e3))
-            ),
-            format!(
-                "{:.2} / {}",
-                st.ag.cpu_per_1000,
-                st.etcd
-                    .as_ref()
-                    .map_or("-".into(), |e| format!("{:.2}", e.cpu_per_1000))
-            )
-        );
-        loads.push(serde_json::json!({
-            "writers": st.ag.writers, "tandem": st.ag.json(), "etcd": st.etcd.as_ref().map(Load::json),
-        }));
-    }
-    report.insert("load".into(), loads.into());
-    println!();
-    println!(
-        "failover, kill -9 of the primary (etcd: the leader) → first successful write, {} kills each:",
-        ag_failover.samples.len()
-    );
-    println!("  tandem AG: {}", ag_failover.line());
-    if let Some(e) = &etcd_failover {
-        println!("  etcd:      {}", e.line());
-        println!(
-            "  etcd/tandem: {:.2} at p50, {:.2} at p99",
-            e.p50.as_secs_f64() / ag_failover.p50.as_secs_f64().max(1e-9),
-            e.p99.as_secs_f64() / ag_failover.p99.as_secs_f64().max(1e-9)
-        );
-    }
-    report.insert("failover_tandem".into(), ag_failover.json());
-    report.insert(
-        "failover_etcd".into(),
-        etcd_failover
-            .as_ref()
-            .map_or(serde_json::Value::Null, Failover::json),
-    );
-    if let Some(one) = steps.iter().map(|s| &s.ag).find(|l| l.writers == 1) {
-        let floor = one.disk.p50 + rtt.p50;
-        println!(
-            "single-writer commit p50 {} = {:.2} × (one fdatasync p50 during that step + one round trip p50 = {})",
-            ms(one.p50),
-            one.p50.as_secs_f64() / floor.as_secs_f64().max(1e-9),
-            ms(floor)
-        );
-    }
     let path = args.work.join("results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
     println!("(all figures: {})", path.display());
     Ok(())
 }
 
-/// One concurrency step of both systems.
-struct Step {
-    ag: Load,
-    etcd: Option<Load>,
+/// A Tandem store mode the bench measures, each on three `tandem server` processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// An availability group: a primary and two synchronous secondaries.
+    Ag,
+    /// High-safety mirroring: a principal, a mirror and a witness.
+    Mirror,
+    /// A failover cluster: three nodes on one shared database.
+    Fc,
 }
 
-async fn run(
-    args: &Args,
-    ag: &mut Ag,
-    mut etcd: Option<&mut Etcd>,
-) -> anyhow::Result<(Vec<Step>, Failover, Option<Failover>)> {
-    let client = ag.client()?;
-    ag.wait_healthy(&client, Duration::from_secs(60)).await?;
-    setup_users(&client, *args.writers.iter().max().unwrap_or(&1)).await?;
-    let etcd_client = match etcd.as_deref() {
-        Some(e) => Some(e.client().await?),
-        None => None,
-    };
-    let mut steps = Vec::new();
-    for &w in &args.writers {
-        progress(&format!("tandem AG: {w} writer(s) for {:?}", args.duration));
-        let target = Target::Ag(client.clone());
-        load(&target, w, Duration::from_secs(1), None).await;
-        let cpu = cpu_of(&ag.children);
-        let mut a = load(&target, w, args.duration, Some(&args.work)).await;
-        a.cpu_per_1000 = (cpu_of(&ag.children) - cpu) * 1000.0 / a.ok.max(1) as f64;
-        let e = match &etcd_client {
-            Some(c) => {
-                progress(&format!("etcd: {w} writer(s) for {:?}", args.duration));
-                let target = Target::Etcd(c.kv_client());
-                load(&target, w, Duration::from_secs(1), None).await;
-                let children = etcd.as_deref().map_or(&[][..], |e| &e.children[..]);
-                let cpu = cpu_of(children);
-                let mut e = load(&target, w, args.duration, Some(&args.work)).await;
-                e.cpu_per_1000 = (cpu_of(children) - cpu) * 1000.0 / e.ok.max(1) as f64;
-                Some(e)
-            }
-            None => None,
-        };
-        steps.push(Step { ag: a, etcd: e });
-    }
-    let mut ag_samples = Vec::new();
-    let mut etcd_samples = Vec::new();
-    for k in 0..args.kills {
-        ag_samples.push(ag.failover(&client, k, args.kills).await?);
-        if let (Some(e), Some(c)) = (etcd.as_deref_mut(), &etcd_client) {
-            etcd_samples.push(e.failover(c, k, args.kills).await?);
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::Ag, Mode::Mirror, Mode::Fc];
+
+    /// The name in `--modes`, in results.json and of the work subdirectory.
+    fn key(self) -> &'static str {
+        match self {
+            Mode::Ag => "ag",
+            Mode::Mirror => "mirror",
+            Mode::Fc => "fc",
         }
     }
-    let recorded = ag.recorded(&client).await;
-    let ag_failover = Failover::of(ag_samples, recorded);
-    let etcd_failover = etcd_client.map(|_| Failover::of(etcd_samples, Vec::new()));
-    Ok((steps, ag_failover, etcd_failover))
+
+    /// The short name in ratios ("mirror/AG").
+    fn short(self) -> &'static str {
+        match self {
+            Mode::Ag => "AG",
+            Mode::Mirror => "mirror",
+            Mode::Fc => "FC",
+        }
+    }
+
+    /// The column heading.
+    fn heading(self) -> &'static str {
+        match self {
+            Mode::Ag => "tandem AG (3 sync)",
+            Mode::Mirror => "tandem mirror (high safety)",
+            Mode::Fc => "tandem FC (3 nodes)",
+        }
+    }
+
+    /// What it is, in a sentence.
+    fn what(self) -> &'static str {
+        match self {
+            Mode::Ag => "availability group: primary + 2 synchronous secondaries",
+            Mode::Mirror => "high-safety mirroring: principal + mirror + witness",
+            Mode::Fc => "failover cluster: 3 nodes, one shared SQLite database",
+        }
+    }
+
+    /// The topology's `mode`, and the store keys that mode needs.
+    fn topology(self, dir: &Path) -> (&'static str, String) {
+        match self {
+            Mode::Ag => ("availability-group", String::new()),
+            Mode::Mirror => ("mirroring", "safety = \"high-safety\"\n".into()),
+            Mode::Fc => (
+                "failover-cluster",
+                format!("shared_path = \"{}\"\n", Mode::shared_dir(dir).display()),
+            ),
+        }
+    }
+
+    /// The failover cluster's shared storage, under the store's work directory.
+    fn shared_dir(dir: &Path) -> PathBuf {
+        dir.join("shared")
+    }
+
+    /// The topology role of each of the three servers, in order.
+    fn roles(self) -> [&'static str; 3] {
+        match self {
+            Mode::Ag => ["primary", "secondary", "secondary"],
+            Mode::Mirror => ["principal", "mirror", "witness"],
+            Mode::Fc => ["node", "node", "node"],
+        }
+    }
+
+    /// What `kill -9` aims at: the status's `primary`, in this mode's words.
+    fn primary_word(self) -> &'static str {
+        match self {
+            Mode::Ag => "primary",
+            Mode::Mirror => "principal",
+            Mode::Fc => "owner",
+        }
+    }
+}
+
+/// The processes of one system under test.
+enum Server {
+    Tandem(Tandem),
+    Etcd(Etcd),
+}
+
+impl Server {
+    fn key(&self) -> &'static str {
+        match self {
+            Server::Tandem(t) => t.mode.key(),
+            Server::Etcd(_) => "etcd",
+        }
+    }
+
+    fn short(&self) -> &'static str {
+        match self {
+            Server::Tandem(t) => t.mode.short(),
+            Server::Etcd(_) => "etcd",
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Server::Tandem(t) => format!("tandem {}", t.mode.short()),
+            Server::Etcd(_) => "etcd".into(),
+        }
+    }
+
+    fn heading(&self) -> &'static str {
+        match self {
+            Server::Tandem(t) => t.mode.heading(),
+            Server::Etcd(_) => "etcd (3 members)",
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self {
+            Server::Tandem(t) => t.mode.what(),
+            Server::Etcd(_) => "etcd: 3 members, default timing and durability",
+        }
+    }
+
+    /// The heading of its load cells.
+    fn load_unit(&self) -> &'static str {
+        match self {
+            Server::Tandem(_) => "commits/s p50 p99 ms",
+            Server::Etcd(_) => "puts/s p50 p99 ms",
+        }
+    }
+
+    fn children(&self) -> &[Option<Child>] {
+        match self {
+            Server::Tandem(t) => &t.children,
+            Server::Etcd(e) => &e.children,
+        }
+    }
+
+    /// Waits until it serves writes (for Tandem: healthy, with the bench users added for
+    /// `writers` writers) and returns what the writers write to.
+    async fn ready(&self, writers: usize) -> anyhow::Result<Target> {
+        match self {
+            Server::Tandem(t) => {
+                t.wait_healthy(Duration::from_secs(60)).await?;
+                setup_users(&t.client, writers).await?;
+                Ok(Target::Tandem(t.client.clone()))
+            }
+            Server::Etcd(e) => Ok(Target::Etcd(e.client().await?.kv_client())),
+        }
+    }
+
+    /// One `kill -9` of the primary (the leader): the time to the first successful write.
+    async fn failover(
+        &mut self,
+        target: &Target,
+        k: usize,
+        kills: usize,
+    ) -> anyhow::Result<Duration> {
+        match (self, target) {
+            (Server::Tandem(t), _) => t.failover(k, kills).await,
+            (Server::Etcd(e), Target::Etcd(kv)) => e.failover(kv, k, kills).await,
+            (Server::Etcd(_), Target::Tandem(_)) => {
+                bail!("etcd is written through a Tandem client")
+            }
+        }
+    }
+
+    /// What the store recorded of its failovers (detection → first write, ms); etcd: none.
+    async fn recorded(&self) -> Vec<u64> {
+        match self {
+            Server::Tandem(t) => t.recorded().await,
+            Server::Etcd(_) => Vec::new(),
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            Server::Tandem(t) => t.stop(),
+            Server::Etcd(e) => e.stop(),
+        }
+    }
+}
+
+/// A system under test and what was measured of it.
+struct System {
+    server: Server,
+    target: Target,
+    /// One per `--writers` count, in order.
+    loads: Vec<Load>,
+    failover: Failover,
+}
+
+impl System {
+    fn is_tandem(&self) -> bool {
+        matches!(self.server, Server::Tandem(_))
+    }
+}
+
+async fn run(args: &Args, servers: Vec<Server>) -> anyhow::Result<Vec<System>> {
+    let mut systems = Vec::new();
+    for server in servers {
+        let target = server
+            .ready(*args.writers.iter().max().unwrap_or(&1))
+            .await?;
+        systems.push(System {
+            server,
+            target,
+            loads: Vec::new(),
+            failover: Failover::of(Vec::new(), Vec::new()),
+        });
+    }
+    for &w in &args.writers {
+        for s in &mut systems {
+            progress(&format!(
+                "{}: {w} writer(s) for {:?}",
+                s.server.label(),
+                args.duration
+            ));
+            load(&s.target, w, Duration::from_secs(1), None).await;
+            let cpu = cpu_of(s.server.children());
+            let mut l = load(&s.target, w, args.duration, Some(&args.work)).await;
+            l.cpu_per_1000 = (cpu_of(s.server.children()) - cpu) * 1000.0 / l.ok.max(1) as f64;
+            s.loads.push(l);
+        }
+    }
+    let mut samples = vec![Vec::new(); systems.len()];
+    for k in 0..args.kills {
+        for (s, samples) in systems.iter_mut().zip(&mut samples) {
+            samples.push(s.server.failover(&s.target, k, args.kills).await?);
+        }
+    }
+    for (s, samples) in systems.iter_mut().zip(samples) {
+        s.failover = Failover::of(samples, s.server.recorded().await);
+    }
+    Ok(systems)
+}
+
+/// The pairs of systems compared by ratios, (A, B) for A/B: every other Tandem mode against
+/// the AG, then every Tandem mode against etcd.
+fn pairs(systems: &[System]) -> Vec<(&System, &System)> {
+    let mut out = Vec::new();
+    for reference in ["ag", "etcd"] {
+        if let Some(b) = systems.iter().find(|s| s.server.key() == reference) {
+            for a in systems {
+                if a.is_tandem() && a.server.key() != reference {
+                    out.push((a, b));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn pair_name(a: &System, b: &System) -> String {
+    format!("{}/{}", a.server.short(), b.server.short())
+}
+
+/// A ratio, with "-" for a zero denominator.
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+fn ratio_json(a: f64, b: f64) -> serde_json::Value {
+    if b > 0.0 {
+        (a / b).into()
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// Prints rows of cells, right-aligned, each column as wide as its widest cell.
+fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, &w)| format!("{cell:>w$}"))
+            .collect();
+        println!("{}", cells.join("   ").trim_end());
+    }
+}
+
+/// The load tables: throughput and latency, the disk and CPU meanwhile, and the ratios.
+fn print_loads(systems: &[System], report: &mut serde_json::Map<String, serde_json::Value>) {
+    let writers: Vec<usize> = systems
+        .first()
+        .map(|s| s.loads.iter().map(|l| l.writers).collect())
+        .unwrap_or_default();
+    let headings = || {
+        std::iter::once("writers".to_string())
+            .chain(systems.iter().map(|s| s.server.heading().to_string()))
+            .collect::<Vec<_>>()
+    };
+
+    println!();
+    println!("commit throughput and latency (each system on its own three processes):");
+    let mut rows = vec![
+        headings(),
+        std::iter::once(String::new())
+            .chain(systems.iter().map(|s| s.server.load_unit().to_string()))
+            .collect(),
+    ];
+    for (i, w) in writers.iter().enumerate() {
+        let mut row = vec![w.to_string()];
+        row.extend(systems.iter().map(|s| s.loads[i].cell()));
+        rows.push(row);
+    }
+    print_table(&rows);
+
+    println!();
+    println!(
+        "meanwhile: fdatasync p50 sampled during the step, and the servers' CPU-s per 1000 commits:"
+    );
+    let mut rows = vec![
+        headings(),
+        std::iter::once(String::new())
+            .chain(
+                systems
+                    .iter()
+                    .map(|_| "fdatasync ms  CPU-s/1000".to_string()),
+            )
+            .collect(),
+    ];
+    for (i, w) in writers.iter().enumerate() {
+        let mut row = vec![w.to_string()];
+        row.extend(systems.iter().map(|s| {
+            let l = &s.loads[i];
+            format!(
+                "{:.2}  {:.2}",
+                l.disk.p50.as_secs_f64() * 1e3,
+                l.cpu_per_1000
+            )
+        }));
+        rows.push(row);
+    }
+    print_table(&rows);
+
+    let pairs = pairs(systems);
+    if !pairs.is_empty() {
+        println!();
+        println!(
+            "ratios A/B, of commits/s and of p50 latency (A better: commits/s above 1, p50 below 1):"
+        );
+        let mut rows = vec![
+            std::iter::once("writers".to_string())
+                .chain(pairs.iter().map(|(a, b)| pair_name(a, b)))
+                .collect(),
+            std::iter::once(String::new())
+                .chain(pairs.iter().map(|_| "commits/s  p50".to_string()))
+                .collect(),
+        ];
+        for (i, w) in writers.iter().enumerate() {
+            let mut row = vec![w.to_string()];
+            row.extend(pairs.iter().map(|(a, b)| {
+                let (a, b) = (&a.loads[i], &b.loads[i]);
+                format!(
+                    "{}  {}",
+                    ratio(a.rate, b.rate),
+                    ratio(a.p50.as_secs_f64(), b.p50.as_secs_f64())
+                )
+            }));
+            rows.push(row);
+        }
+        print_table(&rows);
+    }
+
+    let mut loads = Vec::new();
+    for (i, w) in writers.iter().enumerate() {
+        let mut step = serde_json::Map::new();
+        step.insert("writers".into(), (*w).into());
+        for s in systems {
+            step.insert(s.server.key().into(), s.loads[i].json());
+        }
+        let ratios: serde_json::Map<String, serde_json::Value> = pairs
+            .iter()
+            .map(|(a, b)| {
+                let (la, lb) = (&a.loads[i], &b.loads[i]);
+                (
+                    pair_name(a, b),
+                    serde_json::json!({
+                        "per_s": ratio_json(la.rate, lb.rate),
+                        "p50": ratio_json(la.p50.as_secs_f64(), lb.p50.as_secs_f64()),
+                        "p99": ratio_json(la.p99.as_secs_f64(), lb.p99.as_secs_f64()),
+                    }),
+                )
+            })
+            .collect();
+        step.insert("ratios".into(), ratios.into());
+        loads.push(serde_json::Value::from(step));
+    }
+    let described: serde_json::Map<String, serde_json::Value> = systems
+        .iter()
+        .map(|s| (s.server.key().to_string(), s.server.what().into()))
+        .collect();
+    report.insert("systems".into(), described.into());
+    report.insert("load".into(), loads.into());
+}
+
+/// The failover lines and their ratios.
+fn print_failovers(systems: &[System], report: &mut serde_json::Map<String, serde_json::Value>) {
+    let kills = systems.first().map_or(0, |s| s.failover.samples.len());
+    println!();
+    println!(
+        "failover, kill -9 of the primary (mirror: the principal; FC: the owner; etcd: the leader; \
+         never a witness) → first successful write, {kills} kills each:"
+    );
+    let width = systems
+        .iter()
+        .map(|s| s.server.label().len())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut failover = serde_json::Map::new();
+    for s in systems {
+        let label = format!("{}:", s.server.label());
+        println!("  {label:<width$} {}", s.failover.line());
+        failover.insert(s.server.key().into(), s.failover.json());
+    }
+    let pairs = pairs(systems);
+    if !pairs.is_empty() && kills > 0 {
+        println!("  ratios A/B (below 1: A fails over faster):");
+    }
+    let mut ratios = serde_json::Map::new();
+    for (a, b) in pairs {
+        let (fa, fb) = (&a.failover, &b.failover);
+        if kills > 0 {
+            println!(
+                "    {:<12} {} at p50, {} at p99",
+                format!("{}:", pair_name(a, b)),
+                ratio(fa.p50.as_secs_f64(), fb.p50.as_secs_f64()),
+                ratio(fa.p99.as_secs_f64(), fb.p99.as_secs_f64())
+            );
+        }
+        ratios.insert(
+            pair_name(a, b),
+            serde_json::json!({
+                "p50": ratio_json(fa.p50.as_secs_f64(), fb.p50.as_secs_f64()),
+                "p99": ratio_json(fa.p99.as_secs_f64(), fb.p99.as_secs_f64()),
+            }),
+        );
+    }
+    failover.insert("ratios".into(), ratios.into());
+    report.insert("failover".into(), failover.into());
+}
+
+/// Each Tandem mode's single-writer commit p50 against one fdatasync and one round trip.
+fn print_floor_ratio(
+    systems: &[System],
+    rtt_p50: Duration,
+    report: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    let mut out = serde_json::Map::new();
+    for s in systems.iter().filter(|s| s.is_tandem()) {
+        let Some(one) = s.loads.iter().find(|l| l.writers == 1) else {
+            continue;
+        };
+        let floor = one.disk.p50 + rtt_p50;
+        let times = one.p50.as_secs_f64() / floor.as_secs_f64().max(1e-9);
+        println!(
+            "{} single-writer commit p50 {} = {times:.2} × (one fdatasync p50 during that step + one round trip p50 = {})",
+            s.server.label(),
+            ms(one.p50),
+            ms(floor)
+        );
+        out.insert(
+            s.server.key().into(),
+            serde_json::json!({
+                "p50_ms": one.p50.as_secs_f64() * 1e3, "floor_ms": floor.as_secs_f64() * 1e3,
+                "times_floor": times,
+            }),
+        );
+    }
+    report.insert("single_writer_vs_floor".into(), out.into());
 }
 
 fn progress(what: &str) {
@@ -361,19 +766,22 @@ fn loopback_rtt(n: usize) -> anyhow::Result<Latency> {
 /// What the writers write to.
 #[derive(Clone)]
 enum Target {
-    Ag(StoreClient),
+    Tandem(StoreClient),
     Etcd(etcd_client::KvClient),
 }
 
 /// A presence document of about the size of a small key-value pair.
 fn document(writer: usize, seq: u64) -> Vec<u8> {
-    format!("<presence entity=\"sip:bench{writer}@bench.example\"><status>{seq:020}</status></presence>").into_bytes()
+    format!(
+        "<presence entity=\"sip:bench{writer}@bench.example\"><status>{seq:020}</status></presence>"
+    )
+    .into_bytes()
 }
 
 impl Target {
     async fn put(&mut self, writer: usize, seq: u64) -> anyhow::Result<()> {
         match self {
-            Target::Ag(c) => {
+            Target::Tandem(c) => {
                 c.apply(store::Command::Publish(store::Publish::Create {
                     aor: format!("sip:bench{writer}@bench.example"),
                     etag: format!("{writer}-{seq}-{}", store::node::random_id()),
@@ -400,7 +808,7 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The bench users the AG writers publish for (a publication needs its user).
+/// The bench users the Tandem writers publish for (a publication needs its user).
 async fn setup_users(client: &StoreClient, n: usize) -> anyhow::Result<()> {
     for w in 0..n {
         let r = client
@@ -463,7 +871,12 @@ impl Load {
 
 /// `writers` tasks writing back to back for `duration`, each write awaited before the next;
 /// with `probe_dir`, fdatasync is sampled there every 20 ms meanwhile.
-async fn load(target: &Target, writers: usize, duration: Duration, probe_dir: Option<&Path>) -> Load {
+async fn load(
+    target: &Target,
+    writers: usize,
+    duration: Duration,
+    probe_dir: Option<&Path>,
+) -> Load {
     let probe = probe_dir.map(|dir| {
         let dir = dir.to_path_buf();
         let n = (duration.as_millis() / 20) as usize;
@@ -601,24 +1014,26 @@ fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Three `tandem server` processes holding one availability group.
-struct Ag {
+/// Three `tandem server` processes holding one store, in one of the [`Mode`]s.
+struct Tandem {
+    mode: Mode,
     tandem: PathBuf,
     dir: PathBuf,
     topology: PathBuf,
     names: Vec<String>,
     children: Vec<Option<Child>>,
-    address: StoreAddress,
+    client: StoreClient,
 }
 
-impl Ag {
-    fn start(args: &Args) -> anyhow::Result<Ag> {
-        let dir = args.work.join("ag");
+impl Tandem {
+    fn start(args: &Args, mode: Mode) -> anyhow::Result<Tandem> {
+        let dir = args.work.join(mode.key());
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let listener = format!("127.0.0.1:{}", free_port()?);
-        let mut t = String::from(
-            "name = \"bench-ag\"\nsip_domain = \"bench.example\"\n[[site]]\nname = \"dc1\"\n",
+        let mut t = format!(
+            "name = \"bench-{}\"\nsip_domain = \"bench.example\"\n[[site]]\nname = \"dc1\"\n",
+            mode.key()
         );
         let mut replicas = Vec::new();
         let names: Vec<String> = (1..=3).map(|i| format!("s{i}")).collect();
@@ -633,34 +1048,51 @@ impl Ag {
                 addr: rpc,
             });
         }
+        let (topology_mode, store_keys) = mode.topology(&dir);
         t += &format!(
-            "[[store]]\nname = \"store\"\nsite = \"dc1\"\nmode = \"availability-group\"\nlistener = \"{listener}\"\n"
+            "[[store]]\nname = \"store\"\nsite = \"dc1\"\nmode = \"{topology_mode}\"\nlistener = \"{listener}\"\n{store_keys}"
         );
-        for (i, name) in names.iter().enumerate() {
-            let role = if i == 0 { "primary" } else { "secondary" };
+        for (name, role) in names.iter().zip(mode.roles()) {
             t += &format!("[[store.replica]]\nserver = \"{name}\"\nrole = \"{role}\"\n");
+        }
+        if mode == Mode::Fc {
+            std::fs::create_dir_all(Mode::shared_dir(&dir))?;
         }
         let topology = dir.join("topology.toml");
         std::fs::write(&topology, t)?;
-        rpc::ClusterSecret::generate(dir.join("cluster.secret"))
-            .context("cannot create the cluster secret")?;
-        let mut ag = Ag {
+        let secret = dir.join("cluster.secret");
+        rpc::ClusterSecret::generate(&secret).context("cannot create the cluster secret")?;
+        let pool = RpcPool::new(rpc::ClientConfig::new(
+            rpc::ClusterSecret::load(&secret)?,
+            format!("bench-{}", mode.key()),
+            "store-bench",
+        ));
+        let client = StoreClient::new(
+            StoreAddress {
+                store: "store".into(),
+                listener: Some(listener),
+                replicas,
+            },
+            pool,
+        );
+        let mut tandem = Tandem {
+            mode,
             tandem: args.tandem.clone(),
             dir,
             topology,
             names: names.clone(),
             children: names.iter().map(|_| None).collect(),
-            address: StoreAddress {
-                store: "store".into(),
-                listener: Some(listener),
-                replicas,
-            },
+            client,
         };
-        progress("starting a 3-replica availability group (tandem server × 3)");
+        progress(&format!(
+            "starting tandem {}, {} (tandem server × 3)",
+            mode.short(),
+            mode.what()
+        ));
         for i in 0..names.len() {
-            ag.spawn(i)?;
+            tandem.spawn(i)?;
         }
-        Ok(ag)
+        Ok(tandem)
     }
 
     /// Starts server `i` and waits for its ready line.
@@ -713,39 +1145,71 @@ impl Ag {
         Ok(())
     }
 
-    fn client(&self) -> anyhow::Result<StoreClient> {
-        let secret = rpc::ClusterSecret::load(self.dir.join("cluster.secret"))?;
-        let pool = RpcPool::new(rpc::ClientConfig::new(secret, "bench-ag", "store-bench"));
-        Ok(StoreClient::new(self.address.clone(), pool))
+    /// The store's status as its primary reports it. Any server answers `status` with its own
+    /// view, and the client may have reached one that is not the primary: then ask the
+    /// primary it names.
+    async fn status(&self) -> Reply<StoreStatus> {
+        let st = self.client.status().await?;
+        let Some(primary) = st.primary.as_ref().filter(|p| **p != st.reported_by) else {
+            return Ok(st);
+        };
+        let Some(at) = self.client.replicas().iter().find(|r| r.server == *primary) else {
+            return Ok(st);
+        };
+        let bytes = self.client.ask(&at.addr, "status", Vec::new()).await?;
+        store::proto::decode::<Reply<StoreStatus>>(&bytes, "status")?
     }
 
-    /// Waits for a primary with every replica healthy and synchronized; returns the primary.
-    async fn wait_healthy(&self, client: &StoreClient, within: Duration) -> anyhow::Result<String> {
+    /// The primary's status says: every server there, healthy and holding every commit
+    /// (mirroring: the session synchronized, the principal not exposed).
+    fn healthy(&self, st: &StoreStatus) -> bool {
+        st.primary.as_ref() == Some(&st.reported_by)
+            && st.replicas.len() == self.names.len()
+            && st.replicas.iter().all(|r| r.healthy && r.synchronized)
+            && (self.mode != Mode::Mirror
+                || st
+                    .mirroring
+                    .as_ref()
+                    .is_some_and(|m| m.state == "synchronized" && !m.exposed))
+    }
+
+    /// Waits for a primary with every server healthy and synchronized; returns the primary.
+    async fn wait_healthy(&self, within: Duration) -> anyhow::Result<String> {
         let end = Instant::now() + within;
         loop {
-            let st = client.status().await;
+            let st = self.status().await;
             if let Ok(st) = &st
+                && self.healthy(st)
                 && let Some(p) = &st.primary
-                && st.replicas.len() == self.names.len()
-                && st.replicas.iter().all(|r| r.healthy && r.synchronized)
             {
                 return Ok(p.clone());
             }
             if Instant::now() >= end {
-                bail!("the availability group is not healthy after {within:?}: {st:?}");
+                bail!(
+                    "the tandem {} store is not healthy after {within:?}: {st:?}",
+                    self.mode.short()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// Kills the primary, times the first successful write, restarts the killed server.
-    async fn failover(&mut self, client: &StoreClient, k: usize, kills: usize) -> anyhow::Result<Duration> {
-        let primary = self.wait_healthy(client, Duration::from_secs(60)).await?;
+    /// Kills the primary (principal, owner), times the first successful write, restarts the
+    /// killed server.
+    async fn failover(&mut self, k: usize, kills: usize) -> anyhow::Result<Duration> {
+        let primary = self.wait_healthy(Duration::from_secs(60)).await?;
         let i = self
             .names
             .iter()
             .position(|n| *n == primary)
-            .ok_or_else(|| anyhow!("unknown primary {primary}"))?;
+            .ok_or_else(|| anyhow!("unknown {} {primary}", self.mode.primary_word()))?;
+        if self.mode.roles()[i] == "witness" {
+            bail!(
+                "the tandem {} store names its witness {primary} as {}: a witness is never killed",
+                self.mode.short(),
+                self.mode.primary_word()
+            );
+        }
         let mut child = self.children[i]
             .take()
             .ok_or_else(|| anyhow!("{primary} is not running"))?;
@@ -753,7 +1217,7 @@ impl Ag {
         kill9(&mut child);
         let mut seq = 0;
         let took = loop {
-            let mut t = Target::Ag(client.clone());
+            let mut t = Target::Tandem(self.client.clone());
             if t.put(0, 1_000_000 * (k as u64 + 1) + seq).await.is_ok() {
                 break killed.elapsed();
             }
@@ -763,8 +1227,10 @@ impl Ag {
             }
         };
         progress(&format!(
-            "tandem AG kill {}/{kills}: {primary} killed, first write after {}",
+            "tandem {} kill {}/{kills}: {} {primary} killed, first write after {}",
+            self.mode.short(),
             k + 1,
+            self.mode.primary_word(),
             ms(took)
         ));
         self.spawn(i)?;
@@ -772,8 +1238,8 @@ impl Ag {
     }
 
     /// The store's own failover records: detection → first write, in ms.
-    async fn recorded(&self, client: &StoreClient) -> Vec<u64> {
-        match client.status().await {
+    async fn recorded(&self) -> Vec<u64> {
+        match self.status().await {
             Ok(st) => st
                 .failovers
                 .iter()
@@ -785,9 +1251,17 @@ impl Ag {
     }
 
     fn stop(&mut self) {
-        for c in self.children.iter_mut().flatten() {
-            kill9(c);
+        for c in &mut self.children {
+            if let Some(mut c) = c.take() {
+                kill9(&mut c);
+            }
         }
+    }
+}
+
+impl Drop for Tandem {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -940,7 +1414,7 @@ impl Etcd {
     /// Kills the leader, times the first successful put, restarts the killed member.
     async fn failover(
         &mut self,
-        client: &etcd_client::Client,
+        kv: &etcd_client::KvClient,
         k: usize,
         kills: usize,
     ) -> anyhow::Result<Duration> {
@@ -950,7 +1424,7 @@ impl Etcd {
             .ok_or_else(|| anyhow!("etcd member {} is not running", self.names[i]))?;
         let killed = Instant::now();
         kill9(&mut child);
-        let mut kv = client.kv_client();
+        let mut kv = kv.clone();
         let mut seq = 0;
         let took = loop {
             let put = kv.put(format!("bench/failover/{k}/{seq}"), "x", None);
@@ -975,8 +1449,16 @@ impl Etcd {
     }
 
     fn stop(&mut self) {
-        for c in self.children.iter_mut().flatten() {
-            kill9(c);
+        for c in &mut self.children {
+            if let Some(mut c) = c.take() {
+                kill9(&mut c);
+            }
         }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
