@@ -152,6 +152,8 @@ pub struct Status {
 }
 
 struct Shared {
+    /// The term this member last saw itself lead, and since when (for `wait_replicated`).
+    leading_since: std::sync::Mutex<Option<(u64, tokio::time::Instant)>>,
     last_leader_contact_ms: AtomicU64,
     leader_commit_seen: AtomicU64,
     /// Seeds the random context of each call into openraft (see [`types::Runtime`]).
@@ -241,6 +243,7 @@ impl<M: Machine> Replica<M> {
             }
         };
         let shared = Arc::new(Shared {
+            leading_since: std::sync::Mutex::new(None),
             last_leader_contact_ms: AtomicU64::new(0),
             leader_commit_seen: AtomicU64::new(0),
             seed: AtomicU64::new(seed),
@@ -371,23 +374,29 @@ impl<M: Machine> Replica<M> {
 
     /// On the leader: waits until member `id` holds the log up to `index`, or until it has
     /// not acknowledged anything for `silent_ms` (then it counts as disconnected), or until
-    /// this member is no longer the leader. Returns whether `id` holds `index`.
+    /// this member is no longer the leader. Returns whether `id` holds `index`. A member not
+    /// heard from since this member began leading has `silent_ms` from then to answer.
     pub async fn wait_replicated(&self, id: NodeId, index: u64, silent_ms: u64) -> bool {
         let mut rx = self.raft.metrics();
         loop {
             let (holds, silent, leading) = {
                 let m = rx.borrow_watched();
                 let leading = m.state == ServerState::Leader;
+                let since = self.leading_since(m.current_term, leading);
                 let holds = m
                     .replication
                     .as_ref()
                     .and_then(|r| r.get(&id).cloned().flatten())
                     .is_some_and(|l| l.index >= index);
-                let silent = m
+                let quiet_for = match m
                     .heartbeat
                     .as_ref()
                     .and_then(|h| h.get(&id).cloned().flatten())
-                    .is_none_or(|t| t.elapsed().as_millis() as u64 >= silent_ms);
+                {
+                    Some(t) => t.elapsed(),
+                    None => since.elapsed(),
+                };
+                let silent = quiet_for.as_millis() as u64 >= silent_ms;
                 (holds, silent, leading)
             };
             if holds {
@@ -645,6 +654,22 @@ impl<M: Machine> Replica<M> {
         let refs: Vec<&types::Entry> = entries.iter().collect();
         sm.apply_entries(&refs).await?;
         Ok(entries.last().map(|e| e.log_id.index))
+    }
+
+    /// When this member began leading `term` (now, the first time it is asked while leading).
+    fn leading_since(&self, term: u64, leading: bool) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let Ok(mut since) = self.shared.leading_since.lock() else {
+            return now;
+        };
+        match *since {
+            Some((t, at)) if t == term && leading => at,
+            _ if leading => {
+                *since = Some((term, now));
+                now
+            }
+            _ => now,
+        }
     }
 
     /// Stops the member.
