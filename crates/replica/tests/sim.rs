@@ -3,15 +3,18 @@
 //! restarts and leadership transfers, checked for the promises of DESIGN.md §4: no
 //! acknowledged write lost, at most one leader (and one acknowledging member) per term, async
 //! loss within the reported lag, convergence to identical machines after healing, and
-//! linearizable reads. The design and the checks are described in `sim/run.rs` and
-//! `sim/history.rs`.
+//! linearizable reads. A share of the seeds run high-safety mirroring with a witness
+//! (principal, mirror, witness): the witness never leads nor acknowledges, and a write
+//! acknowledged as held by the mirror is in the mirror's log. The design and the checks are
+//! described in `sim/run.rs` and `sim/history.rs`.
 //!
 //! - `cargo test -p replica --test sim` runs 1,000 seeds (0..1000) on every CPU.
 //! - `SIM_SEEDS=N` runs N seeds, from `SIM_FIRST` (default 0); `SIM_THREADS` sets the threads.
 //! - `SIM_SEED=S` runs seed S alone and prints its trace (`SIM_TRACE_NET=1` adds every message
 //!   and its fate; `SIM_TRACE=1` prints events as they happen, for a seed that hangs).
 //! - `SIM_PARAMS='voters=5,learner=1,...'` overrides a seed's parameters (see
-//!   `Params::with_overrides`), e.g. `straggler=1` for the snapshot-install path.
+//!   `Params::with_overrides`), e.g. `straggler=1` for the snapshot-install path, `mirroring=1`
+//!   for high-safety mirroring with a witness.
 //! - `SIM_DIGESTS=1` prints a digest of each seed's trace: two runs should print the same.
 //!
 //! A failing seed keeps its directory and names the command that replays it.
@@ -29,7 +32,7 @@ mod sim {
 use sim::history::{Ack, AsyncCut, CutLearner, Final, History, Outcome, WriteRec, check};
 use sim::machine::Bug;
 use sim::net::NetBug;
-use sim::run::{Params, Report, run};
+use sim::run::{MirrorBug, Params, Report, run};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -166,7 +169,7 @@ fn failures(outcomes: &[SeedOutcome]) -> Vec<String> {
 fn summarize(outcomes: &[SeedOutcome], wall: std::time::Duration) -> String {
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut acked, mut unknown, mut virt, mut installs, mut snaps, mut terms) = (0, 0, 0, 0, 0, 0);
-    let mut loads = 0;
+    let (mut loads, mut mirroring, mut witness_installs) = (0, 0, 0);
     let (mut sent, mut lost, mut blocked) = (0, 0, 0);
     let (mut cuts, mut lag_sum, mut loss_machine, mut loss_log, mut machine_over) = (0, 0, 0, 0, 0);
     let (mut acked_before_cuts, mut lag_ms_max) = (0, 0);
@@ -184,6 +187,8 @@ fn summarize(outcomes: &[SeedOutcome], wall: std::time::Duration) -> String {
         virt += r.virtual_ms;
         installs += r.installs;
         loads += r.loads;
+        witness_installs += r.witness_installs;
+        mirroring += u64::from(r.mirroring);
         snaps += r.snapshots;
         terms += r.max_term;
         sent += r.net.sent;
@@ -202,12 +207,13 @@ fn summarize(outcomes: &[SeedOutcome], wall: std::time::Duration) -> String {
         }
     }
     format!(
-        "{} seeds in {:.1} s wall ({:.0} s virtual; slowest seed {} took {} ms): {} writes acked, {} unknown; \
-         {} terms; {counts:?}; {} snapshots built, {} installed from a leader, {} loaded at restarts; messages {} sent, {} lost, {} blocked; \
+        "{} seeds ({} mirroring) in {:.1} s wall ({:.0} s virtual; slowest seed {} took {} ms): {} writes acked, {} unknown; \
+         {} terms; {counts:?}; {} snapshots built, {} installed from a leader ({} on witnesses), {} loaded at restarts; messages {} sent, {} lost, {} blocked; \
          {} learner sites lost ({} writes acked before): reported lag {} entries in all (at most {} ms since \
          the learner's last ack), {} acked writes missing from their machines, {} from their logs too \
          ({} seeds where the machine alone lacked more than the reported lag)",
         outcomes.len(),
+        mirroring,
         wall.as_secs_f64(),
         virt as f64 / 1000.0,
         slowest.0,
@@ -217,6 +223,7 @@ fn summarize(outcomes: &[SeedOutcome], wall: std::time::Duration) -> String {
         terms,
         snaps,
         installs,
+        witness_installs,
         loads,
         sent,
         lost,
@@ -369,6 +376,155 @@ fn checker_detects_async_loss_beyond_the_reported_lag() {
     );
 }
 
+/// A witness that campaigns like any voter (and can be handed leadership) ends up leading:
+/// the checker must say so.
+#[test]
+fn checker_detects_a_witness_that_leads() {
+    let v = violations_with("witness", 0..4, |p| {
+        p.set_mirroring(true);
+        p.mirror_bug = MirrorBug::WitnessElects;
+        p.safety_ms = 3_000;
+    });
+    assert!(
+        v.iter()
+            .any(|x| x.contains("the witness wit claimed leadership")),
+        "the checker missed a witness leading: {v:?}"
+    );
+}
+
+/// A principal that waits for the witness's copy instead of the mirror's acknowledges writes
+/// as held by the mirror while the mirror lacks them: the checker must say so.
+#[test]
+fn checker_detects_an_ack_the_mirror_does_not_hold() {
+    let v = violations_with("mirror", 0..4, |p| {
+        p.set_mirroring(true);
+        p.mirror_bug = MirrorBug::WaitOnWitness;
+        p.safety_ms = 3_000;
+    });
+    assert!(
+        v.iter()
+            .any(|x| x.contains("acknowledged as held by the mirror that the mirror lacked")),
+        "the checker missed an acknowledgement the mirror did not hold: {v:?}"
+    );
+}
+
+/// Found by the simulation: `Replica::wait_replicated` counted a member the leader had not
+/// heard from yet as silent, so a new principal acknowledged its first writes exposed at once
+/// with the mirror connected. (Every seed checks this now: `strict_exposure` is on.)
+#[test]
+fn a_new_principal_waits_for_a_connected_mirror() {
+    let v = violations_with("exposure", 0..20, |p| {
+        p.set_mirroring(true);
+        p.strict_exposure = true;
+    });
+    assert!(v.is_empty(), "{v:?}");
+}
+
+/// The mirroring checks on a made-up history: a witness leading or acknowledging, and an
+/// acknowledgement said to be held by a mirror that lacked it; an exposed one passes.
+#[test]
+fn checker_flags_the_witness_and_unheld_mirror_acks() {
+    let status = |id, role, term| replica::Status {
+        id,
+        role,
+        term,
+        leader: Some(id),
+        last_log_index: None,
+        committed: None,
+        applied: None,
+        voters: BTreeMap::new(),
+        learners: BTreeMap::new(),
+        replication: BTreeMap::new(),
+        quorum_ack_ms_ago: None,
+        last_leader_contact_ms: None,
+        leader_commit_seen: None,
+    };
+    let st = |term| status(1, replica::Role::Leader, term);
+    let mut h = History::new();
+    h.witness = Some("wit".into());
+    h.observe("n1", &status(1, replica::Role::Leader, 2));
+    h.issue("c0-1", "x");
+    h.ack("c0-1", "n1", &status(1, replica::Role::Leader, 2), b"null");
+    h.mirror_ack("c0-1", "n1", "n2", 3, true, Ok(()), &st(2), 500);
+    h.issue("c0-2", "y");
+    h.ack("c0-2", "n1", &status(1, replica::Role::Leader, 2), b"null");
+    h.mirror_ack("c0-2", "n1", "n2", 4, false, Ok(()), &st(2), 500);
+    let (v, _) = check(&h, &Final::default());
+    assert!(v.is_empty(), "{v:?}");
+    h.issue("c0-3", "z");
+    h.ack("c0-3", "n1", &status(1, replica::Role::Leader, 2), b"null");
+    h.mirror_ack(
+        "c0-3",
+        "n1",
+        "n2",
+        5,
+        true,
+        Err("holds no entry 5".into()),
+        &st(2),
+        500,
+    );
+    h.observe("wit", &status(3, replica::Role::Leader, 3));
+    h.issue("c1-1", "w");
+    h.ack("c1-1", "wit", &status(3, replica::Role::Leader, 3), b"null");
+    let (v, _) = check(&h, &Final::default());
+    assert!(
+        v.iter()
+            .any(|x| x.contains("the witness wit claimed leadership in term(s) [3]")),
+        "{v:?}"
+    );
+    assert!(
+        v.iter()
+            .any(|x| x.contains("the witness wit acknowledged 1 write(s)")),
+        "{v:?}"
+    );
+    assert!(
+        v.iter().any(|x| x.contains(
+            "1 write(s) acknowledged as held by the mirror that the mirror lacked: c0-3 (entry 5"
+        )),
+        "{v:?}"
+    );
+    // c0-2 went on exposed as soon as n1 led, without a word from n2: a violation only when
+    // asked for.
+    assert!(!v.iter().any(|x| x.contains("exposed")), "{v:?}");
+    h.strict_exposure = true;
+    let (v, _) = check(&h, &Final::default());
+    assert!(
+        v.iter().any(|x| x.contains(
+            "1 write(s) acknowledged exposed by a new leader that had not heard from the mirror yet"
+        )),
+        "{v:?}"
+    );
+}
+
+/// A witness's machine applies nothing, keeps the position, and takes a data member's
+/// snapshot for its position; its own snapshot reads as an empty map.
+#[test]
+fn a_witness_machine_keeps_the_position_only() {
+    use replica::Machine;
+    use sim::machine::{SimKv, SimWitness, set_cmd};
+    let stats = std::sync::Arc::new(sim::machine::MachineStats::default());
+    let mut kv = SimKv::new("n1", Bug::None, stats.clone());
+    let cmd = set_cmd("c0-1", "v");
+    kv.apply(&[Some(&cmd)], b"p7").unwrap();
+    let mut wit = SimWitness::new(stats.clone());
+    assert_eq!(
+        wit.apply(&[Some(&cmd), None], b"p8").unwrap(),
+        vec![Vec::<u8>::new(), Vec::new()]
+    );
+    assert_eq!(wit.position().unwrap(), Some(b"p8".to_vec()));
+    wit.install(&kv.snapshot().unwrap()).unwrap();
+    assert_eq!(wit.position().unwrap(), Some(b"p7".to_vec()));
+    let own = wit.snapshot().unwrap();
+    let mut again = SimWitness::new(stats.clone());
+    again.install(&own).unwrap();
+    assert_eq!(again.position().unwrap(), Some(b"p7".to_vec()));
+    // A data member handed a witness's snapshot holds nothing (only a witness leading could
+    // send one).
+    kv.install(&own).unwrap();
+    assert!(kv.map.is_empty());
+    assert!(wit.install(b"garbage").is_err());
+}
+
 /// The leader and ack checks, on made-up histories.
 #[test]
 fn checker_detects_two_leaders_in_a_term() {
@@ -481,7 +637,8 @@ fn same_seed_same_trace() {
         p.record_net = true;
         p
     };
-    for seed in [1u64, 2, 3] {
+    // Seed 9 runs mirroring with a witness.
+    for seed in [1u64, 2, 3, 9] {
         let a = run_seeds("det-a", &[seed], 1, params);
         let b = run_seeds("det-b", &[seed], 1, params);
         let (ra, rb) = (a[0].report.as_ref().unwrap(), b[0].report.as_ref().unwrap());

@@ -56,6 +56,48 @@ pub struct AsyncCut {
     pub acked_before: Vec<(String, String)>,
 }
 
+/// A write acknowledged under high-safety mirroring: what `Replica::wait_replicated` said about
+/// the mirror, and what the mirror held right after (before anything else ran).
+#[derive(Debug, Clone)]
+pub struct MirrorAck {
+    pub key: String,
+    /// The member that acknowledged it (the principal: the leader).
+    pub by: String,
+    /// The other data-holding member.
+    pub mirror: String,
+    /// The write's log index.
+    pub index: u64,
+    pub at_ms: u64,
+    /// `wait_replicated` returned true: the acknowledgement says the mirror holds the write
+    /// (false: the mirror was silent, the principal exposed, or it stopped leading).
+    pub said_held: bool,
+    /// When `said_held`: did the mirror's log hold the entry (or its snapshot the write) right
+    /// after? `Err` says what it held instead.
+    pub held: Result<(), String>,
+    /// When not `said_held`: why the principal went on exposed, as its status right after
+    /// the acknowledgement tells.
+    pub exposure: Option<Exposure>,
+}
+
+/// Why a write was acknowledged without the mirror (`wait_replicated` returned false), as the
+/// acknowledging member's status right after tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// The mirror had not acknowledged anything for `silent_ms` or more.
+    Silent,
+    /// The mirror had acknowledged nothing to this leader yet, which had led for `silent_ms`
+    /// or more.
+    NeverHeard,
+    /// The mirror had acknowledged nothing to this leader yet, which had led for less than
+    /// `silent_ms`: `wait_replicated` counts a mirror it has not heard from as silent from the
+    /// start of the term (a new principal goes on exposed at once).
+    NewLeader,
+    /// The acknowledging member no longer led.
+    NotLeading,
+    /// The mirror had acknowledged within `silent_ms` (after `wait_replicated` returned).
+    Heard,
+}
+
 /// The record of one simulation.
 pub struct History {
     pub t0: Instant,
@@ -70,6 +112,14 @@ pub struct History {
     pub trace: Vec<String>,
     pub cut: Option<AsyncCut>,
     pub counts: BTreeMap<&'static str, u64>,
+    /// The mirroring witness, when the group has one: it must never lead nor acknowledge.
+    pub witness: Option<String>,
+    /// Writes acknowledged under high-safety mirroring, with what the mirror held.
+    pub mirror_acks: Vec<MirrorAck>,
+    /// When each term's leader was first seen leading (ms).
+    pub led_at: BTreeMap<u64, u64>,
+    /// Exposures of a new leader that had not heard from the mirror yet are violations.
+    pub strict_exposure: bool,
 }
 
 impl History {
@@ -83,6 +133,10 @@ impl History {
             trace: Vec::new(),
             cut: None,
             counts: BTreeMap::new(),
+            witness: None,
+            mirror_acks: Vec::new(),
+            led_at: BTreeMap::new(),
+            strict_exposure: false,
         }
     }
 
@@ -115,6 +169,8 @@ impl History {
             if set.insert(name.to_string()) {
                 self.event(format!("leader {name} term {}", s.term));
             }
+            let now = self.now_ms();
+            self.led_at.entry(s.term).or_insert(now);
         }
     }
 
@@ -155,6 +211,67 @@ impl History {
                 "write {key}={value} acknowledged by {by} with previous value {other:?}"
             )),
         }
+    }
+
+    /// Under high-safety mirroring, right after the ack of `key` by `by` (see [`MirrorAck`]);
+    /// `s` is `by`'s status then, `silent_ms` what `wait_replicated` was given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mirror_ack(
+        &mut self,
+        key: &str,
+        by: &str,
+        mirror: &str,
+        index: u64,
+        said_held: bool,
+        held: Result<(), String>,
+        s: &Status,
+        silent_ms: u64,
+    ) {
+        let exposure = (!said_held).then(|| {
+            let heard = s
+                .replication
+                .get(&replica::node_id(mirror))
+                .and_then(|p| p.last_ack_ms_ago);
+            let led_ms = self
+                .led_at
+                .get(&s.term)
+                .map(|t| self.now_ms().saturating_sub(*t));
+            match heard {
+                _ if s.role != Role::Leader => Exposure::NotLeading,
+                Some(ms) if ms >= silent_ms => Exposure::Silent,
+                Some(_) => Exposure::Heard,
+                None if led_ms.is_some_and(|l| l < silent_ms) => Exposure::NewLeader,
+                None => Exposure::NeverHeard,
+            }
+        });
+        match exposure {
+            None => self.count("acks held by the mirror"),
+            Some(e) => {
+                self.count(match e {
+                    Exposure::Silent => "acks exposed: mirror silent",
+                    Exposure::NeverHeard => "acks exposed: mirror never heard",
+                    Exposure::NewLeader => "acks exposed: new leader, mirror not heard yet",
+                    Exposure::NotLeading => "acks exposed: no longer leading",
+                    Exposure::Heard => "acks exposed: mirror heard since",
+                });
+                self.event(format!("ack {key} by {by} exposed: {mirror} {e:?}"));
+            }
+        }
+        if let Err(why) = &held {
+            self.event(format!(
+                "ack {key} by {by}: {mirror} lacks entry {index}: {why}"
+            ));
+        }
+        self.mirror_acks.push(MirrorAck {
+            key: key.to_string(),
+            by: by.to_string(),
+            mirror: mirror.to_string(),
+            index,
+            at_ms: self.now_ms(),
+            said_held,
+            held,
+            exposure,
+        });
     }
 
     pub fn unknown(&mut self, key: &str, why: String) {
@@ -234,7 +351,7 @@ pub struct AsyncLoss {
     pub missing_from_log: usize,
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.len() <= haystack.len() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
@@ -256,6 +373,15 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 ///   neither its machine nor its log number at most the lag (in entries) that a leader within
 ///   its lease reported just before. (Entries in its log but not yet applied are kept by a
 ///   failover onto it; how many writes its machine alone lacked is reported too.)
+///
+/// Under high-safety mirroring with a witness (principal, mirror and witness, the three voters):
+/// - The witness never claimed leadership and never acknowledged a write.
+/// - Every write acknowledged after `wait_replicated` said the mirror held it was in the
+///   mirror's log at its index (or, purged, in its snapshot) right after the acknowledgement.
+/// - With `strict_exposure`: no write was acknowledged exposed by a leader that had not heard
+///   from the mirror yet and had led for less than the silence limit ([`Exposure::NewLeader`]).
+/// - The convergence check compares the data-holding members only (the witness has no data),
+///   and no acknowledged write is lost on them (as above).
 pub fn check(h: &History, f: &Final) -> (Vec<String>, Option<AsyncLoss>) {
     let mut v = h.violations.clone();
     // At most one leader per term.
@@ -271,6 +397,84 @@ pub fn check(h: &History, f: &Final) -> (Vec<String>, Option<AsyncLoss>) {
                 "writes acknowledged by more than one member in term {term}: {who:?}"
             ));
         }
+    }
+    // The witness never leads, never acknowledges.
+    if let Some(wit) = &h.witness {
+        let led: Vec<u64> = h
+            .leaders
+            .iter()
+            .filter(|(_, who)| who.contains(wit))
+            .map(|(t, _)| *t)
+            .collect();
+        if !led.is_empty() {
+            v.push(format!(
+                "the witness {wit} claimed leadership in term(s) {led:?}"
+            ));
+        }
+        let acked: Vec<&str> = h
+            .writes
+            .values()
+            .filter(|w| matches!(&w.outcome, Outcome::Acked(a) if a.by == *wit))
+            .map(|w| w.key.as_str())
+            .collect();
+        if !acked.is_empty() {
+            v.push(format!(
+                "the witness {wit} acknowledged {} write(s), e.g. {:?}",
+                acked.len(),
+                &acked[..acked.len().min(5)]
+            ));
+        }
+    }
+    // What the acknowledgement said the mirror held, it held.
+    let unheld: Vec<String> = h
+        .mirror_acks
+        .iter()
+        .filter(|a| a.said_held)
+        .filter_map(|a| {
+            a.held.as_ref().err().map(|why| {
+                format!(
+                    "{} (entry {}, acked by {} at {} ms; {} {why})",
+                    a.key, a.index, a.by, a.at_ms, a.mirror
+                )
+            })
+        })
+        .collect();
+    if !unheld.is_empty() {
+        v.push(format!(
+            "{} write(s) acknowledged as held by the mirror that the mirror lacked: {}",
+            unheld.len(),
+            unheld
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    // Exposed only once the mirror was silent (when asked to check it).
+    let premature: Vec<String> = h
+        .mirror_acks
+        .iter()
+        .filter(|a| h.strict_exposure && a.exposure == Some(Exposure::NewLeader))
+        .map(|a| {
+            format!(
+                "{} (entry {}, acked by {} at {} ms)",
+                a.key, a.index, a.by, a.at_ms
+            )
+        })
+        .collect();
+    if !premature.is_empty() {
+        v.push(format!(
+            "{} write(s) acknowledged exposed by a new leader that had not heard from the mirror \
+             yet, before an election timeout of silence: {}",
+            premature.len(),
+            premature
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     if let Err(e) = &f.converged {
         v.push(format!("no convergence after healing: {e}"));

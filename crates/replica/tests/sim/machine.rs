@@ -1,5 +1,6 @@
 //! The simulated application: a key-value map (commands set a key; the response is the
-//! previous value), with optional injected bugs that the checker must catch.
+//! previous value), with optional injected bugs that the checker must catch; and a mirroring
+//! witness's machine, which applies nothing and keeps only the position.
 
 use replica::Machine;
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,9 @@ pub struct MachineStats {
     pub opening: std::sync::atomic::AtomicBool,
     /// Snapshots written.
     pub snapshots: AtomicU64,
+    /// Snapshots installed from a leader on a witness (a data member's snapshot, of which it
+    /// keeps the position only).
+    pub witness_installs: AtomicU64,
 }
 
 /// The machine. The map and the position are its state; the rest is test wiring.
@@ -130,5 +134,119 @@ impl Machine for SimKv {
             }
         }
         Ok(())
+    }
+}
+
+/// A mirroring witness's machine (as `store::witness::WitnessMachine`): it votes and holds the
+/// log, but applies nothing; it keeps only the position. A snapshot it receives (a data
+/// member's whole map, when it fell behind the leader's purge point) is read for its position
+/// and dropped. Its own snapshots read as a data member's with an empty map.
+#[derive(Clone, Default)]
+pub struct SimWitness {
+    pub position: Option<Vec<u8>>,
+    pub stats: Option<Arc<MachineStats>>,
+}
+
+/// Any snapshot, read for its position only (the map, if any, is skipped).
+#[derive(Deserialize)]
+struct PositionOnly {
+    position: Option<Vec<u8>>,
+}
+
+impl SimWitness {
+    pub fn new(stats: Arc<MachineStats>) -> SimWitness {
+        SimWitness {
+            position: None,
+            stats: Some(stats),
+        }
+    }
+}
+
+impl Machine for SimWitness {
+    fn apply(&mut self, commands: &[Option<&[u8]>], position: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        self.position = Some(position.to_vec());
+        Ok(vec![Vec::new(); commands.len()])
+    }
+
+    fn position(&mut self) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.position.clone())
+    }
+
+    fn snapshot(&mut self) -> io::Result<Vec<u8>> {
+        if let Some(s) = &self.stats {
+            s.snapshots.fetch_add(1, Ordering::Relaxed);
+        }
+        let empty = SimKv {
+            position: self.position.clone(),
+            ..SimKv::default()
+        };
+        serde_json::to_vec(&empty).map_err(io::Error::other)
+    }
+
+    fn install(&mut self, snapshot: &[u8]) -> io::Result<()> {
+        let state: PositionOnly = serde_json::from_slice(snapshot).map_err(io::Error::other)?;
+        self.position = state.position;
+        if let Some(s) = &self.stats {
+            if s.opening.load(Ordering::Relaxed) {
+                s.loads.fetch_add(1, Ordering::Relaxed);
+            } else {
+                s.installs.fetch_add(1, Ordering::Relaxed);
+                s.witness_installs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The machine a simulated member runs: a data member's map, or a witness's position (as
+/// `store::witness::NodeMachine`).
+#[derive(Clone)]
+pub enum SimMachine {
+    Kv(SimKv),
+    Witness(SimWitness),
+}
+
+impl SimMachine {
+    /// The data, if this machine holds any (a witness holds none).
+    pub fn data(&self) -> Option<&BTreeMap<String, String>> {
+        match self {
+            SimMachine::Kv(m) => Some(&m.map),
+            SimMachine::Witness(_) => None,
+        }
+    }
+
+    /// The data, or nothing for a witness.
+    pub fn map(&self) -> BTreeMap<String, String> {
+        self.data().cloned().unwrap_or_default()
+    }
+}
+
+impl Machine for SimMachine {
+    fn apply(&mut self, commands: &[Option<&[u8]>], position: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        match self {
+            SimMachine::Kv(m) => m.apply(commands, position),
+            SimMachine::Witness(m) => m.apply(commands, position),
+        }
+    }
+
+    fn position(&mut self) -> io::Result<Option<Vec<u8>>> {
+        match self {
+            SimMachine::Kv(m) => m.position(),
+            SimMachine::Witness(m) => m.position(),
+        }
+    }
+
+    fn snapshot(&mut self) -> io::Result<Vec<u8>> {
+        match self {
+            SimMachine::Kv(m) => m.snapshot(),
+            SimMachine::Witness(m) => m.snapshot(),
+        }
+    }
+
+    fn install(&mut self, snapshot: &[u8]) -> io::Result<()> {
+        match self {
+            SimMachine::Kv(m) => m.install(snapshot),
+            SimMachine::Witness(m) => m.install(snapshot),
+        }
     }
 }

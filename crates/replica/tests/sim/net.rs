@@ -7,7 +7,7 @@
 //! after the sender gave up, as on a real network. A lost message or a refused link shows up
 //! to the sender after a detection delay (a connection found dead), at most its timeout.
 
-use super::machine::SimKv;
+use super::machine::SimMachine;
 use super::rng::{Rng, derive};
 use replica::{BoxFuture, Member, Replica, Transport};
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,7 +58,7 @@ pub struct Net {
     pub log: Option<Mutex<Vec<String>>>,
     t0: Instant,
     state: Mutex<State>,
-    members: Mutex<BTreeMap<String, Replica<SimKv>>>,
+    members: Mutex<BTreeMap<String, Replica<SimMachine>>>,
 }
 
 /// The fate of one message, drawn when it is sent.
@@ -97,20 +97,20 @@ impl Net {
         })
     }
 
-    pub fn add(&self, name: &str, r: Replica<SimKv>) {
+    pub fn add(&self, name: &str, r: Replica<SimMachine>) {
         self.members.lock().unwrap().insert(name.to_string(), r);
     }
 
-    pub fn remove(&self, name: &str) -> Option<Replica<SimKv>> {
+    pub fn remove(&self, name: &str) -> Option<Replica<SimMachine>> {
         self.members.lock().unwrap().remove(name)
     }
 
-    pub fn get(&self, name: &str) -> Option<Replica<SimKv>> {
+    pub fn get(&self, name: &str) -> Option<Replica<SimMachine>> {
         self.members.lock().unwrap().get(name).cloned()
     }
 
     /// The members that are up, by name.
-    pub fn up(&self) -> BTreeMap<String, Replica<SimKv>> {
+    pub fn up(&self) -> BTreeMap<String, Replica<SimMachine>> {
         self.members.lock().unwrap().clone()
     }
 

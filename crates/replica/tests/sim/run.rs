@@ -1,5 +1,6 @@
-//! One simulated seed: a replica group (3 or 5 voters, sometimes an async learner) under a
-//! fault schedule, clients writing through whoever leads, then healing and the checks.
+//! One simulated seed: a replica group (3 or 5 voters, sometimes an async learner; or, in
+//! mirroring seeds, principal, mirror and witness) under a fault schedule, clients writing
+//! through whoever leads, then healing and the checks.
 //!
 //! Every member is a real `Replica` (openraft, the WAL written inline without fsync, the
 //! snapshot file) in its own directory; the runtime is tokio's current-thread one on a paused
@@ -19,13 +20,23 @@
 //! 3. Liveness: the network heals and calms down, crashed members restart (not the lost
 //!    learner), clients finish; the group must converge within `converge_ms`.
 //! 4. Checks: see `history::check`.
+//!
+//! Mirroring seeds run high-safety mirroring with a witness as `tandem::server::node_config`
+//! and `store::node::StoreNode::apply` build it: `n1` (the initial principal) and `n2` (the
+//! mirror) hold data and may campaign; the witness `wit` votes and holds the log but never
+//! campaigns (`ReplicaConfig::elect` off), is never a transfer target, and runs a machine that
+//! applies nothing ([`SimWitness`]). A client's write is acknowledged once `write_indexed`
+//! returned and `wait_replicated` on the other data member returned (true: it holds the entry;
+//! false: it was silent for an election timeout, the principal exposed). Right after each
+//! acknowledgement the mirror's log file is read: what the acknowledgement says it holds, it
+//! must hold.
 
-use super::history::{AsyncCut, AsyncLoss, CutLearner, Final, History, check};
-use super::machine::{Bug, MachineStats, SimKv, set_cmd};
+use super::history::{AsyncCut, AsyncLoss, CutLearner, Final, History, check, contains};
+use super::machine::{Bug, MachineStats, SimKv, SimMachine, SimWitness, set_cmd};
 use super::net::{Net, NetBug, NetStats};
 use super::rng::{Rng, derive};
 use replica::wal::{Wal, WalOptions};
-use replica::{Member, Replica, ReplicaConfig, Role, Status, WriteError, node_id};
+use replica::{Member, NodeId, Replica, ReplicaConfig, Role, Status, WriteError, node_id};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -62,8 +73,17 @@ pub struct Params {
     /// leader purges what it would need and must send it a snapshot when it is back
     /// (`max_in_snapshot_log_to_keep` is 1,000 entries).
     pub straggler: bool,
+    /// High-safety mirroring with a witness: principal `n1`, mirror `n2` and witness `wit` are
+    /// the three voters (`voters` and `learner` do not apply); see the module's documentation.
+    pub mirroring: bool,
+    /// Count a write acknowledged exposed by a new leader that had not heard from the mirror
+    /// yet (and had led for less than an election timeout) as a violation: see
+    /// `history::Exposure::NewLeader`. On by default (`SIM_PARAMS=strict_exposure=0` turns it
+    /// off).
+    pub strict_exposure: bool,
     pub bug: Bug,
     pub net_bug: NetBug,
+    pub mirror_bug: MirrorBug,
     /// Wall-clock seconds after which a seed counts as hung.
     pub watchdog_s: u64,
     /// Keep every message and its fate in the report (`SIM_TRACE_NET`).
@@ -92,8 +112,11 @@ impl Params {
             bursts: r.chance(0.1),
             burst_size: (20, 80),
             straggler: false,
+            mirroring: false,
+            strict_exposure: true,
             bug: Bug::None,
             net_bug: NetBug::None,
+            mirror_bug: MirrorBug::None,
             watchdog_s: 120,
             record_net: std::env::var("SIM_TRACE_NET").is_ok_and(|v| v != "0"),
         };
@@ -110,7 +133,27 @@ impl Params {
             p.straggler = true;
             p.safety_ms = p.safety_ms.max(4_000);
         }
+        // High-safety mirroring with a witness, in 30% of seeds. (Drawn after everything
+        // else, so that the other seeds run as they did before it.)
+        if r.chance(0.3) {
+            p.set_mirroring(true);
+            // More stragglers among them: a witness left behind installs a data member's
+            // snapshot.
+            if r.chance(0.03) {
+                p.straggler = true;
+                p.safety_ms = p.safety_ms.max(4_000);
+            }
+        }
         p
+    }
+
+    /// Turns high-safety mirroring with a witness on or off (on: three voters, no learner).
+    pub fn set_mirroring(&mut self, on: bool) {
+        self.mirroring = on;
+        if on {
+            self.voters = 3;
+            self.learner = false;
+        }
     }
 
     /// Applies `name=value,...` overrides (the `SIM_PARAMS` variable), e.g. `voters=5,learner=1`.
@@ -139,9 +182,14 @@ impl Params {
                 "durable_machine" => self.durable_machine = n() != 0,
                 "bursts" => self.bursts = n() != 0,
                 "straggler" => self.straggler = n() != 0,
+                "mirroring" => self.set_mirroring(n() != 0),
+                "strict_exposure" => self.strict_exposure = n() != 0,
                 // A broken machine, to see what a failure looks like.
                 "bug_forget_every" => self.bug = Bug::ForgetEvery(n()),
                 "fault_gap_max" => self.fault_gap.1 = n(),
+                // A broken mirroring setup (with `mirroring=1`).
+                "bug_witness_elects" => self.mirror_bug = MirrorBug::WitnessElects,
+                "bug_wait_on_witness" => self.mirror_bug = MirrorBug::WaitOnWitness,
                 other => panic!("SIM_PARAMS: unknown parameter {other}"),
             }
         }
@@ -149,11 +197,18 @@ impl Params {
     }
 
     pub fn describe(&self) -> String {
+        let shape = if self.mirroring {
+            format!("mirroring (principal n1, mirror n2, witness {WITNESS})")
+        } else {
+            format!(
+                "{} voters{}",
+                self.voters,
+                if self.learner { " + learner" } else { "" }
+            )
+        };
         format!(
-            "{} voters{}, {} ms of faults, {} clients (pace {} ms), drop {:.1}%, delay 0-{} ms, \
+            "{shape}, {} ms of faults, {} clients (pace {} ms), drop {:.1}%, delay 0-{} ms, \
              heartbeat {} ms, elections {}-{} ms, snapshot every {}, {} machine{}{}",
-            self.voters,
-            if self.learner { " + learner" } else { "" },
             self.safety_ms,
             self.clients,
             self.pace_ms,
@@ -174,6 +229,18 @@ impl Params {
     }
 }
 
+/// A deliberately broken mirroring setup, to prove the mirroring checks can fail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum MirrorBug {
+    #[default]
+    None,
+    /// The witness campaigns like any voter and may be asked to take leadership.
+    WitnessElects,
+    /// The principal waits for the witness to hold a write instead of the mirror (and so
+    /// reports the mirror as holding what it may lack).
+    WaitOnWitness,
+}
+
 /// What one seed produced.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -190,10 +257,15 @@ pub struct Report {
     pub installs: u64,
     pub loads: u64,
     pub snapshots: u64,
+    /// Of the installs, those on a witness (a data member's snapshot).
+    pub witness_installs: u64,
     pub async_loss: Option<AsyncLoss>,
+    pub mirroring: bool,
 }
 
 const LEARNER: &str = "dr";
+/// The mirroring witness.
+pub const WITNESS: &str = "wit";
 
 fn member(name: &str) -> Member {
     Member {
@@ -211,9 +283,11 @@ struct World {
     stats: Arc<MachineStats>,
     voters: Vec<String>,
     learner: Option<String>,
+    /// The mirroring witness (one of the voters), in mirroring seeds.
+    witness: Option<String>,
     incarnations: Mutex<BTreeMap<String, u64>>,
     /// Machines of crashed members (reused at a restart when the machine is durable).
-    saved: Mutex<BTreeMap<String, SimKv>>,
+    saved: Mutex<BTreeMap<String, SimMachine>>,
     down: Mutex<BTreeSet<String>>,
     /// Down members the fault schedule must not restart (the straggler).
     held: Mutex<BTreeSet<String>>,
@@ -222,6 +296,13 @@ struct World {
     stop: AtomicBool,
     /// Tasks started along the way (bursts, the lost site's stop).
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Under mirroring, one `wait_replicated` at a time per member, in the order the writes
+    /// returned (their log order). `wait_replicated` waits on the member's metrics channel,
+    /// whose waiters tokio wakes in an order it draws at random: concurrent waits would end
+    /// in a random order within the millisecond, and the seed would not replay exactly.
+    /// (Serialized, a wait ends no later than it would have: the one before it waits for an
+    /// earlier entry.)
+    wait_turns: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl World {
@@ -233,6 +314,36 @@ impl World {
         let mut v = self.voters.clone();
         v.extend(self.learner.clone());
         v
+    }
+
+    fn wait_turn(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.wait_turns
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn is_witness(&self, name: &str) -> bool {
+        self.witness.as_deref() == Some(name)
+    }
+
+    /// Under mirroring, for a write acknowledged by `name`: the mirror (the other
+    /// data-holding member) and the member whose copy the acknowledgement waits for (the
+    /// mirror, unless a bug says otherwise). `None` without mirroring, or for the witness.
+    fn mirror_of(&self, name: &str) -> Option<(String, NodeId)> {
+        let wit = self.witness.as_ref()?;
+        if name == wit {
+            return None;
+        }
+        let mirror = self.voters.iter().find(|v| *v != name && *v != wit)?;
+        let wait_on = if self.p.mirror_bug == MirrorBug::WaitOnWitness {
+            wit
+        } else {
+            mirror
+        };
+        Some((mirror.clone(), node_id(wait_on)))
     }
 
     async fn start(self: &Arc<World>, name: &str) {
@@ -252,6 +363,8 @@ impl World {
         cfg.election_timeout_min_ms = self.p.election_ms.0;
         cfg.election_timeout_max_ms = self.p.election_ms.1;
         cfg.snapshot_every = self.p.snapshot_every;
+        // The witness never campaigns (`node_config`: only principal and mirror fail over).
+        cfg.elect = !self.is_witness(name) || self.p.mirror_bug == MirrorBug::WitnessElects;
         cfg.blocking_machine = false;
         cfg.seed = Some(derive(self.p.seed, &format!("{name}#{inc}")));
         cfg.log = WalOptions {
@@ -264,8 +377,15 @@ impl World {
             .unwrap()
             .remove(name)
             .filter(|_| self.p.durable_machine);
-        let machine =
-            saved.unwrap_or_else(|| SimKv::new(name, self.p.bug.clone(), self.stats.clone()));
+        // A witness's machine lives in memory only (as the store's): a restart rebuilds it
+        // from the snapshot and the log.
+        let machine = if self.is_witness(name) {
+            SimMachine::Witness(SimWitness::new(self.stats.clone()))
+        } else {
+            saved.unwrap_or_else(|| {
+                SimMachine::Kv(SimKv::new(name, self.p.bug.clone(), self.stats.clone()))
+            })
+        };
         self.stats.opening.store(true, Ordering::Relaxed);
         let opened = Replica::open(cfg, machine, self.net.transport(name)).await;
         self.stats.opening.store(false, Ordering::Relaxed);
@@ -324,7 +444,7 @@ impl World {
     }
 
     /// The member claiming leadership in the highest term, with its status.
-    fn leader(&self) -> Option<(String, Replica<SimKv>, Status)> {
+    fn leader(&self) -> Option<(String, Replica<SimMachine>, Status)> {
         self.net
             .up()
             .into_iter()
@@ -340,7 +460,7 @@ impl World {
     /// one that knows it leads. A deposed leader cut off from the others keeps reporting
     /// itself leader (openraft does not step down on quorum loss), with a stale view of the
     /// group; only a leader within its lease can report lag that means something.
-    fn leader_with_lease(&self) -> Option<(String, Replica<SimKv>, Status)> {
+    fn leader_with_lease(&self) -> Option<(String, Replica<SimMachine>, Status)> {
         self.leader().filter(|(_, _, s)| {
             s.quorum_ack_ms_ago
                 .is_some_and(|ms| ms < self.p.election_ms.1)
@@ -382,10 +502,39 @@ async fn write_one(
             continue;
         };
         let attempt = (deadline - now).min(Duration::from_secs(1));
-        match tokio::time::timeout(attempt, r.write(cmd.clone())).await {
-            Ok(Ok(resp)) => {
+        // Under high-safety mirroring the principal acknowledges once the mirror holds the
+        // write too, or was silent for an election timeout (`StoreNode::apply`).
+        let mirror = w.mirror_of(&name);
+        let write = async {
+            let (resp, index) = r.write_indexed(cmd.clone()).await?;
+            let said = match &mirror {
+                Some((_, id)) => {
+                    let turn = w.wait_turn(&name);
+                    let _turn = turn.lock().await;
+                    Some(r.wait_replicated(*id, index, w.p.election_ms.1).await)
+                }
+                None => None,
+            };
+            Ok::<_, WriteError>((resp, index, said))
+        };
+        match tokio::time::timeout(attempt, write).await {
+            Ok(Ok((resp, index, said))) => {
                 let s = r.status();
-                w.hist(|h| h.ack(&key, &name, &s, &resp));
+                // Before anything else runs: what the mirror holds now.
+                let mirrored = mirror.zip(said).map(|((m, _), said)| {
+                    let held = if said {
+                        mirror_holds(&w.dir.join(&m), index, &cmd, &key, &value)
+                    } else {
+                        Ok(())
+                    };
+                    (m, said, held)
+                });
+                w.hist(|h| {
+                    h.ack(&key, &name, &s, &resp);
+                    if let Some((m, said, held)) = mirrored {
+                        h.mirror_ack(&key, &name, &m, index, said, held, &s, w.p.election_ms.1);
+                    }
+                });
                 *believed = Some(name);
                 return;
             }
@@ -437,6 +586,7 @@ async fn burst(w: &Arc<World>, id: u64, size: u64) {
 
 /// Takes a follower down, writes over a thousand entries, brings it back.
 async fn straggler(w: Arc<World>) {
+    let mut rng = Rng::new(derive(w.p.seed, "straggler"));
     let victim = loop {
         sleep(Duration::from_millis(100)).await;
         if w.stopped() {
@@ -448,7 +598,15 @@ async fn straggler(w: Arc<World>) {
         let Some((leader, _, _)) = w.leader() else {
             continue;
         };
-        if let Some(v) = w.voters.iter().find(|v| **v != leader) {
+        // Under mirroring, the mirror or the witness (which then installs a data member's
+        // snapshot); otherwise the first follower.
+        let followers: Vec<String> = w.voters.iter().filter(|v| **v != leader).cloned().collect();
+        let pick = if w.witness.is_some() {
+            rng.pick(&followers)
+        } else {
+            followers.first()
+        };
+        if let Some(v) = pick {
             break v.clone();
         }
     };
@@ -485,7 +643,7 @@ async fn reader(w: Arc<World>) {
                     .with_machine(move |m| {
                         Ok(before
                             .into_iter()
-                            .filter(|(k, v)| m.map.get(k) != Some(v))
+                            .filter(|(k, v)| m.data().and_then(|d| d.get(k)) != Some(v))
                             .collect::<Vec<_>>())
                     })
                     .await
@@ -616,7 +774,7 @@ const FAULTS: [(Fault, u64); 8] = [
 
 async fn faults(w: Arc<World>, end: Instant) {
     let mut rng = Rng::new(derive(w.p.seed, "faults"));
-    let f = (w.p.voters - 1) / 2;
+    let f = (w.voters.len() - 1) / 2;
     let start = Instant::now();
     let cut_at = start + (end - start).mul_f64(0.3 + 0.5 * rng.unit());
     let mut bursts = 0;
@@ -670,6 +828,7 @@ async fn faults(w: Arc<World>, end: Instant) {
                     Some(l) if rng.chance(0.5) && w.voters.contains(&l) => l,
                     _ => rng.pick(&up_voters).unwrap().clone(),
                 };
+                trap_check(&w, &victim);
                 w.crash(&victim, true).await;
             }
             Fault::Crash => {}
@@ -700,8 +859,14 @@ async fn faults(w: Arc<World>, end: Instant) {
                 }
             }
             Fault::Transfer => {
+                // Never to the witness (`StoreNode` refuses it), unless a bug says otherwise.
+                let targets: Vec<String> = up_voters
+                    .iter()
+                    .filter(|v| !w.is_witness(v) || w.p.mirror_bug == MirrorBug::WitnessElects)
+                    .cloned()
+                    .collect();
                 if let Some((name, r, _)) = w.leader()
-                    && let Some(to) = rng.pick(&up_voters).cloned()
+                    && let Some(to) = rng.pick(&targets).cloned()
                     && to != name
                 {
                     w.hist(|h| {
@@ -748,7 +913,33 @@ async fn faults(w: Arc<World>, end: Instant) {
     }
 }
 
-/// Waits until one leader, everything applied everywhere and identical machines.
+/// Under mirroring, before the leader `victim` crashes: counts the times it leaves the
+/// mirror without a commit only the witness shares (the "witness trap": the mirror must not
+/// be elected then; the checks find any write lost if it were).
+fn trap_check(w: &World, victim: &str) {
+    let Some((mirror, _)) = w.mirror_of(victim) else {
+        return;
+    };
+    let Some(s) = w.net.get(victim).map(|r| r.status()) else {
+        return;
+    };
+    if s.role != Role::Leader {
+        return;
+    }
+    let matched = s.replication.get(&node_id(&mirror)).and_then(|p| p.matched);
+    if s.committed.is_some() && matched < s.committed {
+        w.hist(|h| {
+            h.count("principal lost with the mirror behind a commit");
+            h.event(format!(
+                "{victim} leaves {mirror} behind: committed {:?}, {mirror} matched {matched:?}",
+                s.committed
+            ));
+        });
+    }
+}
+
+/// Waits until one leader, everything applied everywhere and identical machines (those of
+/// the members holding data: a witness has none).
 async fn converge(
     w: &Arc<World>,
     members: &[String],
@@ -758,11 +949,11 @@ async fn converge(
     loop {
         let up = w.net.up();
         let why: String;
-        let statuses: Vec<(String, Replica<SimKv>, Status)> = members
+        let statuses: Vec<(String, Replica<SimMachine>, Status)> = members
             .iter()
             .filter_map(|m| up.get(m).map(|r| (m.clone(), r.clone(), r.status())))
             .collect();
-        let leaders: Vec<&(String, Replica<SimKv>, Status)> = statuses
+        let leaders: Vec<&(String, Replica<SimMachine>, Status)> = statuses
             .iter()
             .filter(|(n, _, s)| s.role == Role::Leader && w.voters.contains(n))
             .collect();
@@ -780,10 +971,9 @@ async fn converge(
             if caught_up {
                 let mut maps = BTreeMap::new();
                 for (n, r, _) in &statuses {
-                    maps.insert(
-                        n.clone(),
-                        r.with_machine(|m| Ok(m.map.clone())).await.unwrap(),
-                    );
+                    if !w.is_witness(n) {
+                        maps.insert(n.clone(), r.with_machine(|m| Ok(m.map())).await.unwrap());
+                    }
                 }
                 let first = maps.values().next().unwrap();
                 if maps.values().all(|m| m == first) {
@@ -832,8 +1022,16 @@ async fn converge(
 }
 
 async fn simulate(p: Params, dir: PathBuf) -> Report {
-    let voters: Vec<String> = (1..=p.voters).map(|i| format!("n{i}")).collect();
-    let learner = p.learner.then(|| LEARNER.to_string());
+    let (voters, witness): (Vec<String>, Option<String>) = if p.mirroring {
+        let v = ["n1", "n2", WITNESS].map(String::from).to_vec();
+        (v, Some(WITNESS.to_string()))
+    } else {
+        ((1..=p.voters).map(|i| format!("n{i}")).collect(), None)
+    };
+    let learner = (p.learner && !p.mirroring).then(|| LEARNER.to_string());
+    let mut history = History::new();
+    history.witness = witness.clone();
+    history.strict_exposure = p.strict_exposure;
     let net = Net::new(
         derive(p.seed, "net"),
         p.drop,
@@ -845,10 +1043,11 @@ async fn simulate(p: Params, dir: PathBuf) -> Report {
         p: p.clone(),
         dir,
         net,
-        hist: Arc::new(Mutex::new(History::new())),
+        hist: Arc::new(Mutex::new(history)),
         stats: Arc::new(MachineStats::default()),
         voters: voters.clone(),
         learner: learner.clone(),
+        witness: witness.clone(),
         incarnations: Mutex::new(BTreeMap::new()),
         saved: Mutex::new(BTreeMap::new()),
         down: Mutex::new(BTreeSet::new()),
@@ -857,6 +1056,7 @@ async fn simulate(p: Params, dir: PathBuf) -> Report {
         learner_cut: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         tasks: Mutex::new(Vec::new()),
+        wait_turns: Mutex::new(BTreeMap::new()),
     });
     // 1. Start.
     for n in w.all() {
@@ -918,9 +1118,9 @@ async fn simulate(p: Params, dir: PathBuf) -> Report {
             fin.converged = Err(e);
             // Still check what every member holds.
             for (n, r) in w.net.up() {
-                if members.contains(&n) {
+                if members.contains(&n) && !w.is_witness(&n) {
                     fin.machines
-                        .insert(n, r.with_machine(|m| Ok(m.map.clone())).await.unwrap());
+                        .insert(n, r.with_machine(|m| Ok(m.map())).await.unwrap());
                 }
             }
         }
@@ -936,7 +1136,7 @@ async fn simulate(p: Params, dir: PathBuf) -> Report {
             .lock()
             .unwrap()
             .get(l)
-            .map(|m| m.map.clone())
+            .map(SimMachine::map)
             .unwrap_or_default();
         fin.cut_learner = Some(CutLearner {
             machine: map,
@@ -951,6 +1151,8 @@ async fn simulate(p: Params, dir: PathBuf) -> Report {
         installs: w.stats.installs.load(Ordering::Relaxed),
         loads: w.stats.loads.load(Ordering::Relaxed),
         snapshots: w.stats.snapshots.load(Ordering::Relaxed),
+        witness_installs: w.stats.witness_installs.load(Ordering::Relaxed),
+        mirroring: p.mirroring,
         ..Report::default()
     };
     let (violations, loss) = check(&hist, &fin);
@@ -984,6 +1186,71 @@ fn read_log(dir: &Path) -> Vec<Vec<u8>> {
             .collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// Does the member in `dir` hold `cmd` at log `index` — or, when its log no longer has it
+/// (purged after a snapshot, or a snapshot installed past its end), the write `key=value` in
+/// its snapshot? Read from its files, which its log writes before it answers the leader: what
+/// they hold survives a crash. `Err` says what it holds instead.
+fn mirror_holds(dir: &Path, index: u64, cmd: &[u8], key: &str, value: &str) -> Result<(), String> {
+    let record = log_record(&dir.join("log"), index);
+    if let Ok(Some(r)) = &record
+        && contains(r, cmd)
+    {
+        return Ok(());
+    }
+    // A snapshot's data is the map as JSON, stored verbatim in the snapshot file.
+    let pair = format!(
+        "{}:{}",
+        serde_json::to_string(key).unwrap(),
+        serde_json::to_string(value).unwrap()
+    );
+    let snapshot = std::fs::read(dir.join("snapshot.bin")).unwrap_or_default();
+    if contains(&snapshot, pair.as_bytes()) {
+        return Ok(());
+    }
+    Err(match record {
+        Ok(Some(_)) => format!("holds another entry at {index}, and not the write in its snapshot"),
+        Ok(None) => format!("holds no entry {index}, nor the write in its snapshot"),
+        Err(e) => format!("has a log that cannot be read: {e}"),
+    })
+}
+
+/// The payload of record `index` in the log in `dir`, read from its segment files (a
+/// segment holds consecutive records from the index in its name: see `replica::wal`).
+fn log_record(dir: &Path, index: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut first: Option<(u64, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let start = path.file_name().and_then(|n| n.to_str()).and_then(|n| {
+            n.strip_prefix("seg-")?
+                .strip_suffix(".log")?
+                .parse::<u64>()
+                .ok()
+        });
+        if let Some(start) = start
+            && start <= index
+            && first.as_ref().is_none_or(|(f, _)| *f < start)
+        {
+            first = Some((start, path));
+        }
+    }
+    let Some((_, path)) = first else {
+        return Ok(None);
+    };
+    let data = std::fs::read(path)?;
+    let mut pos = 0;
+    // [len u32][crc32c u32][index u64][payload], big-endian.
+    while pos + 16 <= data.len() {
+        let len = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+        let at = u64::from_be_bytes(data[pos + 8..pos + 16].try_into().unwrap());
+        let body = data.get(pos + 16..pos + 16 + len);
+        if at == index {
+            return Ok(body.map(<[u8]>::to_vec));
+        }
+        pos += 16 + len;
+    }
+    Ok(None)
 }
 
 /// Runs one seed in a fresh runtime on a paused clock, in `base/seed-<seed>`.
