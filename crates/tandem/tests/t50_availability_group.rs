@@ -9,7 +9,7 @@ mod common;
 use nix::sys::signal::Signal;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
-use testkit::replicated::{ReplicatedLab, summary};
+use testkit::replicated::{ReplicatedLab, kill_under_load, summary};
 use testkit::{AgReplica, Options, RegisterLoad, ag_topology};
 
 const EXE: &str = env!("CARGO_BIN_EXE_tandem");
@@ -50,28 +50,11 @@ fn kill_9_of_the_primary_loses_no_acknowledged_registration() {
     let ag = start("ag_kill9", &[SYNC, SYNC, SYNC]);
     let first = ag.wait_primary("initial", |_| true);
     let old = first["primary"].as_str().unwrap().to_string();
-    let load = RegisterLoad::start(ag.sip, 4, USERS, "pw");
-    assert!(
-        load.wait_for(150, Duration::from_secs(60)),
-        "the load did not start"
-    );
-    let killed_at = Instant::now();
-    ag.signal(&old, Signal::SIGKILL);
-    let done_before = load.records.lock().unwrap().len();
-    assert!(
-        load.wait_for(done_before + 300, Duration::from_secs(90)),
-        "registrations did not resume after the kill"
-    );
-    let records = load.stop();
-    let (acked, failed, worst, first_after) = summary(&records, killed_at);
-    let status = ag.wait_primary("a new one", |p| p != old);
-    eprintln!(
-        "kill -9 of {old}: {acked} acknowledged, {failed} failed, slowest request {worst:?}, first success after the kill {first_after:?}; new primary {}",
-        status["primary"]
-    );
-    let lost = ag.lost(&records);
+    let run = kill_under_load(&ag, &old, USERS);
+    ag.wait_primary("a new one", |p| p != old);
+    let lost = ag.lost(&run.records);
     assert!(lost.is_empty(), "acknowledged registrations lost: {lost:?}");
-    assert!(acked >= 450);
+    assert!(run.acked >= 450, "{} acknowledged", run.acked);
     // The failover is on record, measured.
     let end = Instant::now() + Duration::from_secs(20);
     let ev = loop {

@@ -9,7 +9,7 @@ mod common;
 
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
-use testkit::replicated::{ReplicatedLab, summary};
+use testkit::replicated::{ReplicatedLab, kill_under_load, summary};
 use testkit::{Options, RegisterLoad, mirroring_topology};
 
 const EXE: &str = env!("CARGO_BIN_EXE_tandem");
@@ -53,28 +53,12 @@ fn high_safety_with_a_witness_fails_over_by_itself_and_loses_nothing() {
     let witness_db = m.lab.data.join("s3/stores/store/store.sqlite");
     assert!(!witness_db.exists(), "the witness holds a database");
 
-    let load = RegisterLoad::start(m.sip, 4, USERS, "pw");
-    assert!(
-        load.wait_for(150, Duration::from_secs(60)),
-        "the load did not start"
-    );
-    let killed_at = Instant::now();
-    m.signal("s1", Signal::SIGKILL);
-    let done_before = load.records.lock().unwrap().len();
-    assert!(
-        load.wait_for(done_before + 300, Duration::from_secs(90)),
-        "registrations did not resume after the kill"
-    );
-    let records = load.stop();
-    let (acked, failed, worst, first_after) = summary(&records, killed_at);
+    let run = kill_under_load(&m, "s1", USERS);
     let st = m.wait_primary("the mirror as principal", |p| p == "s2");
-    eprintln!(
-        "kill -9 of the principal: {acked} acknowledged, {failed} failed, slowest request {worst:?}, first success after the kill {first_after:?}"
-    );
     assert_eq!(row(&st, "s2")["role"], "principal", "{st}");
-    let lost = m.lost(&records);
+    let lost = m.lost(&run.records);
     assert!(lost.is_empty(), "acknowledged registrations lost: {lost:?}");
-    assert!(acked >= 450, "{acked} acknowledged");
+    assert!(run.acked >= 450, "{} acknowledged", run.acked);
     assert!(!witness_db.exists(), "the witness holds a database");
 }
 

@@ -9,7 +9,7 @@ mod common;
 
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
-use testkit::replicated::{ReplicatedLab, summary};
+use testkit::replicated::{ReplicatedLab, kill_under_load};
 use testkit::{Options, RegisterLoad, cluster_topology, test_dir};
 
 const EXE: &str = env!("CARGO_BIN_EXE_tandem");
@@ -42,26 +42,9 @@ fn owner(lab: &ReplicatedLab) -> String {
 fn kill_9_of_the_owner_loses_nothing_and_another_node_takes_over() {
     let c = start("fc_kill9");
     let old = owner(&c);
-    let load = RegisterLoad::start(c.sip, 4, USERS, "pw");
-    assert!(
-        load.wait_for(150, Duration::from_secs(60)),
-        "the load did not start"
-    );
-    let killed_at = Instant::now();
-    c.signal(&old, Signal::SIGKILL);
-    let done_before = load.records.lock().unwrap().len();
-    assert!(
-        load.wait_for(done_before + 300, Duration::from_secs(90)),
-        "registrations did not resume after the kill"
-    );
-    let records = load.stop();
-    let (acked, failed, worst, first_after) = summary(&records, killed_at);
-    let st = c.wait_primary("a new owner", |p| p != old);
-    eprintln!(
-        "kill -9 of owner {old}: {acked} acknowledged, {failed} failed, slowest request {worst:?}, first success after the kill {first_after:?}; new owner {}",
-        st["primary"]
-    );
-    let lost = c.lost(&records);
+    let run = kill_under_load(&c, &old, USERS);
+    c.wait_primary("a new owner", |p| p != old);
+    let lost = c.lost(&run.records);
     assert!(lost.is_empty(), "acknowledged registrations lost: {lost:?}");
     let st = c.wait_status("the failover on record", |s| {
         s["failovers"]

@@ -193,3 +193,42 @@ pub fn summary(
         .min();
     (acked, failed, worst, first_after)
 }
+
+/// What [`kill_under_load`] saw: every request's record, and (from the kill) the
+/// acknowledged and failed counts, the slowest request and the first success.
+pub struct KillRun {
+    pub records: Vec<RegisterRecord>,
+    pub acked: usize,
+    pub failed: usize,
+    pub slowest: Duration,
+    pub first_success_after_kill: Option<Duration>,
+}
+
+/// Under registration load from 4 clients over `users` users, `kill -9` of `victim` once 150
+/// registrations are done; returns once 300 more are done (the load must resume by itself).
+pub fn kill_under_load(lab: &ReplicatedLab, victim: &str, users: usize) -> KillRun {
+    let load = crate::RegisterLoad::start(lab.sip, 4, users, "pw");
+    assert!(
+        load.wait_for(150, Duration::from_secs(60)),
+        "the load did not start"
+    );
+    let killed_at = Instant::now();
+    lab.signal(victim, Signal::SIGKILL);
+    let done_before = load.records.lock().map(|r| r.len()).unwrap_or(0);
+    assert!(
+        load.wait_for(done_before + 300, Duration::from_secs(90)),
+        "registrations did not resume after the kill of {victim}"
+    );
+    let records = load.stop();
+    let (acked, failed, slowest, first_success_after_kill) = summary(&records, killed_at);
+    eprintln!(
+        "kill -9 of {victim}: {acked} acknowledged, {failed} failed, slowest request {slowest:?}, first success after the kill {first_success_after_kill:?}"
+    );
+    KillRun {
+        records,
+        acked,
+        failed,
+        slowest,
+        first_success_after_kill,
+    }
+}
