@@ -161,8 +161,10 @@ async fn open_replica(
         cfg.dir.join(format!("raft-g{generation}"))
     };
     let mut rcfg = ReplicaConfig::new(&group(&cfg.store, generation), member(me), raft_dir);
-    // A witness only votes (a leadership transfer to it is refused before it reaches here).
-    rcfg.elect = me.sync && me.automatic && !me.witness;
+    // A witness campaigns too — it may hold committed entries the mirror lacks, and then no
+    // one else can win — but only to hand the mirror what it lacks and step aside (see
+    // `StoreNode::hand_over`); it never serves.
+    rcfg.elect = me.sync && (me.automatic || me.witness);
     rcfg.heartbeat_ms = cfg.heartbeat_ms;
     rcfg.election_timeout_min_ms = cfg.election_timeout_min_ms;
     rcfg.election_timeout_max_ms = cfg.election_timeout_max_ms;
@@ -249,7 +251,7 @@ impl StoreNode {
                 let n = n.clone();
                 async move {
                     let kind = req.service.rsplit('/').next().unwrap_or("").to_string();
-                    if kind == "transfer" {
+                    if kind == "transfer" && !n.is_witness(&req.peer) {
                         n.note_planned(&req.peer);
                     }
                     n.replica()
@@ -272,6 +274,40 @@ impl StoreNode {
                 Ok(bytes::Bytes::from(n.handle_op(&op, &req.body).await))
             }
         });
+    }
+
+    fn is_witness(&self, server: &str) -> bool {
+        self.cfg
+            .members
+            .iter()
+            .any(|m| m.server == server && m.witness)
+    }
+
+    /// A witness that won an election (it held committed entries the mirror lacked) hands
+    /// leadership to the mirror as soon as the mirror holds everything it has.
+    async fn hand_over(&self, st: &replica::Status) {
+        let last = st.last_log_index.unwrap_or(0);
+        // Any data-holding voter that holds the whole log (the principal, if it is back).
+        let target = self
+            .cfg
+            .members
+            .iter()
+            .filter(|m| !m.witness && m.server != self.cfg.me)
+            .map(|m| node_id(&m.server))
+            .find(|id| {
+                st.voters.contains_key(id)
+                    && st
+                        .replication
+                        .get(id)
+                        .and_then(|p| p.matched)
+                        .is_some_and(|m| m >= last)
+            });
+        if let Some(target) = target {
+            tracing::info!(store = %self.cfg.store, "witness: a data replica holds the log; handing leadership over");
+            if let Err(e) = self.replica().transfer_leader(target).await {
+                tracing::debug!(store = %self.cfg.store, error = %e, "witness: hand-over not done yet");
+            }
+        }
     }
 
     fn note_planned(&self, from: &str) {
@@ -391,6 +427,12 @@ impl StoreNode {
 
     /// Applies a command on the primary.
     pub async fn apply(&self, env: Envelope) -> Reply<Applied> {
+        if self.readers.is_none() {
+            return Err(Refusal::Unavailable(format!(
+                "{} is a witness: it never serves",
+                self.cfg.me
+            )));
+        }
         if self.replica().status().role != Role::Leader {
             return Err(self.not_primary());
         }
@@ -1330,6 +1372,14 @@ impl StoreNode {
                 continue;
             }
             let is_leader = st.role == Role::Leader;
+            if self.spec().is_some_and(|s| s.witness) {
+                // A witness never serves: it leads only to hand over.
+                self.set_listener(false).await;
+                if is_leader {
+                    self.hand_over(&st).await;
+                }
+                continue;
+            }
             self.set_listener(is_leader).await;
             if self.cfg.mode == "mirroring" && self.spec().is_some_and(|s| !s.witness) {
                 // Principal and mirror campaign exactly while they vote: the group's shape
@@ -1374,6 +1424,7 @@ impl StoreNode {
                 // The last *other* leader: the one a failover to this node replaces.
                 if let Some(l) = st.leader
                     && l != st.id
+                    && !self.endpoint(l).is_some_and(|e| self.is_witness(&e.server))
                 {
                     w.last_leader = Some((l, st.term));
                 }

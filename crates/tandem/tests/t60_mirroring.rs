@@ -235,3 +235,36 @@ fn safety_and_witness_change_under_load_with_no_failed_request() {
         &failed[..failed.len().min(5)]
     );
 }
+
+/// The witness trap's other side: with the mirror paused, principal and witness commit
+/// entries the mirror lacks; then the principal dies. The mirror cannot win an election
+/// without them (the witness refuses its vote) — so the witness wins, hands the mirror what
+/// it lacks, and steps aside: the mirror serves, nothing acknowledged is lost.
+#[test]
+fn a_mirror_behind_the_witness_still_takes_over() {
+    let m = start("mirror_behind", "high-safety", true);
+    m.wait_status("a synchronized session", |s| {
+        s["mirroring"]["state"] == "synchronized"
+    });
+    let load = RegisterLoad::start(m.sip, 4, USERS, "pw");
+    assert!(load.wait_for(150, Duration::from_secs(60)));
+    m.signal("s2", Signal::SIGSTOP);
+    // The fault's length: writes reach principal and witness, not the mirror (shorter than
+    // the 500 ms after which the principal would count the mirror as lost).
+    let paused = Instant::now();
+    while paused.elapsed() < Duration::from_millis(200) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    m.signal("s1", Signal::SIGKILL);
+    m.signal("s2", Signal::SIGCONT);
+    let n = load.records.lock().unwrap().len();
+    assert!(
+        load.wait_for(n + 100, Duration::from_secs(60)),
+        "the mirror never took over"
+    );
+    let records = load.stop();
+    let st = m.wait_primary("the mirror", |p| p == "s2");
+    assert_eq!(row(&st, "s3")["role"], "witness", "{st}");
+    let lost = m.lost(&records);
+    assert!(lost.is_empty(), "acknowledged registrations lost: {lost:?}");
+}
