@@ -67,7 +67,7 @@ struct Current {
 #[derive(Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
-    #[serde(with = "serde_bytes_vec")]
+    #[serde(with = "crate::types::bytes_as_seq")]
     data: Vec<u8>,
 }
 
@@ -75,31 +75,8 @@ struct StoredSnapshot {
 #[derive(Serialize)]
 struct StoredSnapshotRef<'a> {
     meta: &'a SnapshotMeta,
-    #[serde(serialize_with = "serde_bytes_vec::serialize")]
+    #[serde(serialize_with = "crate::types::bytes_as_seq::serialize")]
     data: &'a [u8],
-}
-
-mod serde_bytes_vec {
-    use serde::{Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-        }
-        d.deserialize_bytes(V)
-    }
 }
 
 /// The adapter: openraft's state machine over an application [`Machine`]. Cheap to clone.

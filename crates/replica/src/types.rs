@@ -36,7 +36,7 @@ impl fmt::Display for Cmd {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resp(#[serde(with = "bytes_as_seq")] pub Vec<u8>);
 
-mod bytes_as_seq {
+pub(crate) mod bytes_as_seq {
     //! Bytes as one serde byte string (compact in postcard) rather than a sequence of numbers.
     use serde::{Deserializer, Serializer};
 
