@@ -427,7 +427,7 @@ impl StoreNode {
 
     /// Applies a command on the primary.
     pub async fn apply(&self, env: Envelope) -> Reply<Applied> {
-        if self.readers.is_none() {
+        if self.is_witness(&self.cfg.me) {
             return Err(Refusal::Unavailable(format!(
                 "{} is a witness: it never serves",
                 self.cfg.me
@@ -1048,7 +1048,7 @@ impl StoreNode {
                 self.cfg.me
             )));
         }
-        if self.spec().is_some_and(|s| s.witness) {
+        if self.is_witness(&self.cfg.me) {
             return Err(Refusal::Refused(format!(
                 "{} is a witness: it holds no data and cannot serve",
                 self.cfg.me
@@ -1372,7 +1372,7 @@ impl StoreNode {
                 continue;
             }
             let is_leader = st.role == Role::Leader;
-            if self.spec().is_some_and(|s| s.witness) {
+            if self.is_witness(&self.cfg.me) {
                 // A witness never serves: it leads only to hand over.
                 self.set_listener(false).await;
                 if is_leader {
@@ -1381,7 +1381,7 @@ impl StoreNode {
                 continue;
             }
             self.set_listener(is_leader).await;
-            if self.cfg.mode == "mirroring" && self.spec().is_some_and(|s| !s.witness) {
+            if self.cfg.mode == "mirroring" && !self.is_witness(&self.cfg.me) {
                 // Principal and mirror campaign exactly while they vote: the group's shape
                 // changes with `store set-safety` and the witness.
                 let elect = st.voters.contains_key(&st.id);
