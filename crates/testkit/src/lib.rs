@@ -236,26 +236,42 @@ impl Server {
     /// Writes a one-server topology under `dir` and starts it.
     pub fn start(exe: &Path, dir: &Path, options: &Options) -> Server {
         std::fs::create_dir_all(dir).expect("mkdir");
-        let port = free_port("127.0.0.1");
-        let admin = free_port("127.0.0.1");
-        let topology = standalone_topology(port, admin, options);
-        let topology_path = dir.join("topology.toml");
-        std::fs::write(&topology_path, topology).expect("write topology");
-        let mut s = Server {
-            exe: exe.to_path_buf(),
-            dir: dir.to_path_buf(),
-            topology: topology_path,
-            sip: format!("127.0.0.1:{port}").parse().expect("addr"),
-            admin: format!("127.0.0.1:{admin}").parse().expect("addr"),
-            token: String::new(),
-            child: None,
-            pid: 0,
-        };
-        s.spawn();
-        s
+        // A port found free can be taken by another test's socket before the server binds
+        // it: then the server says so, and it is tried again on other ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = free_port("127.0.0.1");
+            let admin = free_port("127.0.0.1");
+            let topology = standalone_topology(port, admin, options);
+            let topology_path = dir.join("topology.toml");
+            std::fs::write(&topology_path, topology).expect("write topology");
+            let mut s = Server {
+                exe: exe.to_path_buf(),
+                dir: dir.to_path_buf(),
+                topology: topology_path,
+                sip: format!("127.0.0.1:{port}").parse().expect("addr"),
+                admin: format!("127.0.0.1:{admin}").parse().expect("addr"),
+                token: String::new(),
+                child: None,
+                pid: 0,
+            };
+            match s.try_spawn() {
+                Ok(()) => return s,
+                Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
+                Err(log) => panic!("server did not become ready; log:\n{log}"),
+            }
+        }
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("server did not become ready; log:\n{log}");
+        }
+    }
+
+    /// Starts the server and waits for its ready line; on failure, its log.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -284,8 +300,10 @@ impl Server {
             Ok(l) => l,
             Err(_) => {
                 let _ = child.kill();
-                let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
-                panic!("server did not become ready; log:\n{log}");
+                let _ = child.wait();
+                return Err(
+                    std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+                );
             }
         };
         let ready: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
@@ -296,6 +314,7 @@ impl Server {
             .expect("token")
             .trim()
             .to_string();
+        Ok(())
     }
 
     /// `kill -9` the server and reap it.
