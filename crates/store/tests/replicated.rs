@@ -15,10 +15,7 @@ use store::*;
 const SERVERS: [&str; 3] = ["r1", "r2", "r3"];
 
 fn free() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    SocketAddr::from(([127, 0, 0, 1], testkit::free_port("127.0.0.1")))
 }
 
 struct Cluster {

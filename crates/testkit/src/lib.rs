@@ -14,16 +14,32 @@ use std::time::Duration;
 
 pub use ua::Ua;
 
-/// A port free on `ip` for both UDP and TCP at the time of the call.
+/// Test ports come from below the kernel's ephemeral range (32768–60999 by default), so an
+/// outgoing connection's local port can never take a port between the moment a test picks it
+/// and the moment its server binds it (which is what made labs fail with "Address already in
+/// use" now and then when ports came from `bind(0)`).
+const PORT_RANGE: std::ops::Range<u16> = 12000..32000;
+
+/// A port free on `ip` for both UDP and TCP at the time of the call, below the ephemeral range.
+/// Successive calls in one process walk the range from an offset derived from the process id,
+/// so parallel tests and parallel test processes do not pick the same port.
 pub fn free_port(ip: &str) -> u16 {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind((ip, 0)).expect("bind tcp");
-        let port = tcp.local_addr().expect("addr").port();
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(PORT_RANGE.end - PORT_RANGE.start);
+    let offset = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = PORT_RANGE.start + ((offset + step) % span) as u16;
+        let Ok(tcp) = TcpListener::bind((ip, port)) else {
+            continue;
+        };
         if UdpSocket::bind((ip, port)).is_ok() {
+            drop(tcp);
             return port;
         }
     }
-    panic!("no free port on {ip}");
+    panic!("no free port on {ip} in {PORT_RANGE:?}");
 }
 
 /// The SIP settings a test topology uses.
