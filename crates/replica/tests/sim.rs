@@ -5,7 +5,10 @@
 //! loss within the reported lag, convergence to identical machines after healing, and
 //! linearizable reads. A share of the seeds run high-safety mirroring with a witness
 //! (principal, mirror, witness): the witness never leads nor acknowledges, and a write
-//! acknowledged as held by the mirror is in the mirror's log. The design and the checks are
+//! acknowledged as held by the mirror is in the mirror's log. Another share run a failover
+//! cluster: the nodes' ownership group decides who owns a shared storage that checks fencing
+//! tokens, owners pause at random between their ownership check and their write, and the
+//! checks add one owner per token and never two writers. The design and the checks are
 //! described in `sim/run.rs` and `sim/history.rs`.
 //!
 //! - `cargo test -p replica --test sim` runs 1,000 seeds (0..1000) on every CPU.
@@ -14,7 +17,8 @@
 //!   and its fate; `SIM_TRACE=1` prints events as they happen, for a seed that hangs).
 //! - `SIM_PARAMS='voters=5,learner=1,...'` overrides a seed's parameters (see
 //!   `Params::with_overrides`), e.g. `straggler=1` for the snapshot-install path, `mirroring=1`
-//!   for high-safety mirroring with a witness.
+//!   for high-safety mirroring with a witness, `cluster=1` (`cluster_witness=1`) for a
+//!   failover cluster.
 //! - `SIM_DIGESTS=1` prints a digest of each seed's trace: two runs should print the same.
 //!
 //! A failing seed keeps its directory and names the command that replays it.
@@ -22,6 +26,7 @@
 #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
 
 mod sim {
+    pub mod disk;
     pub mod history;
     pub mod machine;
     pub mod net;
@@ -29,6 +34,7 @@ mod sim {
     pub mod run;
 }
 
+use sim::disk::{ClusterBug, Take, Written, check as check_disk};
 use sim::history::{Ack, AsyncCut, CutLearner, Final, History, Outcome, WriteRec, check};
 use sim::machine::Bug;
 use sim::net::NetBug;
@@ -169,7 +175,7 @@ fn failures(outcomes: &[SeedOutcome]) -> Vec<String> {
 fn summarize(outcomes: &[SeedOutcome], wall: std::time::Duration) -> String {
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut acked, mut unknown, mut virt, mut installs, mut snaps, mut terms) = (0, 0, 0, 0, 0, 0);
-    let (mut loads, mut mirroring, mut witness_installs) = (0, 0, 0);
+    let (mut loads, mut mirroring, mut clusters, mut witness_installs) = (0, 0, 0, 0);
     let (mut sent, mut lost, mut blocked) = (0, 0, 0);
     let (mut cuts, mut lag_sum, mut loss_machine, mut loss_log, mut machine_over) = (0, 0, 0, 0, 0);
     let (mut acked_before_cuts, mut lag_ms_max) = (0, 0);
@@ -189,6 +195,7 @@ fn summarize(outcomes: &[SeedOutcome], wall: std::time::Duration) -> String {
         loads += r.loads;
         witness_installs += r.witness_installs;
         mirroring += u64::from(r.mirroring);
+        clusters += u64::from(r.cluster);
         snaps += r.snapshots;
         terms += r.max_term;
         sent += r.net.sent;
@@ -207,13 +214,14 @@ fn summarize(outcomes: &[SeedOutcome], wall: std::time::Duration) -> String {
         }
     }
     format!(
-        "{} seeds ({} mirroring) in {:.1} s wall ({:.0} s virtual; slowest seed {} took {} ms): {} writes acked, {} unknown; \
+        "{} seeds ({} mirroring, {} failover clusters) in {:.1} s wall ({:.0} s virtual; slowest seed {} took {} ms): {} writes acked, {} unknown; \
          {} terms; {counts:?}; {} snapshots built, {} installed from a leader ({} on witnesses), {} loaded at restarts; messages {} sent, {} lost, {} blocked; \
          {} learner sites lost ({} writes acked before): reported lag {} entries in all (at most {} ms since \
          the learner's last ack), {} acked writes missing from their machines, {} from their logs too \
          ({} seeds where the machine alone lacked more than the reported lag)",
         outcomes.len(),
         mirroring,
+        clusters,
         wall.as_secs_f64(),
         virt as f64 / 1000.0,
         slowest.0,
@@ -406,6 +414,52 @@ fn checker_detects_an_ack_the_mirror_does_not_hold() {
             .any(|x| x.contains("acknowledged as held by the mirror that the mirror lacked")),
         "the checker missed an acknowledgement the mirror did not hold: {v:?}"
     );
+}
+
+/// A failover cluster whose storage does not check fencing tokens: an owner paused across a
+/// failover writes when it wakes, after the new owner took the storage. The checker must see
+/// two writers.
+#[test]
+fn checker_detects_two_writers_without_fencing() {
+    let v = violations_with("nofence", 0..6, |p| {
+        p.set_cluster(true);
+        p.cluster_bug = ClusterBug::NoFence;
+        p.stall = 0.3;
+        p.safety_ms = 3_000;
+    });
+    assert!(
+        v.iter().any(|x| x.contains("two writers")),
+        "the checker missed two writers: {v:?}"
+    );
+}
+
+/// The failover-cluster checks on made-up records: two nodes taking the storage under one
+/// token, and a write under a token older than the storage's, are flagged; a clean handover
+/// passes.
+#[test]
+fn checker_flags_two_owners_and_stale_writes() {
+    let take = |token, node: &str| Take {
+        token,
+        node: node.into(),
+    };
+    let write = |key: &str, node: &str, token, fence| Written {
+        key: key.into(),
+        node: node.into(),
+        token,
+        fence,
+        at_ms: 0,
+    };
+    let takes = vec![take(1, "n1"), take(2, "n2")];
+    let clean = vec![write("a", "n1", 1, 1), write("b", "n2", 2, 2)];
+    assert!(check_disk(&takes, &clean).is_empty());
+    let stale = vec![write("a", "n1", 1, 1), write("b", "n1", 1, 2)];
+    let v = check_disk(&takes, &stale);
+    assert!(v.iter().any(|x| x.contains("two writers")), "{v:?}");
+    // A write under the current token by a node that never took it.
+    let v = check_disk(&takes, &[write("c", "n3", 2, 2)]);
+    assert!(v.iter().any(|x| x.contains("two writers")), "{v:?}");
+    let v = check_disk(&[take(3, "n1"), take(3, "n2")], &[]);
+    assert!(v.iter().any(|x| x.contains("two owners")), "{v:?}");
 }
 
 /// Found by the simulation: `Replica::wait_replicated` counted a member the leader had not
@@ -607,6 +661,7 @@ fn checker_bounds_async_loss_by_the_reported_lag() {
         converged: Ok(()),
         machines: BTreeMap::from([("n1".to_string(), full.clone())]),
         cut_learner: Some(CutLearner { machine: m, log }),
+        shared: None,
     };
     let (v, loss) = check(&h, &fin(machine.clone(), vec![]));
     assert!(v.is_empty(), "{v:?}");

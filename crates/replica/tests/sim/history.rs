@@ -1,6 +1,7 @@
 //! What the simulation observed, and the checks over it. The checks are plain functions of
 //! the record, so they can be tested on made-up histories too.
 
+use super::disk::{Take, Written};
 use super::machine::set_cmd;
 use replica::{Role, Status};
 use std::collections::{BTreeMap, BTreeSet};
@@ -319,6 +320,9 @@ pub struct Final {
     pub machines: BTreeMap<String, BTreeMap<String, String>>,
     /// The learner cut away on purpose.
     pub cut_learner: Option<CutLearner>,
+    /// Under a failover cluster: the shared storage's record of ownerships taken and writes
+    /// accepted.
+    pub shared: Option<(Vec<Take>, Vec<Written>)>,
 }
 
 /// What the learner whose site was lost holds at the end.
@@ -335,6 +339,7 @@ impl Default for Final {
             converged: Ok(()),
             machines: BTreeMap::new(),
             cut_learner: None,
+            shared: None,
         }
     }
 }
@@ -382,6 +387,12 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 ///   from the mirror yet and had led for less than the silence limit ([`Exposure::NewLeader`]).
 /// - The convergence check compares the data-holding members only (the witness has no data),
 ///   and no acknowledged write is lost on them (as above).
+///
+/// Under a failover cluster (the members hold no data; the shared storage does):
+/// - the checks on leaders and acknowledgements above; no acknowledged write lost on the
+///   shared storage, nothing there nobody wrote;
+/// - after healing, the group's leader owns the storage;
+/// - one owner per token, and never two writers (see `disk::check`).
 pub fn check(h: &History, f: &Final) -> (Vec<String>, Option<AsyncLoss>) {
     let mut v = h.violations.clone();
     // At most one leader per term.
@@ -478,6 +489,10 @@ pub fn check(h: &History, f: &Final) -> (Vec<String>, Option<AsyncLoss>) {
     }
     if let Err(e) = &f.converged {
         v.push(format!("no convergence after healing: {e}"));
+    }
+    // Under a failover cluster: one owner per token, never two writers.
+    if let Some((takes, writes)) = &f.shared {
+        v.extend(super::disk::check(takes, writes));
     }
     // No acknowledged write lost; nothing nobody wrote.
     for (member, map) in &f.machines {

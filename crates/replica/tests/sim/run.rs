@@ -30,7 +30,16 @@
 //! false: it was silent for an election timeout, the principal exposed). Right after each
 //! acknowledgement the mirror's log file is read: what the acknowledgement says it holds, it
 //! must hold.
+//!
+//! Failover-cluster seeds run the ownership group of `store::cluster::ClusterNode`: nodes
+//! `n1`, `n2`... (or `n1`, `n2` and a witness that never campaigns) with machines that hold no
+//! data, and a shared storage ([`SharedDisk`]) that checks fencing tokens as the store's
+//! database does. Each node follows its ownership as `ClusterNode::watch_loop` does ([`owner`]);
+//! clients write to the storage through the owner ([`cluster_write`]), which now and then
+//! pauses between its ownership check and its write for up to two election timeouts (a GC
+//! pause, a SIGSTOP) and writes, or is fenced, when it wakes.
 
+use super::disk::{ClusterBug, SharedDisk};
 use super::history::{AsyncCut, AsyncLoss, CutLearner, Final, History, check, contains};
 use super::machine::{Bug, MachineStats, SimKv, SimMachine, SimWitness, set_cmd};
 use super::net::{Net, NetBug, NetStats};
@@ -81,6 +90,16 @@ pub struct Params {
     /// `history::Exposure::NewLeader`. On by default (`SIM_PARAMS=strict_exposure=0` turns it
     /// off).
     pub strict_exposure: bool,
+    /// A failover cluster: the data members (`n1`, `n2`, and `n3`... or a witness `wit`) run
+    /// the ownership group as `store::cluster::ClusterNode` does (a machine with no data), and
+    /// clients write to the shared storage through the owner; see [`owner`].
+    pub cluster: bool,
+    /// The failover cluster has nodes `n1`, `n2` and a witness (otherwise `voters` nodes).
+    pub cluster_witness: bool,
+    /// Under a failover cluster, the chance that an owner pauses between checking that it owns
+    /// and writing (a GC pause, a SIGSTOP), for up to two election timeouts.
+    pub stall: f64,
+    pub cluster_bug: ClusterBug,
     pub bug: Bug,
     pub net_bug: NetBug,
     pub mirror_bug: MirrorBug,
@@ -114,6 +133,10 @@ impl Params {
             straggler: false,
             mirroring: false,
             strict_exposure: true,
+            cluster: false,
+            cluster_witness: false,
+            stall: 0.1,
+            cluster_bug: ClusterBug::None,
             bug: Bug::None,
             net_bug: NetBug::None,
             mirror_bug: MirrorBug::None,
@@ -144,7 +167,26 @@ impl Params {
                 p.safety_ms = p.safety_ms.max(4_000);
             }
         }
+        // A failover cluster in a quarter of the other seeds, half of them with a witness.
+        // (Drawn last again.)
+        if !p.mirroring && r.chance(0.25) {
+            p.cluster_witness = r.chance(0.5);
+            p.set_cluster(true);
+        }
         p
+    }
+
+    /// Turns the failover cluster on or off (on: no learner, no mirroring; with a witness,
+    /// three voters).
+    pub fn set_cluster(&mut self, on: bool) {
+        self.cluster = on;
+        if on {
+            self.mirroring = false;
+            self.learner = false;
+            if self.cluster_witness {
+                self.voters = 3;
+            }
+        }
     }
 
     /// Turns high-safety mirroring with a witness on or off (on: three voters, no learner).
@@ -153,6 +195,7 @@ impl Params {
         if on {
             self.voters = 3;
             self.learner = false;
+            self.cluster = false;
         }
     }
 
@@ -184,6 +227,15 @@ impl Params {
                 "straggler" => self.straggler = n() != 0,
                 "mirroring" => self.set_mirroring(n() != 0),
                 "strict_exposure" => self.strict_exposure = n() != 0,
+                "cluster" => self.set_cluster(n() != 0),
+                "cluster_witness" => {
+                    self.cluster_witness = n() != 0;
+                    let on = self.cluster;
+                    self.set_cluster(on);
+                }
+                "stall_pct" => self.stall = n() as f64 / 100.0,
+                // A broken failover cluster (with `cluster=1`).
+                "bug_no_fence" => self.cluster_bug = ClusterBug::NoFence,
                 // A broken machine, to see what a failure looks like.
                 "bug_forget_every" => self.bug = Bug::ForgetEvery(n()),
                 "fault_gap_max" => self.fault_gap.1 = n(),
@@ -199,6 +251,17 @@ impl Params {
     pub fn describe(&self) -> String {
         let shape = if self.mirroring {
             format!("mirroring (principal n1, mirror n2, witness {WITNESS})")
+        } else if self.cluster && self.cluster_witness {
+            format!(
+                "failover cluster (nodes n1, n2, witness {WITNESS}; stalls {:.0}%)",
+                self.stall * 100.0
+            )
+        } else if self.cluster {
+            format!(
+                "failover cluster ({} nodes; stalls {:.0}%)",
+                self.voters,
+                self.stall * 100.0
+            )
         } else {
             format!(
                 "{} voters{}",
@@ -261,6 +324,7 @@ pub struct Report {
     pub witness_installs: u64,
     pub async_loss: Option<AsyncLoss>,
     pub mirroring: bool,
+    pub cluster: bool,
 }
 
 const LEARNER: &str = "dr";
@@ -283,8 +347,13 @@ struct World {
     stats: Arc<MachineStats>,
     voters: Vec<String>,
     learner: Option<String>,
-    /// The mirroring witness (one of the voters), in mirroring seeds.
+    /// The mirroring or failover-cluster witness (one of the voters), in the seeds with one.
     witness: Option<String>,
+    /// A failover cluster's shared storage.
+    disk: Mutex<SharedDisk>,
+    /// Under a failover cluster, the nodes that own the storage (as they believe) and their
+    /// fencing tokens.
+    owners: Mutex<BTreeMap<String, u64>>,
     incarnations: Mutex<BTreeMap<String, u64>>,
     /// Machines of crashed members (reused at a restart when the machine is durable).
     saved: Mutex<BTreeMap<String, SimMachine>>,
@@ -325,6 +394,15 @@ impl World {
             .clone()
     }
 
+    fn incarnation(&self, name: &str) -> u64 {
+        self.incarnations
+            .lock()
+            .unwrap()
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+
     fn is_witness(&self, name: &str) -> bool {
         self.witness.as_deref() == Some(name)
     }
@@ -333,6 +411,9 @@ impl World {
     /// data-holding member) and the member whose copy the acknowledgement waits for (the
     /// mirror, unless a bug says otherwise). `None` without mirroring, or for the witness.
     fn mirror_of(&self, name: &str) -> Option<(String, NodeId)> {
+        if !self.p.mirroring {
+            return None;
+        }
         let wit = self.witness.as_ref()?;
         if name == wit {
             return None;
@@ -379,7 +460,7 @@ impl World {
             .filter(|_| self.p.durable_machine);
         // A witness's machine lives in memory only (as the store's): a restart rebuilds it
         // from the snapshot and the log.
-        let machine = if self.is_witness(name) {
+        let machine = if self.is_witness(name) || self.p.cluster {
             SimMachine::Witness(SimWitness::new(self.stats.clone()))
         } else {
             saved.unwrap_or_else(|| {
@@ -404,6 +485,9 @@ impl World {
                 h.count("restarts");
             }
         });
+        if self.p.cluster && !self.is_witness(name) {
+            tokio::spawn(owner(self.clone(), name.to_string(), inc));
+        }
         // Watch every status this member publishes (role and term, for the leader check).
         let hist = self.hist.clone();
         let who = name.to_string();
@@ -430,6 +514,8 @@ impl World {
                 h.event(format!("stop {name}"));
             }
         });
+        // A process that is gone owns nothing (the storage's fence still names it).
+        self.owners.lock().unwrap().remove(name);
         r.shutdown().await;
         // The machine as the crash left it: reused at the restart if the machine is durable.
         let m = r.with_machine(|m| Ok(m.clone())).await.unwrap();
@@ -502,6 +588,30 @@ async fn write_one(
             continue;
         };
         let attempt = (deadline - now).min(Duration::from_secs(1));
+        if w.p.cluster {
+            let stall = if rng.chance(w.p.stall) {
+                rng.between(1, 2 * w.p.election_ms.1)
+            } else {
+                0
+            };
+            let write = cluster_write(w.clone(), name.clone(), key.clone(), value.clone(), stall);
+            match tokio::time::timeout(attempt, tokio::spawn(write)).await {
+                Ok(Ok(Ok(resp))) => {
+                    let s = r.status();
+                    w.hist(|h| h.ack(&key, &name, &s, &resp));
+                    *believed = Some(name);
+                    return;
+                }
+                Ok(Ok(Err((why, hint)))) => {
+                    last = why;
+                    sleep(Duration::from_millis(rng.between(1, 20))).await;
+                    *believed = hint;
+                }
+                Ok(Err(e)) => panic!("a cluster write panicked: {e}"),
+                Err(_) => last = format!("{name}: attempt timed out"),
+            }
+            continue;
+        }
         // Under high-safety mirroring the principal acknowledges once the mirror holds the
         // write too, or was silent for an election timeout (`StoreNode::apply`).
         let mirror = w.mirror_of(&name);
@@ -553,6 +663,129 @@ async fn write_one(
             }
             Err(_) => last = format!("{name}: attempt timed out"),
         }
+    }
+}
+
+/// Under a failover cluster: a write through `name` as `ClusterNode::apply` makes it — only
+/// while `name` owns the storage (refused otherwise, with the ownership group's leader as a
+/// hint), under its fencing token, which the storage checks. `stall_ms` pauses the owner
+/// between its ownership check and the write; the write runs as its own task, so a paused
+/// owner that wakes after the client gave up still writes (or is fenced), as a real one would.
+async fn cluster_write(
+    w: Arc<World>,
+    name: String,
+    key: String,
+    value: String,
+    stall_ms: u64,
+) -> Result<Vec<u8>, (String, Option<String>)> {
+    let Some(r) = w.net.get(&name) else {
+        return Err((format!("{name} is down"), None));
+    };
+    let inc = w.incarnation(&name);
+    let owned = w.owners.lock().unwrap().get(&name).copied();
+    let Some(token) = owned else {
+        let s = r.status();
+        let hint = s
+            .leader
+            .filter(|l| *l != s.id)
+            .and_then(|l| s.voters.get(&l))
+            .map(|m| m.server.clone());
+        return Err((format!("{name} does not own the storage"), hint));
+    };
+    if stall_ms > 0 {
+        w.hist(|h| {
+            h.event(format!(
+                "{name} pauses {stall_ms} ms before writing {key} under token {token}"
+            ));
+            h.count("owner pauses");
+        });
+        sleep(Duration::from_millis(stall_ms)).await;
+        // A process killed meanwhile writes nothing.
+        if w.incarnation(&name) != inc || w.net.get(&name).is_none() {
+            return Err((format!("{name} was killed while paused"), None));
+        }
+    }
+    let at = w.hist(|h| h.now_ms());
+    let written = w.disk.lock().unwrap().write(token, &name, &key, &value, at);
+    match written {
+        Ok(previous) => Ok(serde_json::to_vec(&previous).unwrap()),
+        Err(current) => {
+            w.hist(|h| {
+                h.event(format!(
+                    "{name} fenced writing {key}: token {token}, the storage holds {current}"
+                ));
+                h.count("writes fenced");
+            });
+            // Fenced, the node lets ownership go (`ClusterNode::apply`).
+            let mut owners = w.owners.lock().unwrap();
+            if owners.get(&name) == Some(&token) {
+                owners.remove(&name);
+            }
+            Err((format!("{name}: fenced by token {current}"), None))
+        }
+    }
+}
+
+/// Under a failover cluster, a node's ownership as `ClusterNode::watch_loop` follows it: every
+/// 50 ms it takes the storage (raising the fence to its term) when it leads the ownership
+/// group with a quorum acknowledgement younger than the shortest election timeout, and lets it
+/// go when it does not. Ends with the node's incarnation.
+async fn owner(w: Arc<World>, name: String, inc: u64) {
+    loop {
+        sleep(Duration::from_millis(50)).await;
+        if w.incarnation(&name) != inc {
+            return;
+        }
+        let Some(r) = w.net.get(&name) else { return };
+        let s = r.status();
+        let leading =
+            s.role == Role::Leader && s.quorum_ack_ms_ago.is_some_and(|ms| ms < w.p.election_ms.0);
+        let owned = w.owners.lock().unwrap().get(&name).copied();
+        if let Some(token) = owned
+            && (!leading || token != s.term)
+        {
+            w.owners.lock().unwrap().remove(&name);
+            w.hist(|h| h.event(format!("{name} lets the storage go (token {token})")));
+        }
+        if leading && owned != Some(s.term) {
+            let taken = w.disk.lock().unwrap().take(s.term, &name);
+            match taken {
+                Ok(()) => {
+                    w.owners.lock().unwrap().insert(name.clone(), s.term);
+                    w.hist(|h| {
+                        h.event(format!("{name} owns the storage, token {}", s.term));
+                        h.count("ownership taken");
+                    });
+                }
+                Err(current) => w.hist(|h| {
+                    h.event(format!(
+                        "{name} cannot take the storage under token {}: {current} holds it",
+                        s.term
+                    ))
+                }),
+            }
+        }
+    }
+}
+
+/// Under a failover cluster, after healing: the group's leader owns the storage, within two
+/// election timeouts. Returns who owns it, or why not.
+async fn owned_after_healing(w: &World) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_millis(2 * w.p.election_ms.1 + 200);
+    loop {
+        if let Some((name, _, s)) = w.leader()
+            && w.owners.lock().unwrap().get(&name) == Some(&s.term)
+        {
+            return Ok(name);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "no node owns the storage after healing: leader {:?}, owners {:?}",
+                w.leader().map(|(n, _, s)| (n, s.term)),
+                w.owners.lock().unwrap()
+            ));
+        }
+        sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -1022,13 +1255,14 @@ async fn converge(
 }
 
 async fn simulate(p: Params, dir: PathBuf) -> Report {
-    let (voters, witness): (Vec<String>, Option<String>) = if p.mirroring {
-        let v = ["n1", "n2", WITNESS].map(String::from).to_vec();
-        (v, Some(WITNESS.to_string()))
-    } else {
-        ((1..=p.voters).map(|i| format!("n{i}")).collect(), None)
-    };
-    let learner = (p.learner && !p.mirroring).then(|| LEARNER.to_string());
+    let (voters, witness): (Vec<String>, Option<String>) =
+        if p.mirroring || p.cluster && p.cluster_witness {
+            let v = ["n1", "n2", WITNESS].map(String::from).to_vec();
+            (v, Some(WITNESS.to_string()))
+        } else {
+            ((1..=p.voters).map(|i| format!("n{i}")).collect(), None)
+        };
+    let learner = (p.learner && !p.mirroring && !p.cluster).then(|| LEARNER.to_string());
     let mut history = History::new();
     history.witness = witness.clone();
     history.strict_exposure = p.strict_exposure;
@@ -1048,6 +1282,8 @@ async fn simulate(p: Params, dir: PathBuf) -> Report {
         voters: voters.clone(),
         learner: learner.clone(),
         witness: witness.clone(),
+        disk: Mutex::new(SharedDisk::new(p.cluster_bug.clone())),
+        owners: Mutex::new(BTreeMap::new()),
         incarnations: Mutex::new(BTreeMap::new()),
         saved: Mutex::new(BTreeMap::new()),
         down: Mutex::new(BTreeSet::new()),
@@ -1072,7 +1308,10 @@ async fn simulate(p: Params, dir: PathBuf) -> Report {
     for c in 0..p.clients {
         tasks.push(tokio::spawn(client(w.clone(), c)));
     }
-    tasks.push(tokio::spawn(reader(w.clone())));
+    // (A failover cluster's storage is one: reads there are not replicated reads.)
+    if !p.cluster {
+        tasks.push(tokio::spawn(reader(w.clone())));
+    }
     tasks.push(tokio::spawn(add_learner(w.clone())));
     if p.straggler {
         tasks.push(tokio::spawn(straggler(w.clone())));
@@ -1125,6 +1364,15 @@ async fn simulate(p: Params, dir: PathBuf) -> Report {
             }
         }
     }
+    if p.cluster {
+        // The data is the shared storage's.
+        if let Err(e) = owned_after_healing(&w).await {
+            fin.converged = Err(e);
+        }
+        let disk = w.disk.lock().unwrap();
+        fin.machines = BTreeMap::from([("the shared storage".to_string(), disk.map())]);
+        fin.shared = Some((disk.takes.clone(), disk.writes.clone()));
+    }
     w.hist(|h| h.event("converged"));
     // 4. Stop everything; read the lost learner's machine and log.
     for (n, _) in w.net.up() {
@@ -1153,6 +1401,7 @@ async fn simulate(p: Params, dir: PathBuf) -> Report {
         snapshots: w.stats.snapshots.load(Ordering::Relaxed),
         witness_installs: w.stats.witness_installs.load(Ordering::Relaxed),
         mirroring: p.mirroring,
+        cluster: p.cluster,
         ..Report::default()
     };
     let (violations, loss) = check(&hist, &fin);
