@@ -323,6 +323,15 @@ impl<M: Machine> Replica<M> {
                 self.shared
                     .last_leader_contact_ms
                     .store(now_ms(), Ordering::Relaxed);
+                let head = data[..data.len().min(machine::SNAPSHOT_HEAD)].to_vec();
+                let accepted = self
+                    .with_machine(move |m| Ok(m.accepts_snapshot(&head)))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Err(why) = accepted {
+                    tracing::warn!(group = %self.config.group, from = %vote.leader_id(), %why, "snapshot refused");
+                    return Err(format!("snapshot refused: {why}"));
+                }
                 let snapshot = types::Snapshot {
                     meta,
                     snapshot: data,

@@ -38,7 +38,19 @@ pub trait Machine: Send + 'static {
     }
     /// Replaces the state with a snapshot (which carries its own position).
     fn install(&mut self, snapshot: &[u8]) -> io::Result<()>;
+    /// Whether a snapshot that starts with `head` (its first [`SNAPSHOT_HEAD`] bytes or
+    /// fewer) may be installed here, asked before a leader's snapshot is handed to openraft:
+    /// a refused one is answered with the error (the leader tries again later) and changes
+    /// nothing. A data member refuses a witness's snapshot, which holds no data: installing
+    /// it would drop the data. The default accepts everything.
+    fn accepts_snapshot(&mut self, head: &[u8]) -> Result<(), String> {
+        let _ = head;
+        Ok(())
+    }
 }
+
+/// How many leading bytes of a snapshot [`Machine::accepts_snapshot`] sees.
+pub const SNAPSHOT_HEAD: usize = 64;
 
 /// A snapshot being made: see [`Machine::start_snapshot`].
 pub type SnapshotJob = Box<dyn FnOnce() -> io::Result<SnapshotCopy> + Send>;

@@ -3,7 +3,8 @@
 //!
 //! Who owns is a replicated decision: the nodes (and an optional witness) form a replica group
 //! whose machine holds no data ([`WitnessMachine`], the position only); its leader is the
-//! owner. The fencing token is the leader's term — one leader per term, so one owner per
+//! owner — unless it is the witness, which leads only to hand leadership to a node
+//! ([`crate::witness::hand_over`]) and never owns. The fencing token is the leader's term — one leader per term, so one owner per
 //! token. Taking ownership writes the token into the database (one fsynced transaction), and
 //! every write transaction checks it under the database's write lock
 //! ([`machine::apply_batch_fenced`]): once a newer owner took the storage, an old owner that
@@ -104,7 +105,9 @@ impl ClusterNode {
             member(&me),
             cfg.dir.join("ownership"),
         );
-        rcfg.elect = !me.witness;
+        // A witness campaigns too, only to hand over (`witness::hand_over`): it may hold an
+        // entry the surviving node lacks. It never owns the storage.
+        rcfg.elect = true;
         rcfg.heartbeat_ms = cfg.heartbeat_ms;
         rcfg.election_timeout_min_ms = cfg.election_timeout_min_ms;
         rcfg.election_timeout_max_ms = cfg.election_timeout_max_ms;
@@ -177,6 +180,13 @@ impl ClusterNode {
                 "`{other}` does not apply to a failover cluster: its nodes share one storage"
             )))),
         }
+    }
+
+    fn is_witness(&self) -> bool {
+        self.cfg
+            .members
+            .iter()
+            .any(|m| m.server == self.cfg.me && m.witness)
     }
 
     fn owned(&self) -> Option<Owned> {
@@ -386,6 +396,13 @@ impl ClusterNode {
             if st.role == Role::Stopped {
                 self.listener.release().await;
                 return;
+            }
+            if self.is_witness() {
+                if st.role == Role::Leader {
+                    let nodes = self.cfg.members.iter().filter(|m| !m.witness);
+                    crate::witness::hand_over(&self.cfg.store, &self.replica, &st, nodes).await;
+                }
+                continue;
             }
             let leading = st.role == Role::Leader
                 && st

@@ -163,7 +163,7 @@ async fn open_replica(
     let mut rcfg = ReplicaConfig::new(&group(&cfg.store, generation), member(me), raft_dir);
     // A witness campaigns too — it may hold committed entries the mirror lacks, and then no
     // one else can win — but only to hand the mirror what it lacks and step aside (see
-    // `StoreNode::hand_over`); it never serves.
+    // `witness::hand_over`); it never serves.
     rcfg.elect = me.sync && (me.automatic || me.witness);
     rcfg.heartbeat_ms = cfg.heartbeat_ms;
     rcfg.election_timeout_min_ms = cfg.election_timeout_min_ms;
@@ -281,33 +281,6 @@ impl StoreNode {
             .members
             .iter()
             .any(|m| m.server == server && m.witness)
-    }
-
-    /// A witness that won an election (it held committed entries the mirror lacked) hands
-    /// leadership to the mirror as soon as the mirror holds everything it has.
-    async fn hand_over(&self, st: &replica::Status) {
-        let last = st.last_log_index.unwrap_or(0);
-        // Any data-holding voter that holds the whole log (the principal, if it is back).
-        let target = self
-            .cfg
-            .members
-            .iter()
-            .filter(|m| !m.witness && m.server != self.cfg.me)
-            .map(|m| node_id(&m.server))
-            .find(|id| {
-                st.voters.contains_key(id)
-                    && st
-                        .replication
-                        .get(id)
-                        .and_then(|p| p.matched)
-                        .is_some_and(|m| m >= last)
-            });
-        if let Some(target) = target {
-            tracing::info!(store = %self.cfg.store, "witness: a data replica holds the log; handing leadership over");
-            if let Err(e) = self.replica().transfer_leader(target).await {
-                tracing::debug!(store = %self.cfg.store, error = %e, "witness: hand-over not done yet");
-            }
-        }
     }
 
     fn note_planned(&self, from: &str) {
@@ -1376,7 +1349,8 @@ impl StoreNode {
                 // A witness never serves: it leads only to hand over.
                 self.set_listener(false).await;
                 if is_leader {
-                    self.hand_over(&st).await;
+                    let data = self.cfg.members.iter().filter(|m| !m.witness);
+                    crate::witness::hand_over(&self.cfg.store, &self.replica(), &st, data).await;
                 }
                 continue;
             }

@@ -163,6 +163,18 @@ impl replica::Machine for SqliteMachine {
         }))
     }
 
+    /// Only a database: a witness's snapshot (which holds no data) or anything else would
+    /// replace this replica's data with nothing.
+    fn accepts_snapshot(&mut self, head: &[u8]) -> Result<(), String> {
+        if head.starts_with(crate::witness::SQLITE_HEADER) {
+            Ok(())
+        } else if head.starts_with(crate::witness::WITNESS_SNAPSHOT) {
+            Err("a data replica never installs a witness's snapshot (it holds no data)".into())
+        } else {
+            Err("the snapshot is not a database".into())
+        }
+    }
+
     fn install(&mut self, snapshot: &[u8]) -> io::Result<()> {
         // The snapshot replaces the live database page by page (SQLite's backup API), so open
         // readers simply see the new state.

@@ -6,17 +6,54 @@
 //! whose log is behind), but applies nothing: its machine keeps only the log position. A
 //! snapshot it receives (a whole database, when it fell behind the principal's purge point)
 //! is read for its position and dropped.
+//!
+//! The witness trap: when the principal (or a failover cluster's owner) is lost while the
+//! other data member lacks a commit that only the witness holds, no data member can win an
+//! election. So a witness campaigns too, and when it wins, it brings the others up to date
+//! and hands leadership to one that holds its whole log ([`hand_over`]); it never serves.
 
 use crate::machine;
+use crate::node::MemberSpec;
 use crate::replicated::SqliteMachine;
 use rusqlite::Connection;
 use std::io;
 use std::path::PathBuf;
 
 /// How a witness's own snapshots start (the rest is the position).
-const WITNESS_SNAPSHOT: &[u8] = b"tandem-witness-snapshot\n";
+pub(crate) const WITNESS_SNAPSHOT: &[u8] = b"tandem-witness-snapshot\n";
 /// How every SQLite database file starts.
-const SQLITE_HEADER: &[u8] = b"SQLite format 3\0";
+pub(crate) const SQLITE_HEADER: &[u8] = b"SQLite format 3\0";
+
+/// Called by a witness that leads (`st` is its status): hands leadership to one of `data`
+/// (the data-holding members) that holds the witness's whole log, if one does yet.
+pub async fn hand_over<'a, M: replica::Machine>(
+    store: &str,
+    replica: &replica::Replica<M>,
+    st: &replica::Status,
+    data: impl Iterator<Item = &'a MemberSpec>,
+) {
+    let last = st.last_log_index.unwrap_or(0);
+    let caught_up = |id: &u64| {
+        st.voters.contains_key(id)
+            && st
+                .replication
+                .get(id)
+                .and_then(|p| p.matched)
+                .is_some_and(|m| m >= last)
+    };
+    let target = data
+        .map(|m| replica::node_id(&m.server))
+        .find(|id| *id != st.id && caught_up(id));
+    if let Some(target) = target {
+        tracing::info!(
+            store,
+            "witness: a data member holds the whole log; handing leadership over"
+        );
+        if let Err(e) = replica.transfer_leader(target).await {
+            tracing::debug!(store, error = %e, "witness: hand-over not done yet");
+        }
+    }
+}
 
 /// A witness's machine: the log position, in memory (after a restart openraft rebuilds it
 /// from the snapshot and the log, which cost nothing to apply here).
@@ -123,6 +160,13 @@ impl replica::Machine for NodeMachine {
             NodeMachine::Witness(m) => m.install(snapshot),
         }
     }
+
+    fn accepts_snapshot(&mut self, head: &[u8]) -> Result<(), String> {
+        match self {
+            NodeMachine::Data(m) => m.accepts_snapshot(head),
+            NodeMachine::Witness(m) => m.accepts_snapshot(head),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +203,10 @@ mod tests {
             "no database left behind"
         );
 
+        // A data replica refuses the witness's snapshot before anything is installed.
+        let refused = db.accepts_snapshot(&own[..own.len().min(replica::machine::SNAPSHOT_HEAD)]);
+        assert!(refused.is_err_and(|e| e.contains("witness")));
+        assert!(db.accepts_snapshot(&copy.data[..64]).is_ok());
         let err = again.install(b"garbage").unwrap_err();
         assert!(err.to_string().contains("neither"), "{err}");
         assert_eq!(again.position().unwrap(), Some(b"p9".to_vec()));

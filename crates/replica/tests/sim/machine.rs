@@ -34,6 +34,8 @@ pub enum Bug {
     ForgetEvery(u64),
     /// This member alone skips keys ending in `-<multiple of n>`: the replicas diverge.
     DivergeOn(String, u64),
+    /// Data members install a witness's snapshot (no data) as their own.
+    TakesWitnessSnapshots,
 }
 
 /// Counters shared by every machine of one simulation.
@@ -86,6 +88,7 @@ impl SimKv {
             Bug::None => false,
             Bug::ForgetEvery(n) => multiple(*n),
             Bug::DivergeOn(who, n) => *who == self.me && multiple(*n),
+            Bug::TakesWitnessSnapshots => false,
         }
     }
 }
@@ -122,6 +125,13 @@ impl Machine for SimKv {
         serde_json::to_vec(self).map_err(io::Error::other)
     }
 
+    fn accepts_snapshot(&mut self, head: &[u8]) -> Result<(), String> {
+        if head.starts_with(WITNESS_SNAPSHOT) && self.bug != Bug::TakesWitnessSnapshots {
+            return Err("a data member never installs a witness's snapshot".into());
+        }
+        Ok(())
+    }
+
     fn install(&mut self, snapshot: &[u8]) -> io::Result<()> {
         let state: SimKv = serde_json::from_slice(snapshot).map_err(io::Error::other)?;
         self.map = state.map;
@@ -140,11 +150,22 @@ impl Machine for SimKv {
 /// A mirroring witness's machine (as `store::witness::WitnessMachine`): it votes and holds the
 /// log, but applies nothing; it keeps only the position. A snapshot it receives (a data
 /// member's whole map, when it fell behind the leader's purge point) is read for its position
-/// and dropped. Its own snapshots read as a data member's with an empty map.
+/// and dropped. Its own snapshots say they are a witness's ([`WITNESS_SNAPSHOT`]): a data
+/// member refuses them (as `store::replicated::SqliteMachine` refuses the store witness's).
 #[derive(Clone, Default)]
 pub struct SimWitness {
     pub position: Option<Vec<u8>>,
     pub stats: Option<Arc<MachineStats>>,
+}
+
+/// How a witness's snapshot starts.
+pub const WITNESS_SNAPSHOT: &[u8] = b"{\"witness\":true";
+
+/// A witness's snapshot.
+#[derive(Serialize)]
+struct WitnessSnap<'a> {
+    witness: bool,
+    position: &'a Option<Vec<u8>>,
 }
 
 /// Any snapshot, read for its position only (the map, if any, is skipped).
@@ -176,11 +197,11 @@ impl Machine for SimWitness {
         if let Some(s) = &self.stats {
             s.snapshots.fetch_add(1, Ordering::Relaxed);
         }
-        let empty = SimKv {
-            position: self.position.clone(),
-            ..SimKv::default()
+        let snap = WitnessSnap {
+            witness: true,
+            position: &self.position,
         };
-        serde_json::to_vec(&empty).map_err(io::Error::other)
+        serde_json::to_vec(&snap).map_err(io::Error::other)
     }
 
     fn install(&mut self, snapshot: &[u8]) -> io::Result<()> {
@@ -247,6 +268,13 @@ impl Machine for SimMachine {
         match self {
             SimMachine::Kv(m) => m.install(snapshot),
             SimMachine::Witness(m) => m.install(snapshot),
+        }
+    }
+
+    fn accepts_snapshot(&mut self, head: &[u8]) -> Result<(), String> {
+        match self {
+            SimMachine::Kv(m) => m.accepts_snapshot(head),
+            SimMachine::Witness(m) => m.accepts_snapshot(head),
         }
     }
 }

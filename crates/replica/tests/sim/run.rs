@@ -18,21 +18,26 @@
 //!    site for good, after sampling the lag its leader reports. In a few seeds a follower
 //!    stays down while over a thousand entries are written (the snapshot-install path).
 //! 3. Liveness: the network heals and calms down, crashed members restart (not the lost
-//!    learner), clients finish; the group must converge within `converge_ms`.
+//!    learner; and in half the seeds with a witness, not a data member that is down: it is
+//!    lost for good, and the others must go on without it), clients finish; the group must
+//!    converge within `converge_ms`, with a data member leading.
 //! 4. Checks: see `history::check`.
 //!
-//! Mirroring seeds run high-safety mirroring with a witness as `tandem::server::node_config`
+//! Mirroring seeds run high-safety mirroring with a witness as `store::node::node_config`
 //! and `store::node::StoreNode::apply` build it: `n1` (the initial principal) and `n2` (the
-//! mirror) hold data and may campaign; the witness `wit` votes and holds the log but never
-//! campaigns (`ReplicaConfig::elect` off), is never a transfer target, and runs a machine that
-//! applies nothing ([`SimWitness`]). A client's write is acknowledged once `write_indexed`
+//! mirror) hold data; the witness `wit` votes, holds the log and runs a machine that applies
+//! nothing ([`SimWitness`]); it campaigns too, but serves nothing and, when it leads, hands
+//! leadership to a data member holding its whole log ([`hand_over`], as
+//! `store::witness::hand_over`): that gets the group out of the witness trap (the principal
+//! lost for good while the mirror lacks a commit only the witness holds). It is never a
+//! transfer target. A client's write is acknowledged once `write_indexed`
 //! returned and `wait_replicated` on the other data member returned (true: it holds the entry;
 //! false: it was silent for an election timeout, the principal exposed). Right after each
 //! acknowledgement the mirror's log file is read: what the acknowledgement says it holds, it
 //! must hold.
 //!
 //! Failover-cluster seeds run the ownership group of `store::cluster::ClusterNode`: nodes
-//! `n1`, `n2`... (or `n1`, `n2` and a witness that never campaigns) with machines that hold no
+//! `n1`, `n2`... (or `n1`, `n2` and a witness, as above) with machines that hold no
 //! data, and a shared storage ([`SharedDisk`]) that checks fencing tokens as the store's
 //! database does. Each node follows its ownership as `ClusterNode::watch_loop` does ([`owner`]);
 //! clients write to the storage through the owner ([`cluster_write`]), which now and then
@@ -240,7 +245,10 @@ impl Params {
                 "bug_forget_every" => self.bug = Bug::ForgetEvery(n()),
                 "fault_gap_max" => self.fault_gap.1 = n(),
                 // A broken mirroring setup (with `mirroring=1`).
-                "bug_witness_elects" => self.mirror_bug = MirrorBug::WitnessElects,
+                "bug_witness_never_campaigns" => {
+                    self.mirror_bug = MirrorBug::WitnessNeverCampaigns;
+                }
+                "bug_witness_serves" => self.mirror_bug = MirrorBug::WitnessServes,
                 "bug_wait_on_witness" => self.mirror_bug = MirrorBug::WaitOnWitness,
                 other => panic!("SIM_PARAMS: unknown parameter {other}"),
             }
@@ -297,8 +305,11 @@ impl Params {
 pub enum MirrorBug {
     #[default]
     None,
-    /// The witness campaigns like any voter and may be asked to take leadership.
-    WitnessElects,
+    /// The witness never campaigns (as it was first built): when the principal is lost for
+    /// good while the mirror lacks a commit only the witness holds, no one can be elected.
+    WitnessNeverCampaigns,
+    /// The witness serves writes while it leads, instead of handing leadership over.
+    WitnessServes,
     /// The principal waits for the witness to hold a write instead of the mirror (and so
     /// reports the mirror as holding what it may lack).
     WaitOnWitness,
@@ -444,8 +455,9 @@ impl World {
         cfg.election_timeout_min_ms = self.p.election_ms.0;
         cfg.election_timeout_max_ms = self.p.election_ms.1;
         cfg.snapshot_every = self.p.snapshot_every;
-        // The witness never campaigns (`node_config`: only principal and mirror fail over).
-        cfg.elect = !self.is_witness(name) || self.p.mirror_bug == MirrorBug::WitnessElects;
+        // The witness campaigns too (it may hold a commit the others lack), but only to hand
+        // leadership over (`store::node::node_config`, `StoreNode::hand_over`).
+        cfg.elect = !self.is_witness(name) || self.p.mirror_bug != MirrorBug::WitnessNeverCampaigns;
         cfg.blocking_machine = false;
         cfg.seed = Some(derive(self.p.seed, &format!("{name}#{inc}")));
         cfg.log = WalOptions {
@@ -487,6 +499,9 @@ impl World {
         });
         if self.p.cluster && !self.is_witness(name) {
             tokio::spawn(owner(self.clone(), name.to_string(), inc));
+        }
+        if self.is_witness(name) && self.p.mirror_bug != MirrorBug::WitnessServes {
+            tokio::spawn(hand_over(self.clone(), name.to_string(), inc));
         }
         // Watch every status this member publishes (role and term, for the leader check).
         let hist = self.hist.clone();
@@ -588,6 +603,12 @@ async fn write_one(
             continue;
         };
         let attempt = (deadline - now).min(Duration::from_secs(1));
+        if w.is_witness(&name) && w.p.mirror_bug != MirrorBug::WitnessServes {
+            // A witness never serves (`StoreNode::apply`, `ClusterNode::apply`).
+            last = format!("{name} is the witness");
+            sleep(Duration::from_millis(rng.between(1, 20))).await;
+            continue;
+        }
         if w.p.cluster {
             let stall = if rng.chance(w.p.stall) {
                 rng.between(1, 2 * w.p.election_ms.1)
@@ -789,6 +810,38 @@ async fn owned_after_healing(w: &World) -> Result<String, String> {
     }
 }
 
+/// A witness that leads hands leadership to a data member that holds its whole log, as
+/// `StoreNode::hand_over` does (checked every 50 ms). Ends with the witness's incarnation.
+async fn hand_over(w: Arc<World>, name: String, inc: u64) {
+    loop {
+        sleep(Duration::from_millis(50)).await;
+        if w.incarnation(&name) != inc {
+            return;
+        }
+        let Some(r) = w.net.get(&name) else { return };
+        let s = r.status();
+        if s.role != Role::Leader {
+            continue;
+        }
+        let last = s.last_log_index.unwrap_or(0);
+        let target = w.voters.iter().map(|v| node_id(v)).find(|id| {
+            *id != s.id
+                && s.voters.contains_key(id)
+                && s.replication
+                    .get(id)
+                    .and_then(|p| p.matched)
+                    .is_some_and(|m| m >= last)
+        });
+        if let Some(target) = target {
+            w.hist(|h| {
+                h.event(format!("{name} hands leadership over"));
+                h.count("witness hand-overs");
+            });
+            let _ = r.transfer_leader(target).await;
+        }
+    }
+}
+
 async fn client(w: Arc<World>, c: usize) {
     let mut rng = Rng::new(derive(w.p.seed, &format!("client{c}")));
     let name = format!("c{c}");
@@ -869,6 +922,10 @@ async fn reader(w: Arc<World>) {
             .take()
             .unwrap_or_else(|| rng.pick(&all).unwrap().clone());
         let Some(r) = w.net.get(&name) else { continue };
+        if w.is_witness(&name) {
+            // A witness holds no data and answers no query.
+            continue;
+        }
         let before = w.hist(|h| h.acked());
         match tokio::time::timeout(Duration::from_secs(1), r.read_barrier()).await {
             Ok(Ok(())) => {
@@ -1095,7 +1152,7 @@ async fn faults(w: Arc<World>, end: Instant) {
                 // Never to the witness (`StoreNode` refuses it), unless a bug says otherwise.
                 let targets: Vec<String> = up_voters
                     .iter()
-                    .filter(|v| !w.is_witness(v) || w.p.mirror_bug == MirrorBug::WitnessElects)
+                    .filter(|v| !w.is_witness(v))
                     .cloned()
                     .collect();
                 if let Some((name, r, _)) = w.leader()
@@ -1188,7 +1245,7 @@ async fn converge(
             .collect();
         let leaders: Vec<&(String, Replica<SimMachine>, Status)> = statuses
             .iter()
-            .filter(|(n, _, s)| s.role == Role::Leader && w.voters.contains(n))
+            .filter(|(n, _, s)| s.role == Role::Leader && w.voters.contains(n) && !w.is_witness(n))
             .collect();
         if statuses.len() != members.len() {
             why = "members down".into();
@@ -1325,10 +1382,36 @@ async fn simulate(p: Params, dir: PathBuf) -> Report {
     w.net.set_quality(0.0, 2);
     let cut = w.learner_cut.load(Ordering::Relaxed);
     let down: Vec<String> = w.down.lock().unwrap().iter().cloned().collect();
+    // With a witness, half the seeds lose a data member that is down for good: the others
+    // must go on without it (the witness trap: see `hand_over`).
+    let mut liveness = Rng::new(derive(p.seed, "liveness"));
+    // (Only once the others know the group: a group whose first member is lost before it
+    // told anyone never formed.)
+    let gone = if witness.is_some() && liveness.chance(0.5) {
+        down.iter()
+            .find(|d| !w.is_witness(d))
+            .filter(|d| {
+                w.hist(|h| {
+                    voters
+                        .iter()
+                        .filter(|v| v != d)
+                        .all(|v| h.joined.contains(v))
+                })
+            })
+            .cloned()
+    } else {
+        None
+    };
     for d in down {
-        if !(cut && d == LEARNER) {
+        if !(cut && d == LEARNER) && gone.as_ref() != Some(&d) {
             w.start(&d).await;
         }
+    }
+    if let Some(g) = &gone {
+        w.hist(|h| {
+            h.event(format!("{g} is lost for good"));
+            h.count("data members lost for good");
+        });
     }
     w.hist(|h| h.event("liveness: healed, restarted"));
     for t in tasks {
@@ -1343,7 +1426,11 @@ async fn simulate(p: Params, dir: PathBuf) -> Report {
             t.await.unwrap();
         }
     }
-    let mut members = voters.clone();
+    let mut members: Vec<String> = voters
+        .iter()
+        .filter(|v| gone.as_ref() != Some(*v))
+        .cloned()
+        .collect();
     if let Some(l) = &learner
         && w.learner_added.load(Ordering::Relaxed)
         && !cut
@@ -1366,7 +1453,9 @@ async fn simulate(p: Params, dir: PathBuf) -> Report {
     }
     if p.cluster {
         // The data is the shared storage's.
-        if let Err(e) = owned_after_healing(&w).await {
+        if fin.converged.is_ok()
+            && let Err(e) = owned_after_healing(&w).await
+        {
             fin.converged = Err(e);
         }
         let disk = w.disk.lock().unwrap();
