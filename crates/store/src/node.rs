@@ -668,9 +668,13 @@ impl StoreNode {
                 self.cfg.store
             )));
         }
+        // Mirroring without a witness voting (or in high performance): the mirror is a learner,
+        // and a planned failover switches roles with it (`switch_roles`).
+        let mirroring = self.cfg.mode == "mirroring";
         let candidates: Vec<(u64, Member)> = st
             .voters
             .iter()
+            .chain(st.learners.iter().filter(|_| mirroring))
             .filter(|(id, m)| **id != st.id && !witness(&m.server))
             .map(|(id, m)| (*id, m.clone()))
             .collect();
@@ -720,6 +724,18 @@ impl StoreNode {
                 last - matched
             )));
         }
+        // Held until the mirror leads, so that `keep_mirroring_shape` here does not demote
+        // the mirror on its way in.
+        let _transition = self.transition.lock().await;
+        if st.learners.contains_key(&target) {
+            // The mirror votes first: from then on every commit waits for it, so it holds
+            // everything acknowledged when it takes over. Its new principal then makes this
+            // node its learner (`keep_mirroring_shape`).
+            self.replica()
+                .promote(BTreeSet::from([target]))
+                .await
+                .map_err(|e| self.refusal(e))?;
+        }
         self.replica()
             .transfer_leader(target)
             .await
@@ -736,6 +752,44 @@ impl StoreNode {
             )));
         }
         self.status().await
+    }
+
+    /// Mirroring without the witness voting: the principal votes alone and the mirror is its
+    /// learner. After a planned failover to a learner mirror both vote (see
+    /// `planned_failover`): the new principal makes the old one its learner. Skipped while a
+    /// transition (a failover, a reshape) is under way here.
+    async fn keep_mirroring_shape(&self, st: &replica::Status) {
+        let witness_votes = self
+            .cfg
+            .members
+            .iter()
+            .any(|m| m.witness && st.voters.contains_key(&node_id(&m.server)));
+        let others: BTreeSet<u64> = st
+            .voters
+            .keys()
+            .copied()
+            .filter(|id| *id != st.id)
+            .collect();
+        if witness_votes || others.is_empty() {
+            return;
+        }
+        let Ok(_transition) = self.transition.try_lock() else {
+            return;
+        };
+        // The old principal must acknowledge the change too (joint consensus): if it is gone,
+        // this waits in vain; try again on a later round.
+        let wait = Duration::from_millis(2 * self.cfg.election_timeout_max_ms);
+        match tokio::time::timeout(wait, self.replica().demote(others)).await {
+            Ok(Ok(_)) => {
+                tracing::info!(store = %self.cfg.store, "mirroring: the old principal is now the mirror");
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(store = %self.cfg.store, error = %e, "mirroring: cannot demote the old principal yet");
+            }
+            Err(_) => {
+                tracing::debug!(store = %self.cfg.store, "mirroring: demoting the old principal timed out");
+            }
+        }
     }
 
     /// Membership changes on the primary.
@@ -878,6 +932,7 @@ impl StoreNode {
                 self.cfg.store
             )));
         }
+        let _transition = self.transition.lock().await;
         let st = self.replica().status();
         if st.role != Role::Leader {
             return Err(self.not_primary());
@@ -1355,6 +1410,9 @@ impl StoreNode {
                 continue;
             }
             self.set_listener(is_leader).await;
+            if is_leader && self.cfg.mode == "mirroring" {
+                self.keep_mirroring_shape(&st).await;
+            }
             if self.cfg.mode == "mirroring" && !self.is_witness(&self.cfg.me) {
                 // Principal and mirror campaign exactly while they vote: the group's shape
                 // changes with `store set-safety` and the witness.

@@ -236,6 +236,74 @@ fn safety_and_witness_change_under_load_with_no_failed_request() {
     );
 }
 
+/// Without a witness the mirror is a learner; `store failover` switches roles by hand with
+/// no loss: under load, the mirror becomes principal and the old principal its mirror (a
+/// learner again), then back in high performance. No request fails, nothing acknowledged is
+/// lost, and each switch is recorded as a planned failover with no loss.
+#[test]
+fn planned_failover_without_a_witness_switches_roles_under_load() {
+    let m = start("mirror_switch_roles", "high-safety", false);
+    m.wait_status("a synchronized session", |s| {
+        s["mirroring"]["state"] == "synchronized"
+    });
+    let load = RegisterLoad::start(m.sip, 4, USERS, "pw");
+    assert!(load.wait_for(100, Duration::from_secs(60)));
+    let switch = |to: &str, from: &str| {
+        let out = m.cli(&["store", "failover", "store", "--to", to, "--json"]);
+        assert!(
+            out.status.success(),
+            "failover to {to}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let st = m.wait_status(&format!("{to} principal, {from} its learner mirror"), |s| {
+            s["primary"] == to
+                && row(s, to)["role"] == "principal"
+                && row(s, from)["role"] == "mirror"
+                && row(s, from)["commit"] == "async"
+        });
+        let n = load.records.lock().unwrap().len();
+        assert!(
+            load.wait_for(n + 100, Duration::from_secs(60)),
+            "the load stalled after the failover to {to}"
+        );
+        st
+    };
+    switch("s2", "s1");
+    m.wait_status("a synchronized session under s2", |s| {
+        s["mirroring"]["state"] == "synchronized"
+    });
+    let out = m.cli(&["store", "set-safety", "store", "high-performance"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = switch("s1", "s2");
+    assert_eq!(st["mirroring"]["safety"], "high-performance", "{st}");
+    let records = load.stop();
+    let failed: Vec<_> = records.iter().filter(|r| r.status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "failed requests: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    let lost = m.lost(&records);
+    assert!(lost.is_empty(), "acknowledged registrations lost: {lost:?}");
+    let planned = |s: &serde_json::Value| -> Vec<serde_json::Value> {
+        s["failovers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["kind"] == "Planned")
+            .cloned()
+            .collect()
+    };
+    let st = m.wait_status("both switches recorded", |s| planned(s).len() >= 2);
+    let planned = planned(&st);
+    assert!(planned.iter().all(|f| f["lost_transactions"] == 0), "{st}");
+}
+
 /// The witness trap's other side: with the mirror paused, principal and witness commit
 /// entries the mirror lacks; then the principal dies. The mirror cannot win an election
 /// without them (the witness refuses its vote) — so the witness wins, hands the mirror what
