@@ -269,9 +269,12 @@ fn cluster_config(
             &topology.name,
             &me.name,
         ),
-        heartbeat_ms: replica::DEFAULT_HEARTBEAT_MS,
-        election_timeout_min_ms: replica::DEFAULT_ELECTION_TIMEOUT_MS.0,
-        election_timeout_max_ms: replica::DEFAULT_ELECTION_TIMEOUT_MS.1,
+        // The topology's lease is the ownership group's shortest election timeout (the owner
+        // lets go once a majority has been silent that long), in the replica layer's
+        // proportions: heartbeats at a third of it, elections up to 5/3 of it.
+        heartbeat_ms: (store.lease_ms / 3).max(10),
+        election_timeout_min_ms: store.lease_ms,
+        election_timeout_max_ms: store.lease_ms * 5 / 3,
     })
 }
 
@@ -476,4 +479,44 @@ async fn serve(
         server.shutdown().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A failover cluster's `lease_ms` sets its ownership group's timing: elections from the
+    /// lease to 5/3 of it, heartbeats at a third; without it, the replica layer's defaults.
+    #[test]
+    fn a_cluster_lease_sets_the_ownership_timing() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        rpc::ClusterSecret::generate(&secret).unwrap();
+        let example = include_str!("../../../examples/failover-cluster.toml");
+        let timing = |source: &str| {
+            let topology = topology::parse(source, "t.toml").unwrap();
+            let store = topology.stores.iter().find(|s| s.name == "store1").unwrap();
+            let me = topology.server("node1").unwrap();
+            let c = cluster_config(&topology, store, me, dir.path(), &secret).unwrap();
+            (
+                c.heartbeat_ms,
+                c.election_timeout_min_ms,
+                c.election_timeout_max_ms,
+            )
+        };
+        assert_eq!(
+            timing(example),
+            (
+                replica::DEFAULT_HEARTBEAT_MS,
+                replica::DEFAULT_ELECTION_TIMEOUT_MS.0,
+                replica::DEFAULT_ELECTION_TIMEOUT_MS.1
+            )
+        );
+        let slow = example.replace(
+            "shared_path = \"shared\"",
+            "shared_path = \"shared\"\nlease_ms = 900",
+        );
+        assert_eq!(timing(&slow), (300, 900, 1500));
+    }
 }

@@ -199,7 +199,9 @@ pub struct Store {
     pub safety: Safety,
     /// Shared storage path (failover cluster only).
     pub shared_path: Option<PathBuf>,
-    /// Ownership lease in milliseconds (failover cluster; 2000 by default).
+    /// Ownership lease in milliseconds (failover cluster; 300 by default): an owner that has
+    /// not heard from a majority of the nodes for this long stops writing, and the others
+    /// elect a new owner after this long (to 5/3 of it) without the owner.
     pub lease_ms: u64,
     /// The replicas, in file order.
     pub replicas: Vec<Replica>,

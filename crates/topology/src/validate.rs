@@ -645,6 +645,19 @@ impl<'t> Checker<'t, '_> {
                     StoreMode::FailoverCluster,
                 ),
             ];
+            if let Some(lease) = &s.lease_ms
+                && !(100..=60_000).contains(lease.get_ref())
+            {
+                self.rep.error(
+                    lease.span(),
+                    "lease",
+                    format!(
+                        "{owner} has a {} ms ownership lease; the range is 100 to 60000 ms",
+                        lease.get_ref()
+                    ),
+                    "set `lease_ms` between 100 and 60000, or remove it for the default of 300",
+                );
+            }
             for (key, span, only) in misplaced {
                 if let Some(span) = span
                     && mode != only
@@ -1483,10 +1496,14 @@ fn build_store(s: &RawStore) -> Store {
         listener: val(&s.listener).copied(),
         safety,
         shared_path: val(&s.shared_path).cloned(),
-        lease_ms: val(&s.lease_ms).copied().unwrap_or(2000),
+        lease_ms: val(&s.lease_ms).copied().unwrap_or(DEFAULT_LEASE_MS),
         replicas,
     }
 }
+
+/// A failover cluster's ownership lease when the topology sets none: the replica layer's
+/// shortest election timeout (`replica::DEFAULT_ELECTION_TIMEOUT_MS`).
+pub const DEFAULT_LEASE_MS: u64 = 300;
 
 #[cfg(test)]
 mod tests {

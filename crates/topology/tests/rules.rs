@@ -702,6 +702,24 @@ role = "node"
     let witness = "[[server]]\nname = \"w1\"\nsite = \"dc3\"\nrpc = \"127.0.0.3:7000\"\nadmin = \"127.0.0.3:8080\"\n";
     let good = format!("{witness}{two}[[store.replica]]\nserver = \"w1\"\nrole = \"witness\"\n");
     assert_eq!(problems(&good), vec![]);
+    // The ownership lease: 100 ms to 60 s, at the value's line.
+    for (lease, bad) in [
+        ("50", true),
+        ("60001", true),
+        ("100", false),
+        ("2000", false),
+    ] {
+        let with = good.replace(
+            "shared_path = \"/srv/c\"",
+            &format!("shared_path = \"/srv/c\"\nlease_ms = {lease}"),
+        );
+        let line = 1 + with
+            .lines()
+            .position(|l| l.starts_with("lease_ms"))
+            .unwrap();
+        let expected = if bad { vec![("lease", line)] } else { vec![] };
+        assert_eq!(problems(&with), expected, "lease_ms = {lease}");
+    }
 }
 
 #[test]
