@@ -90,6 +90,11 @@ pub struct AdminState {
     pub stores: std::collections::BTreeMap<String, store::client::StoreClient>,
     /// Every server's rpc address, from the topology (to add a replica by server name).
     pub rpc_addrs: std::collections::BTreeMap<String, String>,
+    /// The standalone stores this server holds: name → database file (for backups).
+    pub local_stores: std::collections::BTreeMap<String, std::path::PathBuf>,
+    /// Each store's backup share, when a log-shipping link names one: the default of
+    /// `POST /api/v1/stores/{name}/backup`.
+    pub backup_shares: std::collections::BTreeMap<String, std::path::PathBuf>,
 }
 
 /// The router of the admin API; every route is behind the token check.
@@ -113,6 +118,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route(
             "/api/v1/stores/{name}/mirroring",
             axum::routing::post(store_mirroring),
+        )
+        .route(
+            "/api/v1/stores/{name}/backup",
+            axum::routing::post(store_backup),
         )
         .route(
             "/api/v1/stores/{name}/{op}",
@@ -481,6 +490,56 @@ async fn store_failover(
     client.attempt = std::time::Duration::from_secs(30);
     Ok(Json(
         client.call("failover", store::proto::encode(&req)).await?,
+    ))
+}
+
+/// `POST /api/v1/stores/{name}/backup`: `{"to": null | "share directory"}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BackupBody {
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// A full backup of a store onto a share: by the primary (the owner) of a replicated store,
+/// here for a standalone store this server holds.
+async fn store_backup(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    body: Body<BackupBody>,
+) -> Result<Json<store::backup::Manifest>, Failure> {
+    let Json(req) =
+        body.map_err(|_| bad_request("expected a JSON body {\"to\": null | \"share\"}"))?;
+    let share = match (req.to, s.backup_shares.get(&name)) {
+        (Some(to), _) => to,
+        (None, Some(share)) => share.to_string_lossy().into_owned(),
+        (None, None) => {
+            return Err(bad_request(format!(
+                "no backup share for {name}: give one (--to), or declare a log_shipping link from it"
+            )));
+        }
+    };
+    if let Some(db) = s.local_stores.get(&name) {
+        let (db, store, me) = (db.clone(), name.clone(), s.info.server.clone());
+        let taken = tokio::task::spawn_blocking(move || {
+            store::backup::take_full(&db, std::path::Path::new(&share), &store, &me)
+        })
+        .await
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        return match taken {
+            Ok(m) => Ok(Json(m)),
+            Err(StoreError::Invalid(why)) => Err(bad_request(why)),
+            Err(e) => Err(Failure::from(e)),
+        };
+    }
+    let mut client = s.store_client(&name)?.clone();
+    client.attempt = std::time::Duration::from_secs(120);
+    Ok(Json(
+        client
+            .call(
+                "backup",
+                store::proto::encode(&store::proto::BackupRequest { share }),
+            )
+            .await?,
     ))
 }
 

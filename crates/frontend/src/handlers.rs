@@ -131,6 +131,7 @@ pub(crate) fn store_error(req: &Request, e: &StoreError) -> Response {
         StoreError::OutOfOrder { .. } => reject(req, 500, &e.to_string()),
         StoreError::TooManyContacts { .. } => reject(req, 403, &e.to_string()),
         StoreError::UnknownEtag(_) => reject(req, 412, "Conditional Request Failed"),
+        StoreError::Invalid(_) => reject(req, 400, &e.to_string()),
         StoreError::Storage(_) | StoreError::Closed | StoreError::Fenced { .. } => {
             tracing::warn!(error = %e, "store unavailable");
             reject(req, 503, "store unavailable").with_header("Retry-After", "5")

@@ -176,6 +176,21 @@ impl ClusterNode {
                 Ok(r) => self.planned_failover(r).await,
                 Err(e) => Err(e),
             }),
+            "backup" => encode(&match decode::<BackupRequest>(body, "backup request") {
+                Ok(r) => match self.owned() {
+                    Some(_) => {
+                        crate::node::run_backup(
+                            self.cfg.shared_db.clone(),
+                            r.share,
+                            self.cfg.store.clone(),
+                            self.cfg.me.clone(),
+                        )
+                        .await
+                    }
+                    None => Err(self.not_owner()),
+                },
+                Err(e) => Err(e),
+            }),
             other => encode::<Reply<()>>(&Err(Refusal::Refused(format!(
                 "`{other}` does not apply to a failover cluster: its nodes share one storage"
             )))),

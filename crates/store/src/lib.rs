@@ -7,6 +7,7 @@
 //! Callers use [`Store`], which hides which engine serves it; the replicated engines of the
 //! other HA modes plug in behind the same calls.
 
+pub mod backup;
 pub mod client;
 pub mod cluster;
 pub mod listener;

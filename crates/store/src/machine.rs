@@ -26,6 +26,9 @@ pub enum StoreError {
     UnknownEtag(String),
     #[error("storage failure: {0}")]
     Storage(String),
+    /// A request that cannot be carried out as asked (a bad name, a path that exists).
+    #[error("{0}")]
+    Invalid(String),
     #[error("the store is closed")]
     Closed,
     /// A failover-cluster owner whose fencing token is older than the storage's: another
@@ -152,6 +155,7 @@ CREATE TABLE IF NOT EXISTS requests (
     result BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS subscriptions_expiry ON subscriptions (expires_ms);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('lsn', 0);
 ";
 
 /// Creates the tables if needed and checks the schema version.
@@ -235,6 +239,18 @@ pub fn apply_batch_fenced<'a>(
     token: u64,
 ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
     apply_batch_checked(conn, commands, None, Some(token))
+}
+
+/// The database's log sequence number: how many commands it has applied since it was
+/// created (refused ones and answered retries included). Every replica of a store applies
+/// the same commands, whatever their batching, so the number names the same state on all of
+/// them, and it goes on across failovers without a gap: backups and restores are placed by it.
+pub fn lsn(conn: &Connection) -> Result<u64, StoreError> {
+    let v: Option<i64> = one(conn, "SELECT value FROM meta WHERE key = 'lsn'", [], |r| {
+        r.get(0)
+    })
+    .optional()?;
+    Ok(v.map_or(0, |v| v as u64))
 }
 
 /// The fencing token the storage holds (0 before any owner took it).
@@ -333,6 +349,13 @@ fn apply_batch_checked<'a>(
                 conn,
                 "INSERT OR REPLACE INTO meta_blob (key, value) VALUES ('position', ?1)",
                 [p],
+            )?;
+        }
+        if !results.is_empty() {
+            exec(
+                conn,
+                "UPDATE meta SET value = value + ?1 WHERE key = 'lsn'",
+                [results.len() as i64],
             )?;
         }
         exec(conn, "COMMIT", [])?;

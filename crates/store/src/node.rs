@@ -345,6 +345,10 @@ impl StoreNode {
                 Ok(r) => self.planned_failover(r).await,
                 Err(e) => Err(e),
             }),
+            "backup" => encode(&match decode::<BackupRequest>(body, "backup request") {
+                Ok(r) => self.backup(r).await,
+                Err(e) => Err(e),
+            }),
             "add-replica" | "remove-replica" | "set-commit" => {
                 encode(&match decode::<MemberChange>(body, "change") {
                     Ok(c) => self.change_member(op, c).await,
@@ -752,6 +756,19 @@ impl StoreNode {
             )));
         }
         self.status().await
+    }
+
+    /// A full backup of the database onto a share, taken on the primary while it serves.
+    async fn backup(&self, req: BackupRequest) -> Reply<crate::backup::Manifest> {
+        if self.replica().status().role != Role::Leader {
+            return Err(self.not_primary());
+        }
+        let (db, store, me) = (
+            self.cfg.dir.join("store.sqlite"),
+            self.cfg.store.clone(),
+            self.cfg.me.clone(),
+        );
+        run_backup(db, req.share, store, me).await
     }
 
     /// Mirroring without the witness voting: the principal votes alone and the mirror is its
@@ -1566,6 +1583,24 @@ impl StoreNode {
         self.release_listener().await;
         self.replica().shutdown().await;
     }
+}
+
+/// Takes a full backup of `db` onto `share` off the async threads.
+pub(crate) async fn run_backup(
+    db: PathBuf,
+    share: String,
+    store: String,
+    me: String,
+) -> Reply<crate::backup::Manifest> {
+    let taken = tokio::task::spawn_blocking(move || {
+        crate::backup::take_full(&db, std::path::Path::new(&share), &store, &me)
+    })
+    .await
+    .map_err(|e| Refusal::Unavailable(format!("the backup stopped: {e}")))?;
+    taken.map_err(|e| match e {
+        StoreError::Invalid(why) => Refusal::Refused(why),
+        other => Refusal::Unavailable(other.to_string()),
+    })
 }
 
 /// A new request id: the time in ms in the top 48 bits, 80 random bits below. Unique like a

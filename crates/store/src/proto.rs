@@ -123,6 +123,13 @@ pub type ApplyRequest = Envelope;
 /// Its answer.
 pub type ApplyReply = Reply<Applied>;
 
+/// `store/<name>/backup`: a full backup onto the share at `share` (a path on the serving
+/// node's machine), taken by the primary (the owner, for a failover cluster).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupRequest {
+    pub share: String,
+}
+
 /// `store/<name>/failover`: a planned failover to a replica (or the best synchronized one).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailoverRequest {

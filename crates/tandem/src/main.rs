@@ -155,6 +155,43 @@ pub enum StoreCommand {
     AddWitness { name: String },
     /// Mirroring: takes the witness out (no automatic failover).
     RemoveWitness { name: String },
+    /// A full backup onto a backup share, taken by the store's primary (a failover cluster's
+    /// owner) while it serves.
+    Backup {
+        name: String,
+        /// The share directory, as the serving server sees it (default: the share of the
+        /// topology's log-shipping link from this store).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// The full backups of a store on a share (read here, no server needed).
+    ListBackups {
+        name: String,
+        #[arg(long)]
+        from: std::path::PathBuf,
+    },
+    /// Checks a store's backups on a share: size and SHA-256 against the manifest, SQLite's
+    /// integrity check, the LSN inside. Fails if any backup is bad.
+    VerifyBackup {
+        name: String,
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// Only the backup at this LSN.
+        #[arg(long)]
+        lsn: Option<u64>,
+    },
+    /// Restores a store's backup into a new database file: the latest, or the one at an LSN.
+    Restore {
+        name: String,
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// The LSN to land on (default: the latest backup).
+        #[arg(long)]
+        to_lsn: Option<u64>,
+        /// The database file to create (it must not exist).
+        #[arg(long)]
+        into: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

@@ -221,6 +221,16 @@ fn node_config(
 /// A failover-cluster node's setup, from the topology. A relative `shared_path` is resolved
 /// against the parent of the server's data directory (in a lab: the lab's directory, which
 /// every server of the lab reaches).
+/// A topology path as this server sees it: absolute as given; relative, from the parent of
+/// its data directory (in a lab, the lab's directory).
+fn beside_data(data: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        data.parent().unwrap_or(Path::new(".")).join(path)
+    }
+}
+
 fn cluster_config(
     topology: &Topology,
     store: &topology::Store,
@@ -252,11 +262,7 @@ fn cluster_config(
             store.name
         );
     };
-    let shared = if shared.is_absolute() {
-        shared.clone()
-    } else {
-        data.parent().unwrap_or(Path::new(".")).join(shared)
-    };
+    let shared = beside_data(data, shared);
     Ok(store::cluster::ClusterConfig {
         store: store.name.clone(),
         me: me.name.clone(),
@@ -313,6 +319,7 @@ async fn serve(
     let mut stores = Vec::new();
     let mut nodes = Vec::new();
     let mut cluster_nodes = Vec::new();
+    let mut local_stores = std::collections::BTreeMap::new();
     for (store, replica) in topology.stores_on(&me.name) {
         match store.mode {
             StoreMode::Standalone => {
@@ -320,6 +327,7 @@ async fn serve(
                 let handle = store::Store::open_local(&path, store::Options::default())
                     .with_context(|| format!("cannot open store `{}`", store.name))?;
                 tracing::info!(store = %store.name, path = %path.display(), "store open (standalone)");
+                local_stores.insert(store.name.clone(), path);
                 stores.push((store.name.clone(), handle));
             }
             StoreMode::AvailabilityGroup | StoreMode::Mirroring => {
@@ -441,6 +449,12 @@ async fn serve(
             .servers
             .iter()
             .filter_map(|s| Some((s.name.clone(), s.rpc?.to_string())))
+            .collect(),
+        local_stores,
+        backup_shares: topology
+            .log_shipping
+            .iter()
+            .map(|l| (l.primary.clone(), beside_data(data, &l.share)))
             .collect(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, state));

@@ -150,8 +150,129 @@ pub fn print_status(st: &Value) {
     }
 }
 
+/// `tandem store list-backups|verify-backup|restore`: on the share, here.
+fn backups(json_out: bool, command: &StoreCommand) -> anyhow::Result<ExitCode> {
+    use store::backup;
+    let listed = |name: &str, share: &std::path::Path| -> anyhow::Result<Vec<backup::Manifest>> {
+        let mut good = Vec::new();
+        for f in backup::list(share, name)? {
+            match f.manifest {
+                Ok(m) => good.push(m),
+                Err(why) => eprintln!("warning: {}: {why}", f.path.display()),
+            }
+        }
+        Ok(good)
+    };
+    match command {
+        StoreCommand::ListBackups { name, from } => {
+            let found = listed(name, from)?;
+            if json_out {
+                println!("{}", serde_json::to_string(&found)?);
+            } else if found.is_empty() {
+                println!("no backup of {name} in {}", from.display());
+            } else {
+                let rows: Vec<Vec<String>> = found
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.lsn.to_string(),
+                            when(m.taken_ms),
+                            m.server.clone(),
+                            m.bytes.to_string(),
+                            m.file.clone(),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    crate::render_table(&["LSN", "taken", "by", "bytes", "file"], &rows)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        StoreCommand::VerifyBackup { name, from, lsn } => {
+            let found: Vec<backup::Manifest> = listed(name, from)?
+                .into_iter()
+                .filter(|m| lsn.is_none_or(|l| m.lsn == l))
+                .collect();
+            if found.is_empty() {
+                bail!("no backup of {name} to verify in {}", from.display());
+            }
+            let mut bad = 0;
+            let mut report = Vec::new();
+            for m in &found {
+                let result = backup::verify(from, m);
+                if !json_out {
+                    match &result {
+                        Ok(()) => println!("ok   LSN {} {}", m.lsn, m.file),
+                        Err(why) => println!("BAD  LSN {} {why}", m.lsn),
+                    }
+                }
+                bad += usize::from(result.is_err());
+                report.push(json!({"lsn": m.lsn, "file": m.file, "ok": result.is_ok(), "error": result.err()}));
+            }
+            if json_out {
+                println!("{}", Value::Array(report));
+            }
+            if bad > 0 {
+                eprintln!("{bad} of {} backup(s) failed verification", found.len());
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        StoreCommand::Restore {
+            name,
+            from,
+            to_lsn,
+            into,
+        } => {
+            let found = listed(name, from)?;
+            let pick = match to_lsn {
+                None => found.last(),
+                Some(l) => found.iter().rev().find(|m| m.lsn == *l),
+            };
+            let Some(m) = pick else {
+                let have: Vec<String> = found.iter().map(|m| m.lsn.to_string()).collect();
+                bail!(
+                    "no full backup of {name} in {} at {}: the backups hold LSN(s) {}. \
+                     (Restoring to any LSN or time needs log backups, which are not built yet.)",
+                    from.display(),
+                    to_lsn.map_or("any LSN".into(), |l| format!("LSN {l}")),
+                    if have.is_empty() {
+                        "none".into()
+                    } else {
+                        have.join(", ")
+                    }
+                );
+            };
+            let lsn = backup::restore_full(from, m, into)?;
+            if json_out {
+                println!("{}", json!({"lsn": lsn, "into": into, "from": m.file}));
+            } else {
+                println!(
+                    "restored {name} at LSN {lsn} (backup {}, taken {} by {}) into {}",
+                    m.file,
+                    when(m.taken_ms),
+                    m.server,
+                    into.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => bail!("not a backup command"),
+    }
+}
+
 /// `tandem store …`.
 pub fn run(target: &AdminTarget, command: StoreCommand) -> anyhow::Result<ExitCode> {
+    if matches!(
+        command,
+        StoreCommand::ListBackups { .. }
+            | StoreCommand::VerifyBackup { .. }
+            | StoreCommand::Restore { .. }
+    ) {
+        return backups(target.json, &command);
+    }
     let admin = Admin::from_target(target)?;
     let show = |v: &Value| {
         if target.json {
@@ -264,6 +385,28 @@ pub fn run(target: &AdminTarget, command: StoreCommand) -> anyhow::Result<ExitCo
             )?;
             show(&v);
         }
+        StoreCommand::Backup { name, to } => {
+            let m = admin.ok(
+                "POST",
+                &format!("/api/v1/stores/{name}/backup"),
+                Some(json!({"to": to})),
+            )?;
+            if target.json {
+                println!("{m}");
+            } else {
+                println!(
+                    "backup of {name} at LSN {} taken by {}: {} ({} bytes, SHA-256 {})",
+                    text(&m, "lsn"),
+                    text(&m, "server"),
+                    text(&m, "file"),
+                    text(&m, "bytes"),
+                    text(&m, "sha256")
+                );
+            }
+        }
+        StoreCommand::ListBackups { .. }
+        | StoreCommand::VerifyBackup { .. }
+        | StoreCommand::Restore { .. } => return backups(target.json, &command),
         StoreCommand::SetCommit {
             name,
             server,
