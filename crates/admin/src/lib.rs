@@ -90,8 +90,9 @@ pub struct AdminState {
     pub stores: std::collections::BTreeMap<String, store::client::StoreClient>,
     /// Every server's rpc address, from the topology (to add a replica by server name).
     pub rpc_addrs: std::collections::BTreeMap<String, String>,
-    /// The standalone stores this server holds: name → database file (for backups).
-    pub local_stores: std::collections::BTreeMap<String, std::path::PathBuf>,
+    /// The standalone stores this server holds: name → database file and handle (for
+    /// backups).
+    pub local_stores: std::collections::BTreeMap<String, (std::path::PathBuf, Store)>,
     /// Each store's backup share, when a log-shipping link names one: the default of
     /// `POST /api/v1/stores/{name}/backup`.
     pub backup_shares: std::collections::BTreeMap<String, std::path::PathBuf>,
@@ -498,17 +499,21 @@ async fn store_failover(
 pub struct BackupBody {
     #[serde(default)]
     pub to: Option<String>,
+    /// A log backup rather than a full one.
+    #[serde(default)]
+    pub log: bool,
 }
 
-/// A full backup of a store onto a share: by the primary (the owner) of a replicated store,
-/// here for a standalone store this server holds.
+/// A full or log backup of a store onto a share: by the primary (the owner) of a replicated
+/// store, here for a standalone store this server holds.
 async fn store_backup(
     State(s): State<Arc<AdminState>>,
     Path(name): Path<String>,
     body: Body<BackupBody>,
-) -> Result<Json<store::backup::Manifest>, Failure> {
-    let Json(req) =
-        body.map_err(|_| bad_request("expected a JSON body {\"to\": null | \"share\"}"))?;
+) -> Result<Json<store::backup::LogBackup>, Failure> {
+    let Json(req) = body.map_err(|_| {
+        bad_request("expected a JSON body {\"to\": null | \"share\", \"log\": bool}")
+    })?;
     let share = match (req.to, s.backup_shares.get(&name)) {
         (Some(to), _) => to,
         (None, Some(share)) => share.to_string_lossy().into_owned(),
@@ -518,16 +523,28 @@ async fn store_backup(
             )));
         }
     };
-    if let Some(db) = s.local_stores.get(&name) {
-        let (db, store, me) = (db.clone(), name.clone(), s.info.server.clone());
-        let taken = tokio::task::spawn_blocking(move || {
-            store::backup::take_full(&db, std::path::Path::new(&share), &store, &me)
-        })
-        .await
-        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        return match taken {
-            Ok(m) => Ok(Json(m)),
-            Err(StoreError::Invalid(why)) => Err(bad_request(why)),
+    let request = store::proto::BackupRequest {
+        share,
+        log: req.log,
+    };
+    if let Some((db, handle)) = s.local_stores.get(&name) {
+        let done = store::node::run_backup_request(
+            db.clone(),
+            request,
+            name.clone(),
+            s.info.server.clone(),
+            |cmd| async move {
+                handle
+                    .apply(cmd)
+                    .await
+                    .map(|_| ())
+                    .map_err(store::proto::Refusal::Store)
+            },
+        )
+        .await;
+        return match done {
+            Ok(b) => Ok(Json(b)),
+            Err(store::proto::Refusal::Refused(why)) => Err(bad_request(why)),
             Err(e) => Err(Failure::from(e)),
         };
     }
@@ -535,10 +552,7 @@ async fn store_backup(
     client.attempt = std::time::Duration::from_secs(120);
     Ok(Json(
         client
-            .call(
-                "backup",
-                store::proto::encode(&store::proto::BackupRequest { share }),
-            )
+            .call("backup", store::proto::encode(&request))
             .await?,
     ))
 }

@@ -179,11 +179,19 @@ impl ClusterNode {
             "backup" => encode(&match decode::<BackupRequest>(body, "backup request") {
                 Ok(r) => match self.owned() {
                     Some(_) => {
-                        crate::node::run_backup(
+                        crate::node::run_backup_request(
                             self.cfg.shared_db.clone(),
-                            r.share,
+                            r,
                             self.cfg.store.clone(),
                             self.cfg.me.clone(),
+                            |cmd| async move {
+                                self.apply(Envelope {
+                                    request: Some(random_id()),
+                                    cmd,
+                                })
+                                .await
+                                .map(|_| ())
+                            },
                         )
                         .await
                     }

@@ -156,6 +156,11 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS subscriptions_expiry ON subscriptions (expires_ms);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('lsn', 0);
+CREATE TABLE IF NOT EXISTS txlog (
+    lsn INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    envelope BLOB NOT NULL
+);
 ";
 
 /// Creates the tables if needed and checks the schema version.
@@ -253,6 +258,25 @@ pub fn lsn(conn: &Connection) -> Result<u64, StoreError> {
     Ok(v.map_or(0, |v| v as u64))
 }
 
+/// Whether the transaction log is on ([`Command::SetTransactionLog`]).
+pub fn txlog_on(conn: &Connection) -> Result<bool, StoreError> {
+    let v: Option<i64> = one(
+        conn,
+        "SELECT value FROM meta WHERE key = 'txlog'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()?;
+    Ok(v == Some(1))
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The fencing token the storage holds (0 before any owner took it).
 fn fence_token(conn: &Connection) -> Result<u64, StoreError> {
     let current: Option<i64> = one(
@@ -324,7 +348,23 @@ fn apply_batch_checked<'a>(
             }
         }
         let mut results = Vec::new();
+        // The transaction log, when on, keeps every command with its LSN. Whether it is on
+        // is decided per command (a command turning it on or off is itself not logged), so
+        // every replica logs the same commands whatever its batching.
+        let mut logging = txlog_on(conn)?;
+        let base = lsn(conn)?;
+        let at_ms = wall_ms();
         for env in commands {
+            if logging {
+                let bytes = postcard::to_allocvec(env)
+                    .map_err(|e| StoreError::Storage(format!("cannot encode a command: {e}")))?;
+                exec(
+                    conn,
+                    "INSERT INTO txlog (lsn, at_ms, envelope) VALUES (?1, ?2, ?3)",
+                    params![(base + results.len() as u64 + 1) as i64, ms(at_ms), bytes],
+                )?;
+            }
+            let toggles = matches!(env.cmd, Command::SetTransactionLog { .. });
             if let Some(earlier) = earlier_result(conn, env)? {
                 results.push(earlier);
                 continue;
@@ -343,6 +383,9 @@ fn apply_batch_checked<'a>(
                 }
             }
             exec(conn, "RELEASE command", [])?;
+            if toggles {
+                logging = txlog_on(conn)?;
+            }
         }
         if let Some(p) = position {
             exec(
@@ -488,6 +531,21 @@ pub fn apply(tx: &Connection, cmd: &Command) -> Result<Applied, StoreError> {
                 outcome: Outcome::Recorded(tx.last_insert_rowid()),
                 notify: Vec::new(),
             })
+        }
+        Command::SetTransactionLog { on } => {
+            exec(
+                tx,
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('txlog', ?1)",
+                [i64::from(*on)],
+            )?;
+            if !on {
+                exec(tx, "DELETE FROM txlog", [])?;
+            }
+            done()
+        }
+        Command::TruncateTransactionLog { upto } => {
+            exec(tx, "DELETE FROM txlog WHERE lsn <= ?1", [ms(*upto)])?;
+            done()
         }
         Command::SetMirroringSafety { high_safety } => {
             exec(

@@ -254,6 +254,16 @@ pub enum Command {
     SetMirroringSafety {
         high_safety: bool,
     },
+    /// Turns the transaction log on (`txlog`: every command applied after this one is kept
+    /// with its LSN until a log backup has it) or off. Replicated, so every replica logs the
+    /// same commands and a new primary's log goes on where the old one's stopped.
+    SetTransactionLog {
+        on: bool,
+    },
+    /// A log backup holds every command up to `upto`: the transaction log forgets them.
+    TruncateTransactionLog {
+        upto: u64,
+    },
 }
 
 /// How a primary changed.

@@ -758,8 +758,9 @@ impl StoreNode {
         self.status().await
     }
 
-    /// A full backup of the database onto a share, taken on the primary while it serves.
-    async fn backup(&self, req: BackupRequest) -> Reply<crate::backup::Manifest> {
+    /// A full or log backup of the database onto a share, taken on the primary while it
+    /// serves.
+    async fn backup(&self, req: BackupRequest) -> Reply<crate::backup::LogBackup> {
         if self.replica().status().role != Role::Leader {
             return Err(self.not_primary());
         }
@@ -768,7 +769,15 @@ impl StoreNode {
             self.cfg.store.clone(),
             self.cfg.me.clone(),
         );
-        run_backup(db, req.share, store, me).await
+        run_backup_request(db, req, store, me, |cmd| async move {
+            self.apply(Envelope {
+                request: Some(random_id()),
+                cmd,
+            })
+            .await
+            .map(|_| ())
+        })
+        .await
     }
 
     /// Mirroring without the witness voting: the principal votes alone and the mirror is its
@@ -1601,6 +1610,76 @@ pub(crate) async fn run_backup(
         StoreError::Invalid(why) => Refusal::Refused(why),
         other => Refusal::Unavailable(other.to_string()),
     })
+}
+
+/// Carries out a backup request on the database at `db` (the serving node's); `apply` writes
+/// a command through the store (replicated where the store is). A log backup turns the
+/// transaction log on first if it is off, takes a full backup when the share holds no log
+/// chain yet (or the log no longer joins the share's), writes the segment, and then has the
+/// log forget what the segment holds.
+pub async fn run_backup_request<F, Fut>(
+    db: PathBuf,
+    req: BackupRequest,
+    store: String,
+    me: String,
+    apply: F,
+) -> Reply<crate::backup::LogBackup>
+where
+    F: Fn(Command) -> Fut,
+    Fut: std::future::Future<Output = Reply<()>>,
+{
+    use crate::backup::{self, LogBackup};
+    if !req.log {
+        let full = run_backup(db, req.share, store, me).await?;
+        return Ok(LogBackup {
+            full: Some(full),
+            segment: None,
+        });
+    }
+    let share = PathBuf::from(&req.share);
+    let (db2, share2, store2) = (db.clone(), share.clone(), store.clone());
+    let looked = tokio::task::spawn_blocking(move || -> Result<(bool, bool), StoreError> {
+        let conn =
+            rusqlite::Connection::open_with_flags(&db2, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", db2.display())))?;
+        let on = machine::txlog_on(&conn)?;
+        let first_logged: Option<i64> = conn
+            .query_row("SELECT min(lsn) FROM txlog", [], |r| r.get(0))
+            .map_err(StoreError::from)?;
+        let shipped = backup::list_segments(&share2, &store2)?
+            .into_iter()
+            .filter_map(|f| f.manifest.ok())
+            .map(|m| m.last)
+            .max();
+        let need_full = match shipped {
+            None => true,
+            Some(last) => first_logged.is_some_and(|f| f as u64 > last + 1),
+        };
+        Ok((on, need_full))
+    })
+    .await
+    .map_err(|e| Refusal::Unavailable(format!("the backup stopped: {e}")))?;
+    let (on, need_full) = looked.map_err(|e| match e {
+        StoreError::Invalid(why) => Refusal::Refused(why),
+        other => Refusal::Unavailable(other.to_string()),
+    })?;
+    if !on {
+        apply(Command::SetTransactionLog { on: true }).await?;
+    }
+    let mut out = LogBackup::default();
+    if need_full {
+        out.full =
+            Some(run_backup(db.clone(), req.share.clone(), store.clone(), me.clone()).await?);
+    }
+    let taken = tokio::task::spawn_blocking(move || backup::take_log(&db, &share, &store, &me))
+        .await
+        .map_err(|e| Refusal::Unavailable(format!("the backup stopped: {e}")))?
+        .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+    if let Some(seg) = &taken {
+        apply(Command::TruncateTransactionLog { upto: seg.last }).await?;
+    }
+    out.segment = taken;
+    Ok(out)
 }
 
 /// A new request id: the time in ms in the top 48 bits, 80 random bits below. Unique like a

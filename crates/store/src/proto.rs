@@ -128,6 +128,9 @@ pub type ApplyReply = Reply<Applied>;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupRequest {
     pub share: String,
+    /// A log backup (the transaction log since the last one) rather than a full one.
+    #[serde(default)]
+    pub log: bool,
 }
 
 /// `store/<name>/failover`: a planned failover to a replica (or the best synchronized one).

@@ -163,6 +163,10 @@ pub enum StoreCommand {
         /// topology's log-shipping link from this store).
         #[arg(long)]
         to: Option<String>,
+        /// A log backup: the commands logged since the last one (turns the store's
+        /// transaction log on, and takes a full backup first when the share has no chain).
+        #[arg(long)]
+        log: bool,
     },
     /// The full backups of a store on a share (read here, no server needed).
     ListBackups {
@@ -180,14 +184,19 @@ pub enum StoreCommand {
         #[arg(long)]
         lsn: Option<u64>,
     },
-    /// Restores a store's backup into a new database file: the latest, or the one at an LSN.
+    /// Restores a store into a new database file from its backups: a full backup, then the
+    /// log backups after it, up to the latest command, an LSN, or a time.
     Restore {
         name: String,
         #[arg(long)]
         from: std::path::PathBuf,
-        /// The LSN to land on (default: the latest backup).
-        #[arg(long)]
+        /// The LSN to land on: exactly after that command.
+        #[arg(long, conflicts_with = "to_time")]
         to_lsn: Option<u64>,
+        /// The time to land on (RFC 3339, e.g. 2026-11-24T04:00:00Z, or unix ms): after the
+        /// last command applied at or before it.
+        #[arg(long)]
+        to_time: Option<String>,
         /// The database file to create (it must not exist).
         #[arg(long)]
         into: std::path::PathBuf,

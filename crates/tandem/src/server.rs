@@ -327,7 +327,7 @@ async fn serve(
                 let handle = store::Store::open_local(&path, store::Options::default())
                     .with_context(|| format!("cannot open store `{}`", store.name))?;
                 tracing::info!(store = %store.name, path = %path.display(), "store open (standalone)");
-                local_stores.insert(store.name.clone(), path);
+                local_stores.insert(store.name.clone(), (path, handle.clone()));
                 stores.push((store.name.clone(), handle));
             }
             StoreMode::AvailabilityGroup | StoreMode::Mirroring => {

@@ -150,6 +150,19 @@ pub fn print_status(st: &Value) {
     }
 }
 
+/// A time given on the command line: unix ms, or RFC 3339.
+fn parse_time(t: &str) -> anyhow::Result<u64> {
+    if let Ok(ms) = t.parse::<u64>() {
+        return Ok(ms);
+    }
+    let at = humantime::parse_rfc3339_weak(t)
+        .with_context(|| format!("`{t}` is neither unix ms nor an RFC 3339 time"))?;
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0))
+}
+
 /// `tandem store list-backups|verify-backup|restore`: on the share, here.
 fn backups(json_out: bool, command: &StoreCommand) -> anyhow::Result<ExitCode> {
     use store::backup;
@@ -166,10 +179,19 @@ fn backups(json_out: bool, command: &StoreCommand) -> anyhow::Result<ExitCode> {
     match command {
         StoreCommand::ListBackups { name, from } => {
             let found = listed(name, from)?;
+            let mut segments = Vec::new();
+            for f in backup::list_segments(from, name)? {
+                match f.manifest {
+                    Ok(m) => segments.push(m),
+                    Err(why) => eprintln!("warning: {}: {why}", f.path.display()),
+                }
+            }
             if json_out {
-                println!("{}", serde_json::to_string(&found)?);
-            } else if found.is_empty() {
-                println!("no backup of {name} in {}", from.display());
+                println!("{}", json!({"full": found, "log": segments}));
+                return Ok(ExitCode::SUCCESS);
+            }
+            if found.is_empty() {
+                println!("no full backup of {name} in {}", from.display());
             } else {
                 let rows: Vec<Vec<String>> = found
                     .iter()
@@ -185,7 +207,24 @@ fn backups(json_out: bool, command: &StoreCommand) -> anyhow::Result<ExitCode> {
                     .collect();
                 println!(
                     "{}",
-                    crate::render_table(&["LSN", "taken", "by", "bytes", "file"], &rows)
+                    crate::render_table(&["full at LSN", "taken", "by", "bytes", "file"], &rows)
+                );
+            }
+            if !segments.is_empty() {
+                let rows: Vec<Vec<String>> = segments
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            format!("{}..{}", m.first, m.last),
+                            format!("{} .. {}", when(m.first_ms), when(m.last_ms)),
+                            m.server.clone(),
+                            m.file.clone(),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    crate::render_table(&["log LSN", "applied", "by", "file"], &rows)
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -211,11 +250,34 @@ fn backups(json_out: bool, command: &StoreCommand) -> anyhow::Result<ExitCode> {
                 bad += usize::from(result.is_err());
                 report.push(json!({"lsn": m.lsn, "file": m.file, "ok": result.is_ok(), "error": result.err()}));
             }
+            for f in backup::list_segments(from, name)? {
+                let (label, result) = match &f.manifest {
+                    Ok(m) => (
+                        format!("log LSN {}..{}", m.first, m.last),
+                        backup::verify_segment(from, m).map(|()| m.file.clone()),
+                    ),
+                    Err(why) => (
+                        "log".to_string(),
+                        Err(format!("{}: {why}", f.path.display())),
+                    ),
+                };
+                if lsn.is_some() {
+                    continue;
+                }
+                if !json_out {
+                    match &result {
+                        Ok(file) => println!("ok   {label} {file}"),
+                        Err(why) => println!("BAD  {label} {why}"),
+                    }
+                }
+                bad += usize::from(result.is_err());
+                report.push(json!({"log": label, "ok": result.is_ok(), "error": result.err()}));
+            }
             if json_out {
                 println!("{}", Value::Array(report));
             }
             if bad > 0 {
-                eprintln!("{bad} of {} backup(s) failed verification", found.len());
+                eprintln!("{bad} backup file(s) failed verification");
                 return Ok(ExitCode::FAILURE);
             }
             Ok(ExitCode::SUCCESS)
@@ -224,37 +286,27 @@ fn backups(json_out: bool, command: &StoreCommand) -> anyhow::Result<ExitCode> {
             name,
             from,
             to_lsn,
+            to_time,
             into,
         } => {
-            let found = listed(name, from)?;
-            let pick = match to_lsn {
-                None => found.last(),
-                Some(l) => found.iter().rev().find(|m| m.lsn == *l),
+            let target = match (to_lsn, to_time) {
+                (Some(n), _) => backup::Target::Lsn(*n),
+                (None, Some(t)) => backup::Target::Time(parse_time(t)?),
+                (None, None) => backup::Target::Latest,
             };
-            let Some(m) = pick else {
-                let have: Vec<String> = found.iter().map(|m| m.lsn.to_string()).collect();
-                bail!(
-                    "no full backup of {name} in {} at {}: the backups hold LSN(s) {}. \
-                     (Restoring to any LSN or time needs log backups, which are not built yet.)",
-                    from.display(),
-                    to_lsn.map_or("any LSN".into(), |l| format!("LSN {l}")),
-                    if have.is_empty() {
-                        "none".into()
-                    } else {
-                        have.join(", ")
-                    }
-                );
-            };
-            let lsn = backup::restore_full(from, m, into)?;
+            let r = backup::restore(from, name, target, into)?;
             if json_out {
-                println!("{}", json!({"lsn": lsn, "into": into, "from": m.file}));
+                println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "restored {name} at LSN {lsn} (backup {}, taken {} by {}) into {}",
-                    m.file,
-                    when(m.taken_ms),
-                    m.server,
-                    into.display()
+                    "restored {name} at LSN {}{} into {} (full backup {}, then {} log segment(s))",
+                    r.lsn,
+                    r.last_ms
+                        .map(|ms| format!(", last command applied {}", when(ms)))
+                        .unwrap_or_default(),
+                    into.display(),
+                    r.full,
+                    r.segments
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -385,23 +437,38 @@ pub fn run(target: &AdminTarget, command: StoreCommand) -> anyhow::Result<ExitCo
             )?;
             show(&v);
         }
-        StoreCommand::Backup { name, to } => {
-            let m = admin.ok(
+        StoreCommand::Backup { name, to, log } => {
+            let b = admin.ok(
                 "POST",
                 &format!("/api/v1/stores/{name}/backup"),
-                Some(json!({"to": to})),
+                Some(json!({"to": to, "log": log})),
             )?;
             if target.json {
-                println!("{m}");
+                println!("{b}");
             } else {
-                println!(
-                    "backup of {name} at LSN {} taken by {}: {} ({} bytes, SHA-256 {})",
-                    text(&m, "lsn"),
-                    text(&m, "server"),
-                    text(&m, "file"),
-                    text(&m, "bytes"),
-                    text(&m, "sha256")
-                );
+                let m = &b["full"];
+                if m.is_object() {
+                    println!(
+                        "full backup of {name} at LSN {} taken by {}: {} ({} bytes, SHA-256 {})",
+                        text(m, "lsn"),
+                        text(m, "server"),
+                        text(m, "file"),
+                        text(m, "bytes"),
+                        text(m, "sha256")
+                    );
+                }
+                let seg = &b["segment"];
+                if seg.is_object() {
+                    println!(
+                        "log backup of {name}: LSN {}..{} taken by {}: {}",
+                        text(seg, "first"),
+                        text(seg, "last"),
+                        text(seg, "server"),
+                        text(seg, "file")
+                    );
+                } else if *log {
+                    println!("log backup of {name}: nothing logged since the last one");
+                }
             }
         }
         StoreCommand::ListBackups { .. }
