@@ -93,6 +93,8 @@ pub struct AdminState {
     /// The standalone stores this server holds: name → database file and handle (for
     /// backups).
     pub local_stores: std::collections::BTreeMap<String, (std::path::PathBuf, Store)>,
+    /// The log-shipping secondaries this server holds (their copy and restore jobs).
+    pub logship: Vec<Arc<store::logship::Secondary>>,
     /// Each store's backup share, when a log-shipping link names one: the default of
     /// `POST /api/v1/stores/{name}/backup`.
     pub backup_shares: std::collections::BTreeMap<String, std::path::PathBuf>,
@@ -107,6 +109,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/users/{aor}/password", put(set_password))
         .route("/api/v1/registrations/{aor}", get(registrations))
         .route("/api/v1/stores", get(list_stores))
+        .route("/api/v1/logship", get(logship_status))
         .route("/api/v1/stores/{name}/status", get(store_status))
         .route(
             "/api/v1/stores/{name}/failover",
@@ -504,6 +507,11 @@ pub struct BackupBody {
     pub log: bool,
 }
 
+/// `GET /api/v1/logship`: the log-shipping links whose secondary this server holds.
+async fn logship_status(State(s): State<Arc<AdminState>>) -> Json<Vec<store::logship::LinkStatus>> {
+    Json(s.logship.iter().map(|l| l.status()).collect())
+}
+
 /// A full or log backup of a store onto a share: by the primary (the owner) of a replicated
 /// store, here for a standalone store this server holds.
 async fn store_backup(
@@ -661,6 +669,33 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
             "tandem_sip_tcp_connections {}",
             fe.transports.connections()
         );
+    }
+    if !s.logship.is_empty() {
+        let links: Vec<store::logship::LinkStatus> = s.logship.iter().map(|l| l.status()).collect();
+        for (name, help, value) in [
+            (
+                "tandem_logship_alert",
+                "1 while a log-shipping link's monitor raises an alert",
+                &(|l: &store::logship::LinkStatus| f64::from(u8::from(l.alert)))
+                    as &dyn Fn(&store::logship::LinkStatus) -> f64,
+            ),
+            (
+                "tandem_logship_lag_seconds",
+                "age of the oldest shipped command not yet restored on the secondary",
+                &|l: &store::logship::LinkStatus| l.lag_s,
+            ),
+            (
+                "tandem_logship_lag_transactions",
+                "shipped commands not yet restored on the secondary",
+                &|l: &store::logship::LinkStatus| l.lag_tx as f64,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for l in &links {
+                let _ = writeln!(out, "{name}{{link=\"{}\"}} {}", l.link, value(l));
+            }
+        }
     }
     if let Some(st) = &s.store {
         let (commits, applied, refused, failed) = st.counters();

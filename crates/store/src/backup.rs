@@ -118,6 +118,54 @@ fn write_atomic(to: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     publish(&tmp, to)
 }
 
+/// Writes `bytes` to `to` atomically: for state files beside the backups.
+pub fn write_file_atomic(to: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_atomic(to, bytes)
+}
+
+/// Copies a file atomically (temporary name, fsync, rename, fsync of the directory).
+fn copy_atomic(from: &Path, to: &Path) -> Result<(), StoreError> {
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).map_err(|e| storage("cannot copy into", &tmp, e))?;
+    fsync_file(&tmp)?;
+    publish(&tmp, to)
+}
+
+/// The copy job of log shipping: every full backup and log segment of `store` on `share`
+/// that `copy` (a folder with the share's layout) lacks, verified, then copied atomically,
+/// the manifest last. Returns the newest LSN the copy folder holds. Stops at the first file
+/// that fails verification, naming it.
+pub fn copy_new(share: &Path, copy: &Path, store: &str) -> Result<u64, StoreError> {
+    let mut newest = 0;
+    for dir in [full_dir(copy, store), log_dir(copy, store)] {
+        std::fs::create_dir_all(&dir).map_err(|e| storage("cannot create", &dir, e))?;
+    }
+    for f in list(share, store)? {
+        let Ok(m) = f.manifest else { continue };
+        newest = newest.max(m.lsn);
+        let to = full_dir(copy, store).join(&m.file);
+        let manifest_to = to.with_extension("json");
+        if manifest_to.exists() {
+            continue;
+        }
+        verify(share, &m).map_err(StoreError::Invalid)?;
+        copy_atomic(&full_dir(share, store).join(&m.file), &to)?;
+        copy_atomic(&f.path, &manifest_to)?;
+    }
+    for f in list_segments(share, store)? {
+        let Ok(m) = f.manifest else { continue };
+        let to = log_dir(copy, store).join(&m.file);
+        let manifest_to = to.with_extension("json");
+        if !manifest_to.exists() {
+            verify_segment(share, &m).map_err(StoreError::Invalid)?;
+            copy_atomic(&log_dir(share, store).join(&m.file), &to)?;
+            copy_atomic(&f.path, &manifest_to)?;
+        }
+        newest = newest.max(m.last);
+    }
+    Ok(newest)
+}
+
 /// The LSN a database file holds, read on a read-only connection.
 fn lsn_of(db: &Path) -> Result<u64, StoreError> {
     let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -644,6 +692,20 @@ pub fn restore(
             Err(e)
         }
     }
+}
+
+/// Brings the database on `conn` (holding LSN `from`) forward with the log segments in
+/// `share` up to `target`: what a log-shipping secondary's restore job does. Returns the LSN
+/// reached, the time of its command, and the segments used; a bad segment stops it at the
+/// last good command (the error names the file and the LSN).
+pub fn catch_up(
+    share: &Path,
+    store: &str,
+    target: Target,
+    from: u64,
+    conn: &Connection,
+) -> Result<(u64, Option<u64>, usize), StoreError> {
+    replay(share, store, target, from, conn)
 }
 
 /// Applies the log after `from` on `conn` up to the target; returns the LSN reached, the

@@ -177,32 +177,40 @@ impl ClusterNode {
                 Err(e) => Err(e),
             }),
             "backup" => encode(&match decode::<BackupRequest>(body, "backup request") {
-                Ok(r) => match self.owned() {
-                    Some(_) => {
-                        crate::node::run_backup_request(
-                            self.cfg.shared_db.clone(),
-                            r,
-                            self.cfg.store.clone(),
-                            self.cfg.me.clone(),
-                            |cmd| async move {
-                                self.apply(Envelope {
-                                    request: Some(random_id()),
-                                    cmd,
-                                })
-                                .await
-                                .map(|_| ())
-                            },
-                        )
-                        .await
-                    }
-                    None => Err(self.not_owner()),
-                },
+                Ok(r) => self.backup(r).await,
                 Err(e) => Err(e),
             }),
             other => encode::<Reply<()>>(&Err(Refusal::Refused(format!(
                 "`{other}` does not apply to a failover cluster: its nodes share one storage"
             )))),
         }
+    }
+
+    /// A full or log backup of the storage onto a share, by the owner.
+    pub async fn backup(&self, r: BackupRequest) -> Reply<crate::backup::LogBackup> {
+        if self.owned().is_none() {
+            return Err(self.not_owner());
+        }
+        crate::node::run_backup_request(
+            self.cfg.shared_db.clone(),
+            r,
+            self.cfg.store.clone(),
+            self.cfg.me.clone(),
+            |cmd| async move {
+                self.apply(Envelope {
+                    request: Some(random_id()),
+                    cmd,
+                })
+                .await
+                .map(|_| ())
+            },
+        )
+        .await
+    }
+
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        &self.cfg.store
     }
 
     fn is_witness(&self) -> bool {

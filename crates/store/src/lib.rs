@@ -12,6 +12,7 @@ pub mod client;
 pub mod cluster;
 pub mod listener;
 pub mod local;
+pub mod logship;
 pub mod machine;
 pub mod model;
 pub mod node;

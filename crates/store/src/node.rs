@@ -759,8 +759,8 @@ impl StoreNode {
     }
 
     /// A full or log backup of the database onto a share, taken on the primary while it
-    /// serves.
-    async fn backup(&self, req: BackupRequest) -> Reply<crate::backup::LogBackup> {
+    /// serves (refused elsewhere).
+    pub async fn backup(&self, req: BackupRequest) -> Reply<crate::backup::LogBackup> {
         if self.replica().status().role != Role::Leader {
             return Err(self.not_primary());
         }

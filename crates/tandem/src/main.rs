@@ -74,6 +74,13 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Log shipping to a DR site.
+    Logship {
+        #[command(flatten)]
+        target: AdminTarget,
+        #[command(subcommand)]
+        command: LogshipCommand,
+    },
     /// Show a user's registered contacts.
     Registrations {
         #[command(flatten)]
@@ -204,6 +211,13 @@ pub enum StoreCommand {
 }
 
 #[derive(Subcommand)]
+pub enum LogshipCommand {
+    /// The links whose secondary the server holds: the last backup, copy and restore (time
+    /// and LSN), the lag in seconds and transactions, and the alerts.
+    Status,
+}
+
+#[derive(Subcommand)]
 pub enum UserCommand {
     /// Add a user.
     Add {
@@ -241,6 +255,7 @@ fn main() -> ExitCode {
         Command::User { target, command } => client::user(&target, command),
         Command::Registrations { target, aor } => client::registrations(&target, &aor),
         Command::Store { target, command } => stores::run(&target, command),
+        Command::Logship { target, command } => stores::logship(&target, command),
     };
     match result {
         Ok(code) => code,

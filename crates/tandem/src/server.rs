@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 use topology::{Role, StoreMode, Topology};
 
 #[derive(clap::Args, Debug)]
@@ -320,7 +321,35 @@ async fn serve(
     let mut nodes = Vec::new();
     let mut cluster_nodes = Vec::new();
     let mut local_stores = std::collections::BTreeMap::new();
+    let mut secondaries = Vec::new();
     for (store, replica) in topology.stores_on(&me.name) {
+        // A log-shipping secondary is not served: its restore job writes it (see below).
+        if let Some(link) = topology
+            .log_shipping
+            .iter()
+            .find(|l| l.secondary == store.name)
+        {
+            let dir = data.join("stores").join(&store.name);
+            let cfg = store::logship::SecondaryConfig {
+                link: link.name.clone(),
+                primary: link.primary.clone(),
+                secondary: link.secondary.clone(),
+                share: beside_data(data, &link.share),
+                copy_dir: dir.join("logship"),
+                db: dir.join("store.sqlite"),
+                copy_interval: Duration::from_secs(link.copy_interval_s.max(1)),
+                restore_interval: Duration::from_secs(link.restore_interval_s.max(1)),
+                restore_delay: Duration::from_secs(link.restore_delay_s),
+                backup_alert: Duration::from_secs(link.backup_alert_s),
+                restore_alert: Duration::from_secs(link.restore_alert_s),
+                mode: link.secondary_mode.to_string(),
+            };
+            let job = store::logship::Secondary::start(cfg)
+                .with_context(|| format!("cannot start log shipping into `{}`", store.name))?;
+            tracing::info!(store = %store.name, link = %link.name, "log-shipping secondary: copy and restore jobs started");
+            secondaries.push(job);
+            continue;
+        }
         match store.mode {
             StoreMode::Standalone => {
                 let path = data.join("stores").join(&store.name).join("store.sqlite");
@@ -370,6 +399,69 @@ async fn serve(
                 tracing::info!(store = %store.name, role = replica.role.as_str(), "failover-cluster node open");
                 cluster_nodes.push(node);
             }
+        }
+    }
+    // Log shipping, the primary's side: a log backup every interval, by whichever of this
+    // server's replicas of the store serves it.
+    for link in &topology.log_shipping {
+        let every = Duration::from_secs(link.backup_interval_s.max(1));
+        let share = beside_data(data, &link.share)
+            .to_string_lossy()
+            .into_owned();
+        let request = store::proto::BackupRequest { share, log: true };
+        let name = link.primary.clone();
+        if let Some((_, handle)) = stores.iter().find(|(n, _)| *n == name) {
+            let db = data.join("stores").join(&name).join("store.sqlite");
+            let (handle, me) = (handle.clone(), me.name.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let handle = &handle;
+                    let done = store::node::run_backup_request(
+                        db.clone(),
+                        request.clone(),
+                        name.clone(),
+                        me.clone(),
+                        |cmd| async move {
+                            handle
+                                .apply(cmd)
+                                .await
+                                .map(|_| ())
+                                .map_err(store::proto::Refusal::Store)
+                        },
+                    )
+                    .await;
+                    if let Err(e) = done {
+                        tracing::warn!(store = %name, error = %e, "scheduled log backup failed");
+                    }
+                }
+            });
+        } else if let Some(node) = nodes.iter().find(|n| n.name() == name) {
+            let node = node.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match node.backup(request.clone()).await {
+                        Ok(_) | Err(store::proto::Refusal::NotPrimary { .. }) => {}
+                        Err(e) => {
+                            tracing::warn!(store = %name, error = %e, "scheduled log backup failed")
+                        }
+                    }
+                }
+            });
+        } else if let Some(node) = cluster_nodes.iter().find(|n| n.name() == name) {
+            let node = node.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match node.backup(request.clone()).await {
+                        Ok(_) | Err(store::proto::Refusal::NotPrimary { .. }) => {}
+                        Err(e) => {
+                            tracing::debug!(store = %name, error = %e, "scheduled log backup not taken here")
+                        }
+                    }
+                }
+            });
         }
     }
     // Clients of every replicated store, for the front end and the admin API.
@@ -451,6 +543,7 @@ async fn serve(
             .filter_map(|s| Some((s.name.clone(), s.rpc?.to_string())))
             .collect(),
         local_stores,
+        logship: secondaries,
         backup_shares: topology
             .log_shipping
             .iter()

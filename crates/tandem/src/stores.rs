@@ -1,7 +1,7 @@
 //! `tandem store …`: replicated stores through a server's admin API.
 
 use crate::client::Admin;
-use crate::{AdminTarget, StoreCommand};
+use crate::{AdminTarget, LogshipCommand, StoreCommand};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use std::io::BufRead;
@@ -485,6 +485,86 @@ pub fn run(target: &AdminTarget, command: StoreCommand) -> anyhow::Result<ExitCo
                 Some(json!({"server": server, "addr": null, "commit": commit})),
             )?;
             show(&v);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tandem logship …`.
+pub fn logship(target: &AdminTarget, command: LogshipCommand) -> anyhow::Result<ExitCode> {
+    let admin = Admin::from_target(target)?;
+    match command {
+        LogshipCommand::Status => {
+            let v = admin.ok("GET", "/api/v1/logship", None)?;
+            if target.json {
+                println!("{v}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let links = v.as_array().cloned().unwrap_or_default();
+            if links.is_empty() {
+                println!("this server holds no log-shipping secondary");
+            }
+            let rows: Vec<Vec<String>> = links
+                .iter()
+                .map(|l| {
+                    vec![
+                        text(l, "link"),
+                        format!("{} → {}", text(l, "primary"), text(l, "secondary")),
+                        format!(
+                            "{} at {}",
+                            text(l, "last_backup_lsn"),
+                            when(l["last_backup_ms"].as_u64().unwrap_or(0))
+                        ),
+                        format!(
+                            "{} at {}",
+                            text(l, "last_copied_lsn"),
+                            when(l["last_copy_ms"].as_u64().unwrap_or(0))
+                        ),
+                        format!(
+                            "{} at {}",
+                            text(l, "last_restored_lsn"),
+                            when(l["last_restore_ms"].as_u64().unwrap_or(0))
+                        ),
+                        format!(
+                            "{:.1} s, {} tx",
+                            l["lag_s"].as_f64().unwrap_or(0.0),
+                            text(l, "lag_tx")
+                        ),
+                        if l["alert"].as_bool() == Some(true) {
+                            format!(
+                                "ALERT: {}",
+                                l["alerts"]
+                                    .as_array()
+                                    .map(|a| a
+                                        .iter()
+                                        .filter_map(Value::as_str)
+                                        .collect::<Vec<_>>()
+                                        .join("; "))
+                                    .unwrap_or_default()
+                            )
+                        } else {
+                            "ok".into()
+                        },
+                    ]
+                })
+                .collect();
+            if !rows.is_empty() {
+                println!(
+                    "{}",
+                    crate::render_table(
+                        &[
+                            "link",
+                            "stores",
+                            "last backup (LSN)",
+                            "last copy",
+                            "last restore",
+                            "lag",
+                            "alert"
+                        ],
+                        &rows
+                    )
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

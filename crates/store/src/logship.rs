@@ -1,0 +1,304 @@
+//! Log shipping, the secondary's side: the copy job brings new backups from the share into
+//! the secondary's own copy folder, and the restore job applies them to the secondary's
+//! database after the configured delay; the database stays read-only (standby) between
+//! restores. The state of both jobs is kept in a file beside the copy folder, so they resume
+//! where they stopped after a restart, and [`Secondary::status`] reports it with the lag and
+//! the alerts of the classic log-shipping monitor.
+//!
+//! The copy folder has the share's layout (`<store>/full`, `<store>/log`), so the backup
+//! module's functions read it as they read the share.
+
+use crate::backup::{self, Target};
+use crate::machine::{self, StoreError};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How a secondary is set up (from the topology's log-shipping link).
+#[derive(Debug, Clone)]
+pub struct SecondaryConfig {
+    /// The link's name.
+    pub link: String,
+    /// The primary store, whose backups the share holds.
+    pub primary: String,
+    /// The secondary store.
+    pub secondary: String,
+    pub share: PathBuf,
+    /// The secondary's copy folder.
+    pub copy_dir: PathBuf,
+    /// The secondary's database.
+    pub db: PathBuf,
+    pub copy_interval: Duration,
+    pub restore_interval: Duration,
+    pub restore_delay: Duration,
+    pub backup_alert: Duration,
+    pub restore_alert: Duration,
+    /// "standby" or "no-recovery".
+    pub mode: String,
+}
+
+/// The jobs' state, kept in `<copy_dir>/state.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobState {
+    pub last_copy_ms: u64,
+    /// The newest LSN in the copy folder.
+    pub last_copied_lsn: u64,
+    pub last_restore_ms: u64,
+    pub last_restored_lsn: u64,
+    /// When the last restored command was applied on the primary (unix ms).
+    pub last_restored_commit_ms: u64,
+    /// What stopped the last copy or restore, naming the file and the position.
+    pub error: Option<String>,
+}
+
+/// `tandem logship status`: one link as its secondary sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkStatus {
+    pub link: String,
+    pub primary: String,
+    pub secondary: String,
+    pub mode: String,
+    /// The newest log backup on the share: its last LSN and when it was taken.
+    pub last_backup_lsn: u64,
+    pub last_backup_ms: u64,
+    pub last_copied_lsn: u64,
+    pub last_copy_ms: u64,
+    pub last_restored_lsn: u64,
+    pub last_restore_ms: u64,
+    /// Commands on the share not yet restored here.
+    pub lag_tx: u64,
+    /// Seconds since the oldest command not restored here was applied on the primary (0
+    /// when nothing is waiting).
+    pub lag_s: f64,
+    pub alert: bool,
+    /// Why, when `alert`.
+    pub alerts: Vec<String>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A running secondary.
+pub struct Secondary {
+    cfg: SecondaryConfig,
+    state: Mutex<JobState>,
+    /// When the jobs started (unix ms): a link with nothing yet alerts only once a threshold
+    /// has passed since.
+    started_ms: u64,
+}
+
+impl Secondary {
+    /// Loads the jobs' state and starts them.
+    pub fn start(cfg: SecondaryConfig) -> Result<Arc<Secondary>, StoreError> {
+        std::fs::create_dir_all(&cfg.copy_dir).map_err(|e| {
+            StoreError::Storage(format!("cannot create {}: {e}", cfg.copy_dir.display()))
+        })?;
+        let state = match std::fs::read(cfg.copy_dir.join("state.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                StoreError::Storage(format!(
+                    "{}: unreadable job state: {e}",
+                    cfg.copy_dir.join("state.json").display()
+                ))
+            })?,
+            Err(_) => JobState::default(),
+        };
+        let s = Arc::new(Secondary {
+            cfg,
+            state: Mutex::new(state),
+            started_ms: now_ms(),
+        });
+        tokio::spawn(s.clone().run());
+        Ok(s)
+    }
+
+    pub fn config(&self) -> &SecondaryConfig {
+        &self.cfg
+    }
+
+    fn state(&self) -> JobState {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn save(&self, st: &JobState) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = st.clone();
+        }
+        let path = self.cfg.copy_dir.join("state.json");
+        let written = serde_json::to_vec_pretty(st)
+            .map_err(|e| e.to_string())
+            .and_then(|b| backup::write_file_atomic(&path, &b).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            tracing::warn!(link = %self.cfg.link, error = %e, "cannot save the log-shipping state");
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        let tick = self
+            .cfg
+            .copy_interval
+            .min(self.cfg.restore_interval)
+            .max(Duration::from_millis(100));
+        let (mut next_copy, mut next_restore) = (0u64, 0u64);
+        loop {
+            let now = now_ms();
+            if now >= next_copy {
+                next_copy = now + self.cfg.copy_interval.as_millis() as u64;
+                let me = self.clone();
+                let _ = tokio::task::spawn_blocking(move || me.copy_once()).await;
+            }
+            if now >= next_restore {
+                next_restore = now + self.cfg.restore_interval.as_millis() as u64;
+                let me = self.clone();
+                let _ = tokio::task::spawn_blocking(move || me.restore_once()).await;
+            }
+            tokio::time::sleep(tick).await;
+        }
+    }
+
+    /// The copy job: every full backup and segment on the share that the copy folder lacks,
+    /// copied atomically (manifest last).
+    pub fn copy_once(&self) {
+        let mut st = self.state();
+        match backup::copy_new(&self.cfg.share, &self.cfg.copy_dir, &self.cfg.primary) {
+            Ok(newest) => {
+                st.last_copy_ms = now_ms();
+                st.last_copied_lsn = st.last_copied_lsn.max(newest);
+                if st.error.as_ref().is_some_and(|e| e.starts_with("copy")) {
+                    st.error = None;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(link = %self.cfg.link, error = %e, "log shipping: copy failed");
+                st.error = Some(format!("copy: {e}"));
+            }
+        }
+        self.save(&st);
+    }
+
+    /// The restore job: seeds the database from the newest full backup when it has none, then
+    /// applies the copied segments' commands applied on the primary at least the delay ago.
+    pub fn restore_once(&self) {
+        let mut st = self.state();
+        let target =
+            Target::Time(now_ms().saturating_sub(self.cfg.restore_delay.as_millis() as u64));
+        match self.restore_to(target) {
+            Ok((lsn, commit_ms)) => {
+                st.last_restore_ms = now_ms();
+                st.last_restored_lsn = lsn;
+                if let Some(ms) = commit_ms {
+                    st.last_restored_commit_ms = ms;
+                }
+                if st.error.as_ref().is_some_and(|e| e.starts_with("restore")) {
+                    st.error = None;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(link = %self.cfg.link, error = %e, "log shipping: restore stopped");
+                if let Ok(conn) = rusqlite::Connection::open_with_flags(
+                    &self.cfg.db,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                ) && let Ok(lsn) = machine::lsn(&conn)
+                {
+                    st.last_restored_lsn = lsn;
+                }
+                st.error = Some(format!("restore: {e}"));
+            }
+        }
+        self.save(&st);
+    }
+
+    fn restore_to(&self, target: Target) -> Result<(u64, Option<u64>), StoreError> {
+        if !self.cfg.db.exists() {
+            // Seeding: the newest full backup in the copy folder taken at least the delay
+            // ago (everything in it was committed before it was taken).
+            let fulls: Vec<backup::Manifest> = backup::list(&self.cfg.copy_dir, &self.cfg.primary)?
+                .into_iter()
+                .filter_map(|f| f.manifest.ok())
+                .collect();
+            let Target::Time(until) = target else {
+                return Err(StoreError::Invalid(
+                    "a secondary restores up to a time".into(),
+                ));
+            };
+            let Some(full) = fulls.iter().rev().find(|m| m.taken_ms <= until) else {
+                return Ok((0, None));
+            };
+            backup::restore_full(&self.cfg.copy_dir, full, &self.cfg.db)?;
+            tracing::info!(link = %self.cfg.link, lsn = full.lsn, "log shipping: secondary seeded from a full backup");
+        }
+        let conn = crate::sqlite::open_connection(&self.cfg.db, crate::sqlite::Sync::Full)?;
+        machine::init_schema(&conn)?;
+        let from = machine::lsn(&conn)?;
+        let (lsn, last_ms, _) =
+            backup::catch_up(&self.cfg.copy_dir, &self.cfg.primary, target, from, &conn)?;
+        Ok((lsn, last_ms))
+    }
+
+    /// The link as this secondary sees it now.
+    pub fn status(&self) -> LinkStatus {
+        let st = self.state();
+        let now = now_ms();
+        let segments: Vec<backup::SegmentManifest> =
+            backup::list_segments(&self.cfg.share, &self.cfg.primary)
+                .map(|v| v.into_iter().filter_map(|f| f.manifest.ok()).collect())
+                .unwrap_or_default();
+        let newest = segments.iter().max_by_key(|m| m.last);
+        let (last_backup_lsn, last_backup_ms) = newest.map_or((0, 0), |m| (m.last, m.taken_ms));
+        let lag_tx = last_backup_lsn.saturating_sub(st.last_restored_lsn);
+        // The oldest command waiting: the first segment past what is restored.
+        let waiting_since = segments
+            .iter()
+            .filter(|m| m.last > st.last_restored_lsn)
+            .map(|m| {
+                if m.first > st.last_restored_lsn {
+                    m.first_ms
+                } else {
+                    st.last_restored_commit_ms.max(m.first_ms)
+                }
+            })
+            .min();
+        let lag_s = match waiting_since {
+            Some(t) if lag_tx > 0 => now.saturating_sub(t) as f64 / 1000.0,
+            _ => 0.0,
+        };
+        let mut alerts = Vec::new();
+        let since = |t: u64| now.saturating_sub(t);
+        let last_or_start = |t: u64| if t == 0 { self.started_ms } else { t };
+        if since(last_or_start(last_backup_ms)) > self.cfg.backup_alert.as_millis() as u64 {
+            alerts.push(format!(
+                "no log backup for more than {} s",
+                self.cfg.backup_alert.as_secs()
+            ));
+        }
+        if since(last_or_start(st.last_restore_ms)) > self.cfg.restore_alert.as_millis() as u64 {
+            alerts.push(format!(
+                "no restore for more than {} s",
+                self.cfg.restore_alert.as_secs()
+            ));
+        }
+        if let Some(e) = &st.error {
+            alerts.push(e.clone());
+        }
+        LinkStatus {
+            link: self.cfg.link.clone(),
+            primary: self.cfg.primary.clone(),
+            secondary: self.cfg.secondary.clone(),
+            mode: self.cfg.mode.clone(),
+            last_backup_lsn,
+            last_backup_ms,
+            last_copied_lsn: st.last_copied_lsn,
+            last_copy_ms: st.last_copy_ms,
+            last_restored_lsn: st.last_restored_lsn,
+            last_restore_ms: st.last_restore_ms,
+            lag_tx,
+            lag_s,
+            alert: !alerts.is_empty(),
+            alerts,
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Log shipping with real servers: `fe1` in site dc1 serves store `store1`; `dr1` in site dc2
+//! holds its log-shipped copy `store1-dr`. The primary's backup job ships the transaction
+//! log every second; the secondary's copy and restore jobs bring it over after the
+//! configured delay; `tandem logship status` reports it.
+
+#![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use testkit::{DOMAIN, Lab, admin_call, free_port, test_dir};
+
+const EXE: &str = env!("CARGO_BIN_EXE_tandem");
+const TMP: &str = env!("CARGO_TARGET_TMPDIR");
+
+/// The two-site topology, with the restore delay given; returns it with fe1's and dr1's
+/// admin ports.
+fn topology(delay_s: u64) -> (String, u16, u16) {
+    let (sip, fe_admin, dr_admin, fe_rpc, dr_rpc) = (
+        free_port("127.0.0.1"),
+        free_port("127.0.0.1"),
+        free_port("127.0.0.1"),
+        free_port("127.0.0.1"),
+        free_port("127.0.0.1"),
+    );
+    let text = format!(
+        r#"name = "logship"
+sip_domain = "{DOMAIN}"
+[[site]]
+name = "dc1"
+[[site]]
+name = "dc2"
+[[server]]
+name = "fe1"
+site = "dc1"
+sip_udp = "127.0.0.1:{sip}"
+rpc = "127.0.0.1:{fe_rpc}"
+admin = "127.0.0.1:{fe_admin}"
+[[server]]
+name = "dr1"
+site = "dc2"
+rpc = "127.0.0.1:{dr_rpc}"
+admin = "127.0.0.1:{dr_admin}"
+[[pool]]
+name = "pool1"
+kind = "frontend"
+site = "dc1"
+servers = ["fe1"]
+store = "store1"
+routing_groups = 1
+[[store]]
+name = "store1"
+site = "dc1"
+mode = "standalone"
+[[store.replica]]
+server = "fe1"
+role = "primary"
+[[store]]
+name = "store1-dr"
+site = "dc2"
+mode = "standalone"
+[[store.replica]]
+server = "dr1"
+role = "primary"
+[[log_shipping]]
+name = "store1-dr"
+primary = "store1"
+secondary = "store1-dr"
+share = "share"
+backup_interval_s = 1
+copy_interval_s = 1
+restore_interval_s = 1
+restore_delay_s = {delay_s}
+backup_alert_s = 5
+restore_alert_s = 60
+secondary_mode = "standby"
+retention_h = 1
+"#
+    );
+    (text, fe_admin, dr_admin)
+}
+
+/// When `aor` is a user of the secondary's database (None while it is not, or not there yet).
+fn present(db: &Path, aor: &str) -> bool {
+    let Ok(c) = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return false;
+    };
+    c.query_row("SELECT count(*) FROM users WHERE aor = ?1", [aor], |r| {
+        r.get::<_, i64>(0)
+    })
+    .is_ok_and(|n| n == 1)
+}
+
+/// With a restore delay of D seconds, users added on the primary reach the secondary, and
+/// none of them sooner than D after the primary acknowledged it. `logship status` then shows
+/// the link with the last backup, copy and restore, no lag and no alert; once the primary's
+/// server is killed, it raises the backup alert.
+#[test]
+fn shipped_transactions_appear_after_the_restore_delay() {
+    const DELAY_S: u64 = 2;
+    let dir = test_dir(TMP, "logship_delay");
+    let (text, fe_admin, dr_admin) = topology(DELAY_S);
+    let path = dir.join("topology.toml");
+    std::fs::write(&path, text).unwrap();
+    let lab = Lab::up(EXE.as_ref(), &path, &dir.join("data"), &[]);
+    let token = lab.token();
+    let fe: std::net::SocketAddr = format!("127.0.0.1:{fe_admin}").parse().unwrap();
+    let dr: std::net::SocketAddr = format!("127.0.0.1:{dr_admin}").parse().unwrap();
+    let db = dir.join("data/dr1/stores/store1-dr/store.sqlite");
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        let aor = format!("sip:ship{i}@{DOMAIN}");
+        let (code, body) = admin_call(
+            &fe,
+            Some(&token),
+            "POST",
+            "/api/v1/users",
+            Some(serde_json::json!({"aor": aor, "password": "pw"})),
+        );
+        assert_eq!(code, 201, "{body}");
+        acked.push((aor, Instant::now()));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut seen: Vec<Option<Instant>> = vec![None; acked.len()];
+    while seen.iter().any(Option::is_none) {
+        assert!(
+            Instant::now() < end,
+            "not all users reached the secondary: {seen:?}"
+        );
+        for (i, (aor, _)) in acked.iter().enumerate() {
+            if seen[i].is_none() && present(&db, aor) {
+                seen[i] = Some(Instant::now());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for ((aor, at), seen) in acked.iter().zip(&seen) {
+        let after = seen.unwrap().duration_since(*at);
+        assert!(
+            after >= Duration::from_secs(DELAY_S),
+            "{aor} reached the secondary {after:?} after it was acknowledged: sooner than the {DELAY_S} s delay"
+        );
+    }
+    let (code, st) = admin_call(&dr, Some(&token), "GET", "/api/v1/logship", None);
+    assert_eq!(code, 200, "{st}");
+    let link = &st[0];
+    assert_eq!(
+        (&link["primary"], &link["secondary"]),
+        (
+            &serde_json::json!("store1"),
+            &serde_json::json!("store1-dr")
+        ),
+        "{st}"
+    );
+    assert!(link["last_backup_lsn"].as_u64().unwrap() >= 5, "{st}");
+    assert!(link["last_restored_lsn"].as_u64().unwrap() >= 5, "{st}");
+    assert_eq!(link["alert"], false, "{st}");
+    assert!(link["lag_s"].as_f64().is_some(), "{st}");
+    // The same through the CLI.
+    let out = std::process::Command::new(EXE)
+        .args([
+            "logship",
+            "status",
+            "--admin",
+            &dr.to_string(),
+            "--token-file",
+        ])
+        .arg(dir.join("data/admin.token"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("store1 → store1-dr"),
+        "{text}"
+    );
+
+    // Site A lost: no more backups, and the monitor says so once the 5 s threshold passed.
+    let pid = lab
+        .servers
+        .iter()
+        .find(|s| s["server"] == "fe1")
+        .and_then(|s| s["pid"].as_i64())
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, st) = admin_call(&dr, Some(&token), "GET", "/api/v1/logship", None);
+        if st[0]["alert"] == true {
+            let alerts = st[0]["alerts"].to_string();
+            assert!(alerts.contains("no log backup for more than 5 s"), "{st}");
+            // And as a Prometheus metric.
+            let (_, metrics) = admin_call(&dr, Some(&token), "GET", "/metrics", None);
+            let text = metrics.as_str().unwrap_or_default().to_string();
+            assert!(
+                text.contains("tandem_logship_alert{link=\"store1-dr\"} 1"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < end, "no alert without backups: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
