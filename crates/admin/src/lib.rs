@@ -110,6 +110,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/registrations/{aor}", get(registrations))
         .route("/api/v1/stores", get(list_stores))
         .route("/api/v1/logship", get(logship_status))
+        .route(
+            "/api/v1/logship/{link}/failover",
+            axum::routing::post(logship_failover),
+        )
         .route("/api/v1/stores/{name}/status", get(store_status))
         .route(
             "/api/v1/stores/{name}/failover",
@@ -197,12 +201,15 @@ async fn require_token(
 
 impl AdminState {
     fn store(&self) -> Result<&Store, Failure> {
-        self.store.as_ref().ok_or_else(|| {
-            Failure(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("server {} holds no user store", self.info.server),
-            )
-        })
+        self.store
+            .as_ref()
+            .or_else(|| self.logship.iter().find_map(|l| l.promoted()))
+            .ok_or_else(|| {
+                Failure(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("server {} holds no user store", self.info.server),
+                )
+            })
     }
 
     fn aor(&self, input: &str) -> Result<(String, String), Failure> {
@@ -510,6 +517,81 @@ pub struct BackupBody {
 /// `GET /api/v1/logship`: the log-shipping links whose secondary this server holds.
 async fn logship_status(State(s): State<Arc<AdminState>>) -> Json<Vec<store::logship::LinkStatus>> {
     Json(s.logship.iter().map(|l| l.status()).collect())
+}
+
+/// `POST /api/v1/logship/{link}/failover`: `{"tail_from": null | "primary's database file"}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FailoverBody {
+    #[serde(default)]
+    pub tail_from: Option<String>,
+}
+
+/// Brings a link's secondary online: a tail-log backup from the primary first (its store
+/// through its listener when it is replicated and still answers, or its database file), then
+/// everything restored.
+async fn logship_failover(
+    State(s): State<Arc<AdminState>>,
+    Path(link): Path<String>,
+    body: Body<FailoverBody>,
+) -> Result<Json<store::logship::FailoverReport>, Failure> {
+    let Json(req) =
+        body.map_err(|_| bad_request("expected a JSON body {\"tail_from\": null | \"path\"}"))?;
+    let Some(sec) = s.logship.iter().find(|l| l.config().link == link).cloned() else {
+        return Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("this server holds the secondary of no log-shipping link named {link}"),
+        ));
+    };
+    let cfg = sec.config().clone();
+    let mut tail = (
+        "no tail-log backup: the primary's database was not given (--tail-from) and its store \
+         cannot be reached; commands after the last log backup, if any, are lost"
+            .to_string(),
+        false,
+    );
+    if req.tail_from.is_none()
+        && let Some(client) = s.stores.get(&cfg.primary)
+    {
+        let mut c = client.clone();
+        c.deadline = std::time::Duration::from_secs(5);
+        c.attempt = std::time::Duration::from_secs(5);
+        let asked: Result<store::backup::LogBackup, _> = c
+            .call(
+                "backup",
+                store::proto::encode(&store::proto::BackupRequest {
+                    share: cfg.share.to_string_lossy().into_owned(),
+                    log: true,
+                }),
+            )
+            .await;
+        tail = match asked {
+            Ok(b) => (
+                match b.segment {
+                    Some(seg) => format!(
+                        "tail-log backup by {}: LSN {}..{}",
+                        seg.server, seg.first, seg.last
+                    ),
+                    None => "tail-log backup: nothing after the last backup".into(),
+                },
+                true,
+            ),
+            Err(e) => (
+                format!(
+                    "no tail-log backup: the primary store did not answer ({e}); commands after the last log backup, if any, are lost"
+                ),
+                false,
+            ),
+        };
+    }
+    let tail_from = req.tail_from.map(std::path::PathBuf::from);
+    let done = tokio::task::spawn_blocking(move || sec.failover(tail_from.as_deref(), tail))
+        .await
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match done {
+        Ok(r) => Ok(Json(r)),
+        Err(StoreError::Invalid(why)) => Err(Failure(StatusCode::CONFLICT, why)),
+        Err(e) => Err(Failure::from(e)),
+    }
 }
 
 /// A full or log backup of a store onto a share: by the primary (the owner) of a replicated

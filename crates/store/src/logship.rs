@@ -12,7 +12,7 @@ use crate::backup::{self, Target};
 use crate::machine::{self, StoreError};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// How a secondary is set up (from the topology's log-shipping link).
@@ -90,6 +90,41 @@ pub struct Secondary {
     /// When the jobs started (unix ms): a link with nothing yet alerts only once a threshold
     /// has passed since.
     started_ms: u64,
+    /// Held by a copy, a restore or the failover: one at a time.
+    job: Mutex<()>,
+    /// After a failover: the secondary as a writable store.
+    promoted: OnceLock<crate::Store>,
+}
+
+/// What `tandem logship failover` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverReport {
+    pub link: String,
+    pub primary: String,
+    pub secondary: String,
+    /// The tail-log backup: what it held, or why there was none.
+    pub tail: String,
+    pub tail_taken: bool,
+    /// The last command restored: the secondary's state is the primary's after it.
+    pub last_lsn: u64,
+    pub last_commit_ms: Option<u64>,
+    /// Why the restore stopped before the end of what the share holds (a bad file), if it did.
+    pub stopped: Option<String>,
+}
+
+/// The marker a failover leaves on the share: the primary it replaced must not write again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedOver {
+    pub link: String,
+    pub secondary: String,
+    pub lsn: u64,
+    pub at_ms: u64,
+}
+
+/// The failover marker of `primary` on `share`, if a failover left one.
+pub fn failed_over(share: &std::path::Path, primary: &str) -> Option<FailedOver> {
+    let bytes = std::fs::read(share.join(primary).join("failed-over.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 impl Secondary {
@@ -111,6 +146,8 @@ impl Secondary {
             cfg,
             state: Mutex::new(state),
             started_ms: now_ms(),
+            job: Mutex::new(()),
+            promoted: OnceLock::new(),
         });
         tokio::spawn(s.clone().run());
         Ok(s)
@@ -145,6 +182,9 @@ impl Secondary {
             .max(Duration::from_millis(100));
         let (mut next_copy, mut next_restore) = (0u64, 0u64);
         loop {
+            if self.promoted.get().is_some() {
+                return;
+            }
             let now = now_ms();
             if now >= next_copy {
                 next_copy = now + self.cfg.copy_interval.as_millis() as u64;
@@ -163,6 +203,10 @@ impl Secondary {
     /// The copy job: every full backup and segment on the share that the copy folder lacks,
     /// copied atomically (manifest last).
     pub fn copy_once(&self) {
+        let Ok(_job) = self.job.lock() else { return };
+        if self.promoted.get().is_some() {
+            return;
+        }
         let mut st = self.state();
         match backup::copy_new(&self.cfg.share, &self.cfg.copy_dir, &self.cfg.primary) {
             Ok(newest) => {
@@ -183,6 +227,10 @@ impl Secondary {
     /// The restore job: seeds the database from the newest full backup when it has none, then
     /// applies the copied segments' commands applied on the primary at least the delay ago.
     pub fn restore_once(&self) {
+        let Ok(_job) = self.job.lock() else { return };
+        if self.promoted.get().is_some() {
+            return;
+        }
         let mut st = self.state();
         let target =
             Target::Time(now_ms().saturating_sub(self.cfg.restore_delay.as_millis() as u64));
@@ -220,10 +268,9 @@ impl Secondary {
                 .into_iter()
                 .filter_map(|f| f.manifest.ok())
                 .collect();
-            let Target::Time(until) = target else {
-                return Err(StoreError::Invalid(
-                    "a secondary restores up to a time".into(),
-                ));
+            let until = match target {
+                Target::Time(t) => t,
+                _ => u64::MAX,
             };
             let Some(full) = fulls.iter().rev().find(|m| m.taken_ms <= until) else {
                 return Ok((0, None));
@@ -237,6 +284,105 @@ impl Secondary {
         let (lsn, last_ms, _) =
             backup::catch_up(&self.cfg.copy_dir, &self.cfg.primary, target, from, &conn)?;
         Ok((lsn, last_ms))
+    }
+
+    /// After a failover, the secondary as a writable store.
+    pub fn promoted(&self) -> Option<&crate::Store> {
+        self.promoted.get()
+    }
+
+    /// Brings the secondary online as a writable store: stops the jobs, takes a tail-log
+    /// backup from the primary's database file when `tail_from` names one that can still be
+    /// read (`tail` says what the caller did otherwise), copies and restores everything on
+    /// the share (no delay), leaves a marker on the share so the old primary never writes
+    /// again, and opens the database for writes.
+    pub fn failover(
+        &self,
+        tail_from: Option<&std::path::Path>,
+        mut tail: (String, bool),
+    ) -> Result<FailoverReport, StoreError> {
+        let _job = self
+            .job
+            .lock()
+            .map_err(|_| StoreError::Storage("the log-shipping jobs failed".into()))?;
+        if self.promoted.get().is_some() {
+            return Err(StoreError::Invalid(format!(
+                "{} is already online: the link was failed over",
+                self.cfg.secondary
+            )));
+        }
+        if let Some(file) = tail_from {
+            tail = match backup::take_log(file, &self.cfg.share, &self.cfg.primary, "tail-log") {
+                Ok(Some(seg)) => (
+                    format!(
+                        "tail-log backup of {}: LSN {}..{}",
+                        file.display(),
+                        seg.first,
+                        seg.last
+                    ),
+                    true,
+                ),
+                Ok(None) => (
+                    format!(
+                        "tail-log backup of {}: nothing after the last backup",
+                        file.display()
+                    ),
+                    true,
+                ),
+                Err(e) => (format!("no tail-log backup: {e}"), false),
+            };
+        }
+        // A bad file stops the copy and the restore at the last good command: the secondary
+        // comes online there, and the report says why.
+        let copied = backup::copy_new(&self.cfg.share, &self.cfg.copy_dir, &self.cfg.primary);
+        let restored = self.restore_to(Target::Latest);
+        if !self.cfg.db.exists() {
+            return Err(StoreError::Invalid(format!(
+                "{} holds nothing yet (no full backup was restored): nothing to fail over to",
+                self.cfg.secondary
+            )));
+        }
+        let (lsn, last_ms, stopped) = match restored {
+            Ok((lsn, ms)) => (lsn, ms, copied.err().map(|e| e.to_string())),
+            Err(e) => {
+                let conn =
+                    crate::sqlite::open_connection(&self.cfg.db, crate::sqlite::Sync::ReadOnly)?;
+                (machine::lsn(&conn)?, None, Some(e.to_string()))
+            }
+        };
+        let marker = FailedOver {
+            link: self.cfg.link.clone(),
+            secondary: self.cfg.secondary.clone(),
+            lsn,
+            at_ms: now_ms(),
+        };
+        let bytes = serde_json::to_vec_pretty(&marker)
+            .map_err(|e| StoreError::Storage(format!("cannot encode the marker: {e}")))?;
+        let dir = self.cfg.share.join(&self.cfg.primary);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        backup::write_file_atomic(&dir.join("failed-over.json"), &bytes)?;
+        let store = crate::Store::open_local(&self.cfg.db, crate::Options::default())?;
+        let _ = self.promoted.set(store);
+        let mut st = self.state();
+        st.last_restored_lsn = lsn;
+        st.last_restore_ms = now_ms();
+        if let Some(ms) = last_ms {
+            st.last_restored_commit_ms = ms;
+        }
+        st.error = None;
+        self.save(&st);
+        tracing::warn!(link = %self.cfg.link, lsn, "log shipping: failed over; the secondary is online");
+        Ok(FailoverReport {
+            link: self.cfg.link.clone(),
+            primary: self.cfg.primary.clone(),
+            secondary: self.cfg.secondary.clone(),
+            tail: tail.0,
+            tail_taken: tail.1,
+            last_lsn: lsn,
+            last_commit_ms: last_ms.or(Some(st.last_restored_commit_ms).filter(|m| *m > 0)),
+            stopped,
+        })
     }
 
     /// The link as this secondary sees it now.

@@ -215,6 +215,17 @@ pub enum LogshipCommand {
     /// The links whose secondary the server holds: the last backup, copy and restore (time
     /// and LSN), the lag in seconds and transactions, and the alerts.
     Status,
+    /// Brings a link's secondary online as a writable store: a tail-log backup of the
+    /// primary first when it can be read, then everything restored; states the last
+    /// transaction restored. The old primary will not write again.
+    Failover {
+        /// The log-shipping link.
+        link: String,
+        /// The primary's database file, when its site is lost but its disk can still be read
+        /// (default: ask the primary store, if it is replicated and answers).
+        #[arg(long)]
+        tail_from: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]

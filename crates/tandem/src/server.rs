@@ -323,11 +323,32 @@ async fn serve(
     let mut local_stores = std::collections::BTreeMap::new();
     let mut secondaries = Vec::new();
     for (store, replica) in topology.stores_on(&me.name) {
-        // A log-shipping secondary is not served: its restore job writes it (see below).
+        // A primary that log shipping failed over must not write again until it is reseeded.
+        if let Some(link) = topology
+            .log_shipping
+            .iter()
+            .find(|l| l.primary == store.name)
+            && let Some(marker) =
+                store::logship::failed_over(&beside_data(data, &link.share), &store.name)
+        {
+            bail!(
+                "store `{}` was failed over to `{}` by log shipping `{}` (at LSN {}): this server \
+                 must not write it again; reseed it from `{}` before serving it",
+                store.name,
+                marker.secondary,
+                marker.link,
+                marker.lsn,
+                marker.secondary
+            );
+        }
+        // A log-shipping secondary is not served: its restore job writes it (see below) —
+        // unless the link was failed over to it: then it is a store like any other.
         if let Some(link) = topology
             .log_shipping
             .iter()
             .find(|l| l.secondary == store.name)
+            && store::logship::failed_over(&beside_data(data, &link.share), &link.primary)
+                .is_none_or(|m| m.secondary != store.name)
         {
             let dir = data.join("stores").join(&store.name);
             let cfg = store::logship::SecondaryConfig {

@@ -494,6 +494,32 @@ pub fn run(target: &AdminTarget, command: StoreCommand) -> anyhow::Result<ExitCo
 pub fn logship(target: &AdminTarget, command: LogshipCommand) -> anyhow::Result<ExitCode> {
     let admin = Admin::from_target(target)?;
     match command {
+        LogshipCommand::Failover { link, tail_from } => {
+            let r = admin.ok(
+                "POST",
+                &format!("/api/v1/logship/{link}/failover"),
+                Some(json!({"tail_from": tail_from})),
+            )?;
+            if target.json {
+                println!("{r}");
+            } else {
+                println!("{}", text(&r, "tail"));
+                println!(
+                    "{} is online as a writable store: it holds everything up to LSN {} (last command applied on {} at {}).",
+                    text(&r, "secondary"),
+                    text(&r, "last_lsn"),
+                    text(&r, "primary"),
+                    when(r["last_commit_ms"].as_u64().unwrap_or(0))
+                );
+                if let Some(why) = r["stopped"].as_str() {
+                    println!("The restore stopped early: {why}");
+                }
+                println!(
+                    "{} will refuse to serve its store until it is reseeded.",
+                    text(&r, "primary")
+                );
+            }
+        }
         LogshipCommand::Status => {
             let v = admin.ok("GET", "/api/v1/logship", None)?;
             if target.json {

@@ -206,3 +206,106 @@ fn shipped_transactions_appear_after_the_restore_delay() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Site A lost: every process of it killed with `kill -9` right after more users were
+/// added. `tandem logship failover` with the primary's database file still readable takes a
+/// tail-log backup first, so the secondary comes online with every acknowledged user, and
+/// takes writes. The old primary's server then refuses to start: it was failed over.
+#[test]
+fn failover_with_a_tail_log_backup_loses_nothing_and_fences_the_old_primary() {
+    let dir = test_dir(TMP, "logship_failover");
+    let (text, fe_admin, dr_admin) = topology(0);
+    let path = dir.join("topology.toml");
+    std::fs::write(&path, text).unwrap();
+    let lab = Lab::up(EXE.as_ref(), &path, &dir.join("data"), &[]);
+    let token = lab.token();
+    let fe: std::net::SocketAddr = format!("127.0.0.1:{fe_admin}").parse().unwrap();
+    let dr: std::net::SocketAddr = format!("127.0.0.1:{dr_admin}").parse().unwrap();
+    let db = dir.join("data/dr1/stores/store1-dr/store.sqlite");
+    let add = |admin: &std::net::SocketAddr, aor: &str| {
+        admin_call(
+            admin,
+            Some(&token),
+            "POST",
+            "/api/v1/users",
+            Some(serde_json::json!({"aor": aor, "password": "pw"})),
+        )
+    };
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let aor = format!("sip:dr{i}@{DOMAIN}");
+        assert_eq!(add(&fe, &aor).0, 201);
+        acked.push(aor);
+    }
+    // The first users are shipped and restored; the last ones are added right before the
+    // site is lost, after the last backup.
+    let end = Instant::now() + Duration::from_secs(60);
+    while !present(&db, &acked[0]) {
+        assert!(Instant::now() < end, "nothing reached the secondary");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 10..15 {
+        let aor = format!("sip:dr{i}@{DOMAIN}");
+        assert_eq!(add(&fe, &aor).0, 201);
+        acked.push(aor);
+    }
+    let pid = lab
+        .servers
+        .iter()
+        .find(|s| s["server"] == "fe1")
+        .and_then(|s| s["pid"].as_i64())
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let primary_db = dir.join("data/fe1/stores/store1/store.sqlite");
+    let out = std::process::Command::new(EXE)
+        .args(["logship", "failover", "store1-dr", "--tail-from"])
+        .arg(&primary_db)
+        .args(["--json", "--admin", &dr.to_string(), "--token-file"])
+        .arg(dir.join("data/admin.token"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(report["tail_taken"], true, "{report}");
+    assert!(report["stopped"].is_null(), "{report}");
+    // Every acknowledged user is on the secondary, which now takes writes.
+    let (code, users) = admin_call(&dr, Some(&token), "GET", "/api/v1/users", None);
+    assert_eq!(code, 200, "{users}");
+    let have: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["aor"].as_str())
+        .collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|a| !have.contains(&a.as_str()))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged users lost: {lost:?}");
+    assert_eq!(add(&dr, &format!("sip:after@{DOMAIN}")).0, 201);
+    // The old primary's server refuses to serve its store again.
+    let out = std::process::Command::new(EXE)
+        .args(["server", "--topology"])
+        .arg(&path)
+        .args(["--name", "fe1", "--data"])
+        .arg(dir.join("data/fe1"))
+        .arg("--admin-token-file")
+        .arg(dir.join("data/admin.token"))
+        .arg("--cluster-secret-file")
+        .arg(dir.join("data/cluster.secret"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("was failed over to `store1-dr`"), "{err}");
+}
