@@ -134,8 +134,9 @@ fn copy_atomic(from: &Path, to: &Path) -> Result<(), StoreError> {
 /// The copy job of log shipping: every full backup and log segment of `store` on `share`
 /// that `copy` (a folder with the share's layout) lacks, verified, then copied atomically,
 /// the manifest last. Returns the newest LSN the copy folder holds. Stops at the first file
-/// that fails verification, naming it.
-pub fn copy_new(share: &Path, copy: &Path, store: &str) -> Result<u64, StoreError> {
+/// that fails verification, naming it. Backups a restore past `restored` cannot need (full
+/// backups at or before it, segments ending at or before it) are not copied.
+pub fn copy_new(share: &Path, copy: &Path, store: &str, restored: u64) -> Result<u64, StoreError> {
     let mut newest = 0;
     for dir in [full_dir(copy, store), log_dir(copy, store)] {
         std::fs::create_dir_all(&dir).map_err(|e| storage("cannot create", &dir, e))?;
@@ -145,7 +146,7 @@ pub fn copy_new(share: &Path, copy: &Path, store: &str) -> Result<u64, StoreErro
         newest = newest.max(m.lsn);
         let to = full_dir(copy, store).join(&m.file);
         let manifest_to = to.with_extension("json");
-        if manifest_to.exists() {
+        if manifest_to.exists() || (restored > 0 && m.lsn <= restored) {
             continue;
         }
         verify(share, &m).map_err(StoreError::Invalid)?;
@@ -156,7 +157,7 @@ pub fn copy_new(share: &Path, copy: &Path, store: &str) -> Result<u64, StoreErro
         let Ok(m) = f.manifest else { continue };
         let to = log_dir(copy, store).join(&m.file);
         let manifest_to = to.with_extension("json");
-        if !manifest_to.exists() {
+        if !manifest_to.exists() && m.last > restored {
             verify_segment(share, &m).map_err(StoreError::Invalid)?;
             copy_atomic(&log_dir(share, store).join(&m.file), &to)?;
             copy_atomic(&f.path, &manifest_to)?;
@@ -597,6 +598,69 @@ pub fn verify_segment(share: &Path, m: &SegmentManifest) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// What [`prune`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pruned {
+    pub files: Vec<String>,
+}
+
+/// The retention policy: removes `store`'s backups that no restore within the last
+/// `retention` can need. Kept: the newest full backup taken at or before the window's start
+/// (the base of a restore to its first moment; the oldest full if none is that old), every
+/// newer full backup, and every segment after the base's LSN — and, with `keep_after`, every
+/// segment after that LSN too (what a secondary has not restored yet). A backup's manifest
+/// goes before its file, so a half-removed backup is never listed as whole.
+pub fn prune(
+    share: &Path,
+    store: &str,
+    retention: std::time::Duration,
+    keep_after: Option<u64>,
+) -> Result<Pruned, StoreError> {
+    let window_start = now_ms().saturating_sub(retention.as_millis() as u64);
+    let fulls: Vec<(PathBuf, Manifest)> = list(share, store)?
+        .into_iter()
+        .filter_map(|f| f.manifest.ok().map(|m| (f.path, m)))
+        .collect();
+    let Some(base) = fulls
+        .iter()
+        .rev()
+        .find(|(_, m)| m.taken_ms <= window_start)
+        .or(fulls.first())
+        .map(|(_, m)| m.clone())
+    else {
+        return Ok(Pruned::default());
+    };
+    let mut out = Pruned::default();
+    let mut remove = |manifest: &Path, file: PathBuf| -> Result<(), StoreError> {
+        std::fs::remove_file(manifest).map_err(|e| storage("cannot remove", manifest, e))?;
+        let _ = std::fs::remove_file(&file);
+        if let Some(name) = file.file_name() {
+            out.files.push(name.to_string_lossy().into_owned());
+        }
+        Ok(())
+    };
+    for (path, m) in &fulls {
+        if (m.lsn, m.taken_ms) < (base.lsn, base.taken_ms) {
+            remove(path, full_dir(share, store).join(&m.file))?;
+        }
+    }
+    let floor = keep_after.map_or(base.lsn, |k| k.min(base.lsn));
+    for f in list_segments(share, store)? {
+        if let Ok(m) = f.manifest
+            && m.last <= floor
+            && m.taken_ms < window_start
+        {
+            remove(&f.path, log_dir(share, store).join(&m.file))?;
+        }
+    }
+    for dir in [full_dir(share, store), log_dir(share, store)] {
+        if dir.exists() {
+            crate::sqlite::sync_dir(&dir)?;
+        }
+    }
+    Ok(out)
 }
 
 /// Where a restore lands.
@@ -1208,5 +1272,45 @@ mod tests {
             "{err}"
         );
         std::fs::write(&third, &third_good).unwrap();
+    }
+
+    /// Retention: backups older than the window go, except what a restore to the window's
+    /// first moment needs (the newest full before it and the segments after that full);
+    /// a restore to the latest still works after pruning.
+    #[test]
+    fn pruning_keeps_what_the_retention_window_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (share, states, _store) = chain(dir.path(), 35);
+        let db = dir.path().join("live.sqlite");
+        // A second full backup, then everything counts as older than a zero window.
+        let second = take_full(&db, &share, "s", "s1").unwrap();
+        let pruned = prune(&share, "s", std::time::Duration::ZERO, None).unwrap();
+        let fulls: Vec<Manifest> = list(&share, "s")
+            .unwrap()
+            .into_iter()
+            .map(|f| f.manifest.unwrap())
+            .collect();
+        assert_eq!(fulls, vec![second.clone()], "only the newest full stays");
+        assert!(
+            pruned.files.iter().any(|f| f.ends_with(".sqlite")),
+            "{pruned:?}"
+        );
+        assert!(
+            list_segments(&share, "s")
+                .unwrap()
+                .iter()
+                .all(|f| f.manifest.as_ref().unwrap().last > second.lsn),
+            "segments the newest full covers are gone"
+        );
+        let into = dir.path().join("after-prune.sqlite");
+        let r = restore(&share, "s", Target::Latest, &into).unwrap();
+        assert_eq!(users_in(&into), states[r.lsn as usize]);
+        // A long window removes nothing.
+        assert!(
+            prune(&share, "s", std::time::Duration::from_secs(3600), None)
+                .unwrap()
+                .files
+                .is_empty()
+        );
     }
 }

@@ -34,6 +34,8 @@ pub struct SecondaryConfig {
     pub restore_delay: Duration,
     pub backup_alert: Duration,
     pub restore_alert: Duration,
+    /// How long copied backups are kept (beyond what is not restored yet).
+    pub retention: Duration,
     /// "standby" or "no-recovery".
     pub mode: String,
 }
@@ -208,10 +210,25 @@ impl Secondary {
             return;
         }
         let mut st = self.state();
-        match backup::copy_new(&self.cfg.share, &self.cfg.copy_dir, &self.cfg.primary) {
+        let restored = st.last_restored_lsn;
+        match backup::copy_new(
+            &self.cfg.share,
+            &self.cfg.copy_dir,
+            &self.cfg.primary,
+            restored,
+        ) {
             Ok(newest) => {
                 st.last_copy_ms = now_ms();
                 st.last_copied_lsn = st.last_copied_lsn.max(newest);
+                // The copy folder keeps what is not restored yet, whatever its age.
+                if let Err(e) = backup::prune(
+                    &self.cfg.copy_dir,
+                    &self.cfg.primary,
+                    self.cfg.retention,
+                    Some(st.last_restored_lsn),
+                ) {
+                    tracing::warn!(link = %self.cfg.link, error = %e, "cannot apply the retention to the copy folder");
+                }
                 if st.error.as_ref().is_some_and(|e| e.starts_with("copy")) {
                     st.error = None;
                 }
@@ -334,7 +351,13 @@ impl Secondary {
         }
         // A bad file stops the copy and the restore at the last good command: the secondary
         // comes online there, and the report says why.
-        let copied = backup::copy_new(&self.cfg.share, &self.cfg.copy_dir, &self.cfg.primary);
+        let restored = self.state().last_restored_lsn;
+        let copied = backup::copy_new(
+            &self.cfg.share,
+            &self.cfg.copy_dir,
+            &self.cfg.primary,
+            restored,
+        );
         let restored = self.restore_to(Target::Latest);
         if !self.cfg.db.exists() {
             return Err(StoreError::Invalid(format!(

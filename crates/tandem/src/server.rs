@@ -222,6 +222,26 @@ fn node_config(
 /// A failover-cluster node's setup, from the topology. A relative `shared_path` is resolved
 /// against the parent of the server's data directory (in a lab: the lab's directory, which
 /// every server of the lab reaches).
+/// The retention policy after a scheduled log backup (see `store::backup::prune`).
+async fn prune_backups(share: &Path, store: &str, retention: Duration) {
+    let (share, name) = (share.to_path_buf(), store.to_string());
+    let pruned =
+        tokio::task::spawn_blocking(move || store::backup::prune(&share, &name, retention, None))
+            .await;
+    match pruned {
+        Ok(Ok(p)) if !p.files.is_empty() => {
+            tracing::info!(
+                store,
+                removed = p.files.len(),
+                "backups past the retention removed"
+            )
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(store, error = %e, "cannot apply the backup retention"),
+        Err(e) => tracing::warn!(store, error = %e, "cannot apply the backup retention"),
+    }
+}
+
 /// A topology path as this server sees it: absolute as given; relative, from the parent of
 /// its data directory (in a lab, the lab's directory).
 fn beside_data(data: &Path, path: &Path) -> PathBuf {
@@ -362,6 +382,7 @@ async fn serve(
                 restore_interval: Duration::from_secs(link.restore_interval_s.max(1)),
                 restore_delay: Duration::from_secs(link.restore_delay_s),
                 backup_alert: Duration::from_secs(link.backup_alert_s),
+                retention: Duration::from_secs(link.retention_h.saturating_mul(3600)),
                 restore_alert: Duration::from_secs(link.restore_alert_s),
                 mode: link.secondary_mode.to_string(),
             };
@@ -423,22 +444,34 @@ async fn serve(
         }
     }
     // Log shipping, the primary's side: a log backup every interval, by whichever of this
-    // server's replicas of the store serves it.
+    // server's replicas of the store serves it, then the retention policy.
     for link in &topology.log_shipping {
         let every = Duration::from_secs(link.backup_interval_s.max(1));
-        let share = beside_data(data, &link.share)
-            .to_string_lossy()
-            .into_owned();
-        let request = store::proto::BackupRequest { share, log: true };
+        let retention = Duration::from_secs(link.retention_h.saturating_mul(3600));
+        let share_dir = beside_data(data, &link.share);
+        let request = store::proto::BackupRequest {
+            share: share_dir.to_string_lossy().into_owned(),
+            log: true,
+        };
         let name = link.primary.clone();
-        if let Some((_, handle)) = stores.iter().find(|(n, _)| *n == name) {
-            let db = data.join("stores").join(&name).join("store.sqlite");
-            let (handle, me) = (handle.clone(), me.name.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    let handle = &handle;
-                    let done = store::node::run_backup_request(
+        let local = stores
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, h)| h.clone());
+        let node = nodes.iter().find(|n| n.name() == name).cloned();
+        let cluster = cluster_nodes.iter().find(|n| n.name() == name).cloned();
+        if local.is_none() && node.is_none() && cluster.is_none() {
+            continue;
+        }
+        let (db, me) = (
+            data.join("stores").join(&name).join("store.sqlite"),
+            me.name.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let done = if let Some(handle) = &local {
+                    store::node::run_backup_request(
                         db.clone(),
                         request.clone(),
                         name.clone(),
@@ -451,39 +484,26 @@ async fn serve(
                                 .map_err(store::proto::Refusal::Store)
                         },
                     )
-                    .await;
-                    if let Err(e) = done {
-                        tracing::warn!(store = %name, error = %e, "scheduled log backup failed");
+                    .await
+                } else if let Some(node) = &node {
+                    node.backup(request.clone()).await
+                } else if let Some(node) = &cluster {
+                    node.backup(request.clone()).await
+                } else {
+                    return;
+                };
+                match done {
+                    Ok(_) => prune_backups(&share_dir, &name, retention).await,
+                    // Another replica serves the store: it takes the backups.
+                    Err(store::proto::Refusal::NotPrimary { .. })
+                    | Err(store::proto::Refusal::Unavailable(_))
+                        if local.is_none() => {}
+                    Err(e) => {
+                        tracing::warn!(store = %name, error = %e, "scheduled log backup failed")
                     }
                 }
-            });
-        } else if let Some(node) = nodes.iter().find(|n| n.name() == name) {
-            let node = node.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    match node.backup(request.clone()).await {
-                        Ok(_) | Err(store::proto::Refusal::NotPrimary { .. }) => {}
-                        Err(e) => {
-                            tracing::warn!(store = %name, error = %e, "scheduled log backup failed")
-                        }
-                    }
-                }
-            });
-        } else if let Some(node) = cluster_nodes.iter().find(|n| n.name() == name) {
-            let node = node.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    match node.backup(request.clone()).await {
-                        Ok(_) | Err(store::proto::Refusal::NotPrimary { .. }) => {}
-                        Err(e) => {
-                            tracing::debug!(store = %name, error = %e, "scheduled log backup not taken here")
-                        }
-                    }
-                }
-            });
-        }
+            }
+        });
     }
     // Clients of every replicated store, for the front end and the admin API.
     let mut clients = std::collections::BTreeMap::new();
