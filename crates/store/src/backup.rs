@@ -236,49 +236,109 @@ pub fn take_full(
 
 /// One manifest found on the share: what it says, or why it cannot be read.
 #[derive(Debug)]
-pub struct Found {
+pub struct Found<M = Manifest> {
     pub path: PathBuf,
-    pub manifest: Result<Manifest, String>,
+    pub manifest: Result<M, String>,
 }
 
-/// The full backups of `store` on `share`, by LSN then time (unreadable manifests last).
-pub fn list(share: &Path, store: &str) -> Result<Vec<Found>, StoreError> {
-    check_store_name(store)?;
-    let dir = full_dir(share, store);
-    let entries = match std::fs::read_dir(&dir) {
+/// A log backup's manifest found on the share.
+pub type FoundSegment = Found<SegmentManifest>;
+
+/// What listing needs of a manifest, full or log.
+trait Listed: serde::de::DeserializeOwned {
+    fn store(&self) -> &str;
+    fn format(&self) -> u32;
+    fn file(&self) -> &str;
+    /// Sorting key: by LSN, then time.
+    fn order(&self) -> (u64, u64);
+    /// Further checks of the manifest's own fields.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl Listed for Manifest {
+    fn store(&self) -> &str {
+        &self.store
+    }
+    fn format(&self) -> u32 {
+        self.format
+    }
+    fn file(&self) -> &str {
+        &self.file
+    }
+    fn order(&self) -> (u64, u64) {
+        (self.lsn, self.taken_ms)
+    }
+}
+
+impl Listed for SegmentManifest {
+    fn store(&self) -> &str {
+        &self.store
+    }
+    fn format(&self) -> u32 {
+        self.format
+    }
+    fn file(&self) -> &str {
+        &self.file
+    }
+    fn order(&self) -> (u64, u64) {
+        (self.first, self.last)
+    }
+    fn check(&self) -> Result<(), String> {
+        if self.first > self.last {
+            return Err(format!(
+                "the manifest's range {}..{} is empty",
+                self.first, self.last
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The manifests in `dir` of `store`'s backups, in order (unreadable ones last, with why).
+fn read_manifests<M: Listed>(dir: &Path, store: &str) -> Result<Vec<Found<M>>, StoreError> {
+    let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(storage("cannot list", &dir, e)),
+        Err(e) => return Err(storage("cannot list", dir, e)),
     };
     let mut found = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|e| storage("cannot list", &dir, e))?.path();
+        let path = entry.map_err(|e| storage("cannot list", dir, e))?.path();
         if path.extension().and_then(|e| e.to_str()) != Some("json") {
             continue;
         }
         let manifest = std::fs::read(&path)
             .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<Manifest>(&b).map_err(|e| e.to_string()))
+            .and_then(|b| serde_json::from_slice::<M>(&b).map_err(|e| e.to_string()))
             .and_then(|m| {
-                if m.store != store {
-                    Err(format!("the manifest is for store {}", m.store))
-                } else if m.format != FORMAT {
-                    Err(format!("unknown share format {}", m.format))
-                } else if m.file.contains('/') || m.file.contains('\\') || m.file.starts_with('.') {
-                    Err(format!("the manifest names a file elsewhere: {}", m.file))
+                let file = m.file();
+                if m.store() != store {
+                    Err(format!("the manifest is for store {}", m.store()))
+                } else if m.format() != FORMAT {
+                    Err(format!("unknown share format {}", m.format()))
+                } else if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+                    Err(format!("the manifest names a file elsewhere: {file}"))
                 } else {
-                    Ok(m)
+                    m.check().map(|()| m)
                 }
             });
         found.push(Found { path, manifest });
     }
     found.sort_by(|a, b| match (&a.manifest, &b.manifest) {
-        (Ok(x), Ok(y)) => (x.lsn, x.taken_ms).cmp(&(y.lsn, y.taken_ms)),
+        (Ok(x), Ok(y)) => x.order().cmp(&y.order()),
         (Ok(_), Err(_)) => std::cmp::Ordering::Less,
         (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
         (Err(_), Err(_)) => a.path.cmp(&b.path),
     });
     Ok(found)
+}
+
+/// The full backups of `store` on `share`, by LSN then time (unreadable manifests last).
+pub fn list(share: &Path, store: &str) -> Result<Vec<Found>, StoreError> {
+    check_store_name(store)?;
+    read_manifests(&full_dir(share, store), store)
 }
 
 /// Checks a full backup against its manifest: the file is there, has the size and SHA-256
@@ -454,56 +514,10 @@ pub fn decode_segment(bytes: &[u8]) -> (Vec<Record>, Result<(), String>) {
     (records, Ok(()))
 }
 
-/// One segment manifest found on the share.
-#[derive(Debug)]
-pub struct FoundSegment {
-    pub path: PathBuf,
-    pub manifest: Result<SegmentManifest, String>,
-}
-
 /// The log backups of `store` on `share`, by first LSN (unreadable manifests last).
 pub fn list_segments(share: &Path, store: &str) -> Result<Vec<FoundSegment>, StoreError> {
     check_store_name(store)?;
-    let dir = log_dir(share, store);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(storage("cannot list", &dir, e)),
-    };
-    let mut found = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(|e| storage("cannot list", &dir, e))?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("json") {
-            continue;
-        }
-        let manifest = std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<SegmentManifest>(&b).map_err(|e| e.to_string()))
-            .and_then(|m| {
-                if m.store != store {
-                    Err(format!("the manifest is for store {}", m.store))
-                } else if m.format != FORMAT {
-                    Err(format!("unknown share format {}", m.format))
-                } else if m.file.contains('/') || m.file.contains('\\') || m.file.starts_with('.') {
-                    Err(format!("the manifest names a file elsewhere: {}", m.file))
-                } else if m.first > m.last {
-                    Err(format!(
-                        "the manifest's range {}..{} is empty",
-                        m.first, m.last
-                    ))
-                } else {
-                    Ok(m)
-                }
-            });
-        found.push(FoundSegment { path, manifest });
-    }
-    found.sort_by(|a, b| match (&a.manifest, &b.manifest) {
-        (Ok(x), Ok(y)) => (x.first, x.last).cmp(&(y.first, y.last)),
-        (Ok(_), Err(_)) => std::cmp::Ordering::Less,
-        (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
-        (Err(_), Err(_)) => a.path.cmp(&b.path),
-    });
-    Ok(found)
+    read_manifests(&log_dir(share, store), store)
 }
 
 /// Takes a log backup of the database at `db`: the commands of its transaction log after
