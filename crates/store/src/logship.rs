@@ -61,7 +61,7 @@ pub struct LinkStatus {
     pub primary: String,
     pub secondary: String,
     pub mode: String,
-    /// The newest log backup on the share: its last LSN and when it was taken.
+    /// The newest backup on the share (log or full): its last LSN and when it was taken.
     pub last_backup_lsn: u64,
     pub last_backup_ms: u64,
     pub last_copied_lsn: u64,
@@ -416,8 +416,20 @@ impl Secondary {
             backup::list_segments(&self.cfg.share, &self.cfg.primary)
                 .map(|v| v.into_iter().filter_map(|f| f.manifest.ok()).collect())
                 .unwrap_or_default();
-        let newest = segments.iter().max_by_key(|m| m.last);
-        let (last_backup_lsn, last_backup_ms) = newest.map_or((0, 0), |m| (m.last, m.taken_ms));
+        // The newest backup, log or full (a chain starts with a full one).
+        let fulls = backup::list(&self.cfg.share, &self.cfg.primary)
+            .map(|v| {
+                v.into_iter()
+                    .filter_map(|f| f.manifest.ok())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let (last_backup_lsn, last_backup_ms) = segments
+            .iter()
+            .map(|m| (m.last, m.taken_ms))
+            .chain(fulls.iter().map(|m| (m.lsn, m.taken_ms)))
+            .max()
+            .unwrap_or((0, 0));
         let lag_tx = last_backup_lsn.saturating_sub(st.last_restored_lsn);
         // The oldest command waiting: the first segment past what is restored.
         let waiting_since = segments
