@@ -673,7 +673,7 @@ impl StoreNode {
             )));
         }
         // Mirroring without a witness voting (or in high performance): the mirror is a learner,
-        // and a planned failover switches roles with it (`switch_roles`).
+        // and a planned failover makes it a voter before handing it leadership (below).
         let mirroring = self.cfg.mode == "mirroring";
         let candidates: Vec<(u64, Member)> = st
             .voters
