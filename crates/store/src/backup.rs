@@ -554,6 +554,15 @@ pub fn take_log(
     let (Some(first), Some(last)) = (records.first(), records.last()) else {
         return Ok(None);
     };
+    // Only the truncation that followed the last log backup: nothing to ship yet (shipping
+    // it would log another truncation, and an idle store would ship one every interval).
+    let only_truncations = records.iter().all(|r| {
+        postcard::from_bytes::<crate::Envelope>(&r.envelope)
+            .is_ok_and(|e| matches!(e.cmd, crate::Command::TruncateTransactionLog { .. }))
+    });
+    if only_truncations {
+        return Ok(None);
+    }
     let dir = log_dir(share, store);
     std::fs::create_dir_all(&dir).map_err(|e| storage("cannot create", &dir, e))?;
     let stem = format!("{:020}-{:020}", first.lsn, last.lsn);
@@ -1326,5 +1335,17 @@ mod tests {
                 .files
                 .is_empty()
         );
+    }
+
+    /// An idle store ships no new segment: what follows the last log backup is only the
+    /// truncation that backup caused.
+    #[test]
+    fn an_idle_store_ships_nothing_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let (share, _states, _store) = chain(dir.path(), 10);
+        let db = dir.path().join("live.sqlite");
+        let before = list_segments(&share, "s").unwrap().len();
+        assert_eq!(take_log(&db, &share, "s", "s1").unwrap(), None);
+        assert_eq!(list_segments(&share, "s").unwrap().len(), before);
     }
 }
