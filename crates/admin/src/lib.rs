@@ -95,6 +95,8 @@ pub struct AdminState {
     pub local_stores: std::collections::BTreeMap<String, (std::path::PathBuf, Store)>,
     /// The log-shipping secondaries this server holds (their copy and restore jobs).
     pub logship: Vec<Arc<store::logship::Secondary>>,
+    /// The log-shipping links whose primary store this server holds.
+    pub logship_primaries: Vec<store::logship::PrimaryLink>,
     /// Each store's backup share, when a log-shipping link names one: the default of
     /// `POST /api/v1/stores/{name}/backup`.
     pub backup_shares: std::collections::BTreeMap<String, std::path::PathBuf>,
@@ -514,9 +516,16 @@ pub struct BackupBody {
     pub log: bool,
 }
 
-/// `GET /api/v1/logship`: the log-shipping links whose secondary this server holds.
+/// `GET /api/v1/logship`: the log-shipping links whose secondary or primary this server
+/// holds, each as that side sees it.
 async fn logship_status(State(s): State<Arc<AdminState>>) -> Json<Vec<store::logship::LinkStatus>> {
-    Json(s.logship.iter().map(|l| l.status()).collect())
+    Json(
+        s.logship
+            .iter()
+            .map(|l| l.status())
+            .chain(s.logship_primaries.iter().map(|p| p.status()))
+            .collect(),
+    )
 }
 
 /// `POST /api/v1/logship/{link}/failover`: `{"tail_from": null | "primary's database file"}`.

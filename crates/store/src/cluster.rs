@@ -213,6 +213,11 @@ impl ClusterNode {
         &self.cfg.store
     }
 
+    /// The database on the shared storage.
+    pub fn shared_db(&self) -> &std::path::Path {
+        &self.cfg.shared_db
+    }
+
     fn is_witness(&self) -> bool {
         self.cfg
             .members

@@ -54,9 +54,11 @@ pub struct JobState {
     pub error: Option<String>,
 }
 
-/// `tandem logship status`: one link as its secondary sees it.
+/// `tandem logship status`: one link as its secondary (or its primary) sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinkStatus {
+    /// "secondary": the copy and restore side; "primary": the backup side.
+    pub side: String,
     pub link: String,
     pub primary: String,
     pub secondary: String,
@@ -64,15 +66,20 @@ pub struct LinkStatus {
     /// The newest backup on the share (log or full): its last LSN and when it was taken.
     pub last_backup_lsn: u64,
     pub last_backup_ms: u64,
-    pub last_copied_lsn: u64,
-    pub last_copy_ms: u64,
-    pub last_restored_lsn: u64,
-    pub last_restore_ms: u64,
-    /// Commands on the share not yet restored here.
+    /// The copy and restore jobs (null on the primary's side).
+    pub last_copied_lsn: Option<u64>,
+    pub last_copy_ms: Option<u64>,
+    pub last_restored_lsn: Option<u64>,
+    pub last_restore_ms: Option<u64>,
+    /// On the secondary: commands on the share not yet restored here. On the primary:
+    /// commands not yet on the share — what losing the primary's site without a tail-log
+    /// backup would lose now.
     pub lag_tx: u64,
-    /// Seconds since the oldest command not restored here was applied on the primary (0
-    /// when nothing is waiting).
+    /// Seconds since the oldest of those commands was applied on the primary (0 when there
+    /// is none).
     pub lag_s: f64,
+    /// On the primary: its LSN now.
+    pub primary_lsn: Option<u64>,
     pub alert: bool,
     /// Why, when `alert`.
     pub alerts: Vec<String>,
@@ -416,20 +423,8 @@ impl Secondary {
             backup::list_segments(&self.cfg.share, &self.cfg.primary)
                 .map(|v| v.into_iter().filter_map(|f| f.manifest.ok()).collect())
                 .unwrap_or_default();
-        // The newest backup, log or full (a chain starts with a full one).
-        let fulls = backup::list(&self.cfg.share, &self.cfg.primary)
-            .map(|v| {
-                v.into_iter()
-                    .filter_map(|f| f.manifest.ok())
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        let (last_backup_lsn, last_backup_ms) = segments
-            .iter()
-            .map(|m| (m.last, m.taken_ms))
-            .chain(fulls.iter().map(|m| (m.lsn, m.taken_ms)))
-            .max()
-            .unwrap_or((0, 0));
+        let (last_backup_lsn, last_backup_ms) =
+            newest_backup(&self.cfg.share, &self.cfg.primary, &segments);
         let lag_tx = last_backup_lsn.saturating_sub(st.last_restored_lsn);
         // The oldest command waiting: the first segment past what is restored.
         let waiting_since = segments
@@ -466,18 +461,132 @@ impl Secondary {
             alerts.push(e.clone());
         }
         LinkStatus {
+            side: "secondary".into(),
             link: self.cfg.link.clone(),
             primary: self.cfg.primary.clone(),
             secondary: self.cfg.secondary.clone(),
             mode: self.cfg.mode.clone(),
             last_backup_lsn,
             last_backup_ms,
-            last_copied_lsn: st.last_copied_lsn,
-            last_copy_ms: st.last_copy_ms,
-            last_restored_lsn: st.last_restored_lsn,
-            last_restore_ms: st.last_restore_ms,
+            last_copied_lsn: Some(st.last_copied_lsn),
+            last_copy_ms: Some(st.last_copy_ms),
+            last_restored_lsn: Some(st.last_restored_lsn),
+            last_restore_ms: Some(st.last_restore_ms),
             lag_tx,
             lag_s,
+            primary_lsn: None,
+            alert: !alerts.is_empty(),
+            alerts,
+        }
+    }
+}
+
+/// The newest backup of `store` on `share`, log or full (a chain starts with a full one):
+/// its last LSN and when it was taken; `(0, 0)` when there is none.
+fn newest_backup(
+    share: &std::path::Path,
+    store: &str,
+    segments: &[backup::SegmentManifest],
+) -> (u64, u64) {
+    let fulls = backup::list(share, store)
+        .map(|v| {
+            v.into_iter()
+                .filter_map(|f| f.manifest.ok())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    segments
+        .iter()
+        .map(|m| (m.last, m.taken_ms))
+        .chain(fulls.iter().map(|m| (m.lsn, m.taken_ms)))
+        .max()
+        .unwrap_or((0, 0))
+}
+
+/// A log-shipping link as its primary's server sees it.
+#[derive(Debug, Clone)]
+pub struct PrimaryLink {
+    pub link: String,
+    pub primary: String,
+    pub secondary: String,
+    pub share: PathBuf,
+    /// The primary's database as this server holds it.
+    pub db: PathBuf,
+    pub backup_alert: Duration,
+    /// When this server started (unix ms).
+    pub started_ms: u64,
+}
+
+impl PrimaryLink {
+    /// The link from the primary's side: its LSN, the newest backup on the share, and what
+    /// is not on the share yet (the commands after the last log backup, the truncation that
+    /// followed it aside).
+    pub fn status(&self) -> LinkStatus {
+        let now = now_ms();
+        let segments: Vec<backup::SegmentManifest> =
+            backup::list_segments(&self.share, &self.primary)
+                .map(|v| v.into_iter().filter_map(|f| f.manifest.ok()).collect())
+                .unwrap_or_default();
+        let (last_backup_lsn, last_backup_ms) =
+            newest_backup(&self.share, &self.primary, &segments);
+        let mut alerts = Vec::new();
+        let read = || -> Result<(u64, u64, Option<u64>), StoreError> {
+            let conn = crate::sqlite::open_connection(&self.db, crate::sqlite::Sync::ReadOnly)?;
+            let lsn = machine::lsn(&conn)?;
+            if !machine::txlog_on(&conn)? {
+                // Nothing is logged yet: everything after the last backup is at risk.
+                return Ok((lsn, lsn.saturating_sub(last_backup_lsn), None));
+            }
+            let mut stmt = conn.prepare("SELECT at_ms, envelope FROM txlog WHERE lsn > ?1")?;
+            let rows = stmt
+                .query_map([last_backup_lsn as i64], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let pending: Vec<u64> = rows
+                .into_iter()
+                .filter(|(_, env)| {
+                    !postcard::from_bytes::<crate::Envelope>(env).is_ok_and(|e| {
+                        matches!(e.cmd, crate::Command::TruncateTransactionLog { .. })
+                    })
+                })
+                .map(|(at, _)| at)
+                .collect();
+            Ok((lsn, pending.len() as u64, pending.iter().min().copied()))
+        };
+        let (primary_lsn, lag_tx, oldest) = match read() {
+            Ok((lsn, n, oldest)) => (Some(lsn), n, oldest),
+            Err(e) => {
+                alerts.push(format!("cannot read the primary's database: {e}"));
+                (None, 0, None)
+            }
+        };
+        let since_backup = now.saturating_sub(if last_backup_ms == 0 {
+            self.started_ms
+        } else {
+            last_backup_ms
+        });
+        if since_backup > self.backup_alert.as_millis() as u64 {
+            alerts.push(format!(
+                "no log backup for more than {} s",
+                self.backup_alert.as_secs()
+            ));
+        }
+        LinkStatus {
+            side: "primary".into(),
+            link: self.link.clone(),
+            primary: self.primary.clone(),
+            secondary: self.secondary.clone(),
+            mode: String::new(),
+            last_backup_lsn,
+            last_backup_ms,
+            last_copied_lsn: None,
+            last_copy_ms: None,
+            last_restored_lsn: None,
+            last_restore_ms: None,
+            lag_tx,
+            lag_s: oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0),
+            primary_lsn,
             alert: !alerts.is_empty(),
             alerts,
         }

@@ -445,6 +445,7 @@ async fn serve(
     }
     // Log shipping, the primary's side: a log backup every interval, by whichever of this
     // server's replicas of the store serves it, then the retention policy.
+    let mut primary_links = Vec::new();
     for link in &topology.log_shipping {
         let every = Duration::from_secs(link.backup_interval_s.max(1));
         let retention = Duration::from_secs(link.retention_h.saturating_mul(3600));
@@ -464,9 +465,24 @@ async fn serve(
             continue;
         }
         let (db, me) = (
-            data.join("stores").join(&name).join("store.sqlite"),
+            match &cluster {
+                Some(c) => c.shared_db().to_path_buf(),
+                None => data.join("stores").join(&name).join("store.sqlite"),
+            },
             me.name.clone(),
         );
+        primary_links.push(store::logship::PrimaryLink {
+            link: link.name.clone(),
+            primary: link.primary.clone(),
+            secondary: link.secondary.clone(),
+            share: share_dir.clone(),
+            db: db.clone(),
+            backup_alert: Duration::from_secs(link.backup_alert_s),
+            started_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        });
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -585,6 +601,7 @@ async fn serve(
             .collect(),
         local_stores,
         logship: secondaries,
+        logship_primaries: primary_links,
         backup_shares: topology
             .log_shipping
             .iter()

@@ -528,29 +528,37 @@ pub fn logship(target: &AdminTarget, command: LogshipCommand) -> anyhow::Result<
             }
             let links = v.as_array().cloned().unwrap_or_default();
             if links.is_empty() {
-                println!("this server holds no log-shipping secondary");
+                println!("this server holds neither end of a log-shipping link");
             }
             let rows: Vec<Vec<String>> = links
                 .iter()
                 .map(|l| {
                     vec![
                         text(l, "link"),
+                        match l["primary_lsn"].as_u64() {
+                            Some(lsn) => format!("primary (LSN {lsn})"),
+                            None => text(l, "side"),
+                        },
                         format!("{} → {}", text(l, "primary"), text(l, "secondary")),
                         format!(
                             "{} at {}",
                             text(l, "last_backup_lsn"),
                             when(l["last_backup_ms"].as_u64().unwrap_or(0))
                         ),
-                        format!(
-                            "{} at {}",
-                            text(l, "last_copied_lsn"),
-                            when(l["last_copy_ms"].as_u64().unwrap_or(0))
-                        ),
-                        format!(
-                            "{} at {}",
-                            text(l, "last_restored_lsn"),
-                            when(l["last_restore_ms"].as_u64().unwrap_or(0))
-                        ),
+                        match l["last_copied_lsn"].as_u64() {
+                            Some(lsn) => format!(
+                                "{lsn} at {}",
+                                when(l["last_copy_ms"].as_u64().unwrap_or(0))
+                            ),
+                            None => "-".into(),
+                        },
+                        match l["last_restored_lsn"].as_u64() {
+                            Some(lsn) => format!(
+                                "{lsn} at {}",
+                                when(l["last_restore_ms"].as_u64().unwrap_or(0))
+                            ),
+                            None => "-".into(),
+                        },
                         format!(
                             "{:.1} s, {} tx",
                             l["lag_s"].as_f64().unwrap_or(0.0),
@@ -580,6 +588,7 @@ pub fn logship(target: &AdminTarget, command: LogshipCommand) -> anyhow::Result<
                     crate::render_table(
                         &[
                             "link",
+                            "side",
                             "stores",
                             "last backup (LSN)",
                             "last copy",
