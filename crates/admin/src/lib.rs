@@ -570,6 +570,7 @@ async fn logship_failover(
                 store::proto::encode(&store::proto::BackupRequest {
                     share: cfg.share.to_string_lossy().into_owned(),
                     log: true,
+                    full_every_s: None,
                 }),
             )
             .await;
@@ -625,6 +626,7 @@ async fn store_backup(
     let request = store::proto::BackupRequest {
         share,
         log: req.log,
+        full_every_s: None,
     };
     if let Some((db, handle)) = s.local_stores.get(&name) {
         let done = store::node::run_backup_request(

@@ -686,6 +686,39 @@ pub fn prune(
     Ok(out)
 }
 
+/// Whether a log backup must take a full backup first: when the share holds no segment of
+/// `store` yet (the chain starts), when the transaction log no longer joins the share's chain
+/// (`first_logged`, its oldest LSN, is past the last segment), or when the newest full backup
+/// is older than `full_every` (a restore then replays a bounded log, and the retention policy
+/// can let older backups go).
+pub fn needs_full(
+    share: &Path,
+    store: &str,
+    first_logged: Option<u64>,
+    full_every: Option<std::time::Duration>,
+) -> Result<bool, StoreError> {
+    let shipped = list_segments(share, store)?
+        .into_iter()
+        .filter_map(|f| f.manifest.ok())
+        .map(|m| m.last)
+        .max();
+    let Some(last) = shipped else {
+        return Ok(true);
+    };
+    if first_logged.is_some_and(|f| f > last + 1) {
+        return Ok(true);
+    }
+    let Some(every) = full_every else {
+        return Ok(false);
+    };
+    let newest = list(share, store)?
+        .into_iter()
+        .filter_map(|f| f.manifest.ok())
+        .map(|m| m.taken_ms)
+        .max();
+    Ok(newest.is_none_or(|t| now_ms().saturating_sub(t) >= every.as_millis() as u64))
+}
+
 /// Where a restore lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -1347,5 +1380,35 @@ mod tests {
         let before = list_segments(&share, "s").unwrap().len();
         assert_eq!(take_log(&db, &share, "s", "s1").unwrap(), None);
         assert_eq!(list_segments(&share, "s").unwrap().len(), before);
+    }
+
+    /// When a log backup starts with a full one: no chain yet, a log that no longer joins the
+    /// chain, or a newest full backup older than the interval.
+    #[test]
+    fn a_full_backup_starts_a_chain_and_comes_back_on_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty-share");
+        assert!(
+            needs_full(&empty, "s", Some(1), None).unwrap(),
+            "no chain yet"
+        );
+        let (share, _states, _store) = chain(dir.path(), 10);
+        let last = list_segments(&share, "s")
+            .unwrap()
+            .into_iter()
+            .map(|f| f.manifest.unwrap().last)
+            .max()
+            .unwrap();
+        let hour = Some(std::time::Duration::from_secs(3600));
+        assert!(!needs_full(&share, "s", Some(last + 1), hour).unwrap());
+        assert!(!needs_full(&share, "s", Some(last + 1), None).unwrap());
+        assert!(
+            needs_full(&share, "s", Some(last + 5), hour).unwrap(),
+            "the log no longer joins the chain"
+        );
+        assert!(
+            needs_full(&share, "s", Some(last + 1), Some(std::time::Duration::ZERO)).unwrap(),
+            "the newest full backup is older than the interval"
+        );
     }
 }

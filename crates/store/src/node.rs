@@ -1614,9 +1614,8 @@ pub(crate) async fn run_backup(
 
 /// Carries out a backup request on the database at `db` (the serving node's); `apply` writes
 /// a command through the store (replicated where the store is). A log backup turns the
-/// transaction log on first if it is off, takes a full backup when the share holds no log
-/// chain yet (or the log no longer joins the share's), writes the segment, and then has the
-/// log forget what the segment holds.
+/// transaction log on first if it is off, takes a full backup when [`backup::needs_full`]
+/// says so, writes the segment, and then has the log forget what the segment holds.
 pub async fn run_backup_request<F, Fut>(
     db: PathBuf,
     req: BackupRequest,
@@ -1637,6 +1636,7 @@ where
         });
     }
     let share = PathBuf::from(&req.share);
+    let full_every = req.full_every_s.map(Duration::from_secs);
     let (db2, share2, store2) = (db.clone(), share.clone(), store.clone());
     let looked = tokio::task::spawn_blocking(move || -> Result<(bool, bool), StoreError> {
         let conn =
@@ -1646,15 +1646,8 @@ where
         let first_logged: Option<i64> = conn
             .query_row("SELECT min(lsn) FROM txlog", [], |r| r.get(0))
             .map_err(StoreError::from)?;
-        let shipped = backup::list_segments(&share2, &store2)?
-            .into_iter()
-            .filter_map(|f| f.manifest.ok())
-            .map(|m| m.last)
-            .max();
-        let need_full = match shipped {
-            None => true,
-            Some(last) => first_logged.is_some_and(|f| f as u64 > last + 1),
-        };
+        let need_full =
+            backup::needs_full(&share2, &store2, first_logged.map(|f| f as u64), full_every)?;
         Ok((on, need_full))
     })
     .await

@@ -131,6 +131,10 @@ pub struct BackupRequest {
     /// A log backup (the transaction log since the last one) rather than a full one.
     #[serde(default)]
     pub log: bool,
+    /// With a log backup: also take a full one when the newest on the share is older than
+    /// this (so that the retention policy can let old segments go).
+    #[serde(default)]
+    pub full_every_s: Option<u64>,
 }
 
 /// `store/<name>/failover`: a planned failover to a replica (or the best synchronized one).

@@ -453,6 +453,8 @@ async fn serve(
         let request = store::proto::BackupRequest {
             share: share_dir.to_string_lossy().into_owned(),
             log: true,
+            // A new full backup every half retention window, so old segments can go.
+            full_every_s: Some(retention.as_secs() / 2),
         };
         let name = link.primary.clone();
         let local = stores
