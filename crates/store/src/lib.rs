@@ -87,6 +87,18 @@ enum Engine {
 }
 
 impl Store {
+    /// A standalone store refuses every write from now on (see [`LocalStore::close_writes`]);
+    /// false for a replicated store, which this handle cannot close.
+    pub fn close_writes(&self) -> bool {
+        match &self.engine {
+            Engine::Local(l) => {
+                l.close_writes();
+                true
+            }
+            Engine::Remote(_) => false,
+        }
+    }
+
     /// Opens a standalone store whose database lives at `path`.
     pub fn open_local(path: &Path, options: Options) -> Result<Store, StoreError> {
         Ok(Store {

@@ -485,9 +485,25 @@ async fn serve(
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
         });
+        let link_name = link.name.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
+                // Failed over while this server runs (site A cut off, not lost): it must not
+                // write again. A standalone store stops taking writes; backups stop.
+                if let Some(marker) = store::logship::failed_over(&share_dir, &name) {
+                    let closed = local.as_ref().is_some_and(|h| h.close_writes());
+                    tracing::error!(
+                        store = %name,
+                        link = %link_name,
+                        to = %marker.secondary,
+                        lsn = marker.lsn,
+                        writes_refused = closed,
+                        "this store was failed over by log shipping: no more backups{}",
+                        if closed { "; it refuses writes from now on" } else { "; restart its servers to fence it" }
+                    );
+                    return;
+                }
                 let done = if let Some(handle) = &local {
                     store::node::run_backup_request(
                         db.clone(),

@@ -415,3 +415,59 @@ fn failover_without_a_tail_loses_no_more_than_the_reported_lag() {
         "{lost} acknowledged users lost, but the primary reported {reported} unshipped"
     );
 }
+
+/// Site A cut off rather than lost: the link is failed over while the old primary's server
+/// still runs. Within a backup interval it sees the failover on the share and refuses every
+/// write from then on, so the two sites never both take writes for long.
+#[test]
+fn a_running_old_primary_stops_taking_writes_once_failed_over() {
+    let dir = test_dir(TMP, "logship_cutoff");
+    let (text, fe_admin, dr_admin) = topology(0);
+    let path = dir.join("topology.toml");
+    std::fs::write(&path, text).unwrap();
+    let lab = Lab::up(EXE.as_ref(), &path, &dir.join("data"), &[]);
+    let token = lab.token();
+    let fe: std::net::SocketAddr = format!("127.0.0.1:{fe_admin}").parse().unwrap();
+    let dr: std::net::SocketAddr = format!("127.0.0.1:{dr_admin}").parse().unwrap();
+    let add = |aor: &str| {
+        admin_call(
+            &fe,
+            Some(&token),
+            "POST",
+            "/api/v1/users",
+            Some(serde_json::json!({"aor": aor, "password": "pw"})),
+        )
+    };
+    assert_eq!(add(&format!("sip:cut0@{DOMAIN}")).0, 201);
+    let db = dir.join("data/dr1/stores/store1-dr/store.sqlite");
+    let end = Instant::now() + Duration::from_secs(60);
+    while !present(&db, &format!("sip:cut0@{DOMAIN}")) {
+        assert!(Instant::now() < end, "nothing reached the secondary");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let primary_db = dir.join("data/fe1/stores/store1/store.sqlite");
+    let (code, report) = admin_call(
+        &dr,
+        Some(&token),
+        "POST",
+        "/api/v1/logship/store1-dr/failover",
+        Some(serde_json::json!({"tail_from": primary_db})),
+    );
+    assert_eq!(code, 200, "{report}");
+    let end = Instant::now() + Duration::from_secs(60);
+    let mut n = 1;
+    loop {
+        n += 1;
+        let (code, body) = add(&format!("sip:cut{n}@{DOMAIN}"));
+        if code != 201 {
+            assert_eq!(code, 503, "{body}");
+            assert!(body.to_string().contains("closed"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the old primary still takes writes after the failover"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
