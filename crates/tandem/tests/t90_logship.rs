@@ -91,6 +91,48 @@ fn present(db: &Path, aor: &str) -> bool {
     .is_ok_and(|n| n == 1)
 }
 
+/// The two sites of [`topology`] running as a lab: `fe1`'s and `dr1`'s admin addresses.
+struct Sites {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+    lab: Lab,
+    fe: std::net::SocketAddr,
+    dr: std::net::SocketAddr,
+}
+
+impl Sites {
+    fn start(name: &str, delay_s: u64) -> Sites {
+        let dir = test_dir(TMP, name);
+        let (text, fe_admin, dr_admin) = topology(delay_s);
+        let path = dir.join("topology.toml");
+        std::fs::write(&path, text).unwrap();
+        let lab = Lab::up(EXE.as_ref(), &path, &dir.join("data"), &[]);
+        Sites {
+            fe: format!("127.0.0.1:{fe_admin}").parse().unwrap(),
+            dr: format!("127.0.0.1:{dr_admin}").parse().unwrap(),
+            dir,
+            path,
+            lab,
+        }
+    }
+
+    /// `kill -9` of one of the lab's servers.
+    fn kill(&self, server: &str) {
+        let pid = self
+            .lab
+            .servers
+            .iter()
+            .find(|s| s["server"] == server)
+            .and_then(|s| s["pid"].as_i64())
+            .unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+}
+
 /// With a restore delay of D seconds, users added on the primary reach the secondary, and
 /// none of them sooner than D after the primary acknowledged it. `logship status` then shows
 /// the link with the last backup, copy and restore, no lag and no alert; once the primary's
@@ -98,14 +140,8 @@ fn present(db: &Path, aor: &str) -> bool {
 #[test]
 fn shipped_transactions_appear_after_the_restore_delay() {
     const DELAY_S: u64 = 2;
-    let dir = test_dir(TMP, "logship_delay");
-    let (text, fe_admin, dr_admin) = topology(DELAY_S);
-    let path = dir.join("topology.toml");
-    std::fs::write(&path, text).unwrap();
-    let lab = Lab::up(EXE.as_ref(), &path, &dir.join("data"), &[]);
-    let token = lab.token();
-    let fe: std::net::SocketAddr = format!("127.0.0.1:{fe_admin}").parse().unwrap();
-    let dr: std::net::SocketAddr = format!("127.0.0.1:{dr_admin}").parse().unwrap();
+    let sites = Sites::start("logship_delay", DELAY_S);
+    let (dir, token, fe, dr) = (sites.dir.clone(), sites.lab.token(), sites.fe, sites.dr);
     let db = dir.join("data/dr1/stores/store1-dr/store.sqlite");
     // Two rounds: the first reaches the secondary in the full backup that seeds it, the
     // second in log segments. Each user must appear no sooner than the delay after its
@@ -203,17 +239,7 @@ fn shipped_transactions_appear_after_the_restore_delay() {
     );
 
     // Site A lost: no more backups, and the monitor says so once the 5 s threshold passed.
-    let pid = lab
-        .servers
-        .iter()
-        .find(|s| s["server"] == "fe1")
-        .and_then(|s| s["pid"].as_i64())
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    sites.kill("fe1");
     let end = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, st) = admin_call(&dr, Some(&token), "GET", "/api/v1/logship", None);
@@ -240,14 +266,8 @@ fn shipped_transactions_appear_after_the_restore_delay() {
 /// takes writes. The old primary's server then refuses to start: it was failed over.
 #[test]
 fn failover_with_a_tail_log_backup_loses_nothing_and_fences_the_old_primary() {
-    let dir = test_dir(TMP, "logship_failover");
-    let (text, fe_admin, dr_admin) = topology(0);
-    let path = dir.join("topology.toml");
-    std::fs::write(&path, text).unwrap();
-    let lab = Lab::up(EXE.as_ref(), &path, &dir.join("data"), &[]);
-    let token = lab.token();
-    let fe: std::net::SocketAddr = format!("127.0.0.1:{fe_admin}").parse().unwrap();
-    let dr: std::net::SocketAddr = format!("127.0.0.1:{dr_admin}").parse().unwrap();
+    let sites = Sites::start("logship_failover", 0);
+    let (dir, token, fe, dr) = (sites.dir.clone(), sites.lab.token(), sites.fe, sites.dr);
     let db = dir.join("data/dr1/stores/store1-dr/store.sqlite");
     let add = |admin: &std::net::SocketAddr, aor: &str| {
         admin_call(
@@ -276,17 +296,7 @@ fn failover_with_a_tail_log_backup_loses_nothing_and_fences_the_old_primary() {
         assert_eq!(add(&fe, &aor).0, 201);
         acked.push(aor);
     }
-    let pid = lab
-        .servers
-        .iter()
-        .find(|s| s["server"] == "fe1")
-        .and_then(|s| s["pid"].as_i64())
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    sites.kill("fe1");
     let primary_db = dir.join("data/fe1/stores/store1/store.sqlite");
     let out = std::process::Command::new(EXE)
         .args(["logship", "failover", "store1-dr", "--tail-from"])
@@ -322,7 +332,7 @@ fn failover_with_a_tail_log_backup_loses_nothing_and_fences_the_old_primary() {
     // The old primary's server refuses to serve its store again.
     let out = std::process::Command::new(EXE)
         .args(["server", "--topology"])
-        .arg(&path)
+        .arg(&sites.path)
         .args(["--name", "fe1", "--data"])
         .arg(dir.join("data/fe1"))
         .arg("--admin-token-file")
@@ -342,14 +352,8 @@ fn failover_with_a_tail_log_backup_loses_nothing_and_fences_the_old_primary() {
 /// after it), and the report names the loss.
 #[test]
 fn failover_without_a_tail_loses_no_more_than_the_reported_lag() {
-    let dir = test_dir(TMP, "logship_rpo");
-    let (text, fe_admin, dr_admin) = topology(0);
-    let path = dir.join("topology.toml");
-    std::fs::write(&path, text).unwrap();
-    let lab = Lab::up(EXE.as_ref(), &path, &dir.join("data"), &[]);
-    let token = lab.token();
-    let fe: std::net::SocketAddr = format!("127.0.0.1:{fe_admin}").parse().unwrap();
-    let dr: std::net::SocketAddr = format!("127.0.0.1:{dr_admin}").parse().unwrap();
+    let sites = Sites::start("logship_rpo", 0);
+    let (dir, token, fe, dr) = (sites.dir.clone(), sites.lab.token(), sites.fe, sites.dr);
     let add = |aor: &str| {
         admin_call(
             &fe,
@@ -377,17 +381,7 @@ fn failover_without_a_tail_loses_no_more_than_the_reported_lag() {
     }
     let (_, st) = admin_call(&fe, Some(&token), "GET", "/api/v1/logship", None);
     let reported = st[0]["lag_tx"].as_u64().unwrap();
-    let pid = lab
-        .servers
-        .iter()
-        .find(|s| s["server"] == "fe1")
-        .and_then(|s| s["pid"].as_i64())
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    sites.kill("fe1");
     let (code, report) = admin_call(
         &dr,
         Some(&token),
@@ -421,14 +415,8 @@ fn failover_without_a_tail_loses_no_more_than_the_reported_lag() {
 /// write from then on, so the two sites never both take writes for long.
 #[test]
 fn a_running_old_primary_stops_taking_writes_once_failed_over() {
-    let dir = test_dir(TMP, "logship_cutoff");
-    let (text, fe_admin, dr_admin) = topology(0);
-    let path = dir.join("topology.toml");
-    std::fs::write(&path, text).unwrap();
-    let lab = Lab::up(EXE.as_ref(), &path, &dir.join("data"), &[]);
-    let token = lab.token();
-    let fe: std::net::SocketAddr = format!("127.0.0.1:{fe_admin}").parse().unwrap();
-    let dr: std::net::SocketAddr = format!("127.0.0.1:{dr_admin}").parse().unwrap();
+    let sites = Sites::start("logship_cutoff", 0);
+    let (dir, token, fe, dr) = (sites.dir.clone(), sites.lab.token(), sites.fe, sites.dr);
     let add = |aor: &str| {
         admin_call(
             &fe,
