@@ -136,6 +136,10 @@ pub(crate) fn store_error(req: &Request, e: &StoreError) -> Response {
             tracing::warn!(error = %e, "store unavailable");
             reject(req, 503, "store unavailable").with_header("Retry-After", "5")
         }
+        StoreError::WritesClosed(why) => {
+            tracing::warn!(reason = %why, "the store takes no writes");
+            reject(req, 503, "store takes no writes: it was failed over")
+        }
     }
 }
 

@@ -747,7 +747,7 @@ pub struct Restored {
 /// target. A segment that is corrupt, cut short, missing from the chain, or that overlaps
 /// another stops the restore at the last good command: the error names the file and the
 /// LSN, nothing after it is applied, and `into` is not created (`--to-lsn` that LSN lands
-/// there).
+/// there). The copy takes writes even if its source had closed them.
 pub fn restore(
     share: &Path,
     store: &str,
@@ -786,6 +786,9 @@ pub fn restore(
         let conn = crate::sqlite::open_connection(&tmp, crate::sqlite::Sync::Full)?;
         machine::init_schema(&conn)?;
         let (lsn, last_ms, segments) = replay(share, store, target, full.lsn, &conn)?;
+        // A new store of its own: a source that closed its writes (a log-shipping hand-over
+        // in the chain) does not close the copy's.
+        machine::reopen_writes(&conn)?;
         drop(conn);
         fsync_file(&tmp)?;
         Ok(Restored {

@@ -35,6 +35,9 @@ pub enum StoreError {
     /// node owns the storage now, and nothing was written.
     #[error("fenced: this owner's token {token} is older than the storage's ({current})")]
     Fenced { token: u64, current: u64 },
+    /// The store's writes were closed ([`Command::CloseWrites`]): another store serves now.
+    #[error("{0}")]
+    WritesClosed(String),
 }
 
 impl StoreError {
@@ -277,6 +280,29 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Why the store's writes are closed ([`Command::CloseWrites`]), if they are.
+pub fn writes_closed(conn: &Connection) -> Result<Option<String>, StoreError> {
+    let v: Option<Vec<u8>> = one(
+        conn,
+        "SELECT value FROM meta_blob WHERE key = 'writes_closed'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()?;
+    Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// Opens a database's writes again (a local, unreplicated change): for a copy that becomes a
+/// store of its own — a log-shipping secondary brought online, a point-in-time restore into a
+/// new store — whose source closed its writes before its last backup.
+pub fn reopen_writes(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(exec(
+        conn,
+        "DELETE FROM meta_blob WHERE key = 'writes_closed'",
+        [],
+    )? > 0)
+}
+
 /// The fencing token the storage holds (0 before any owner took it).
 fn fence_token(conn: &Connection) -> Result<u64, StoreError> {
     let current: Option<i64> = one(
@@ -352,6 +378,7 @@ fn apply_batch_checked<'a>(
         // is decided per command (a command turning it on or off is itself not logged), so
         // every replica logs the same commands whatever its batching.
         let mut logging = txlog_on(conn)?;
+        let mut closed = writes_closed(conn)?;
         let base = lsn(conn)?;
         let at_ms = wall_ms();
         for env in commands {
@@ -368,6 +395,15 @@ fn apply_batch_checked<'a>(
             if let Some(earlier) = earlier_result(conn, env)? {
                 results.push(earlier);
                 continue;
+            }
+            if let Some(reason) = &closed
+                && env.cmd.writes_data()
+            {
+                results.push(Err(StoreError::WritesClosed(reason.clone())));
+                continue;
+            }
+            if let Command::CloseWrites { reason } = &env.cmd {
+                closed = Some(reason.clone());
             }
             exec(conn, "SAVEPOINT command", [])?;
             let result = apply(conn, &env.cmd);
@@ -545,6 +581,14 @@ pub fn apply(tx: &Connection, cmd: &Command) -> Result<Applied, StoreError> {
         }
         Command::TruncateTransactionLog { upto } => {
             exec(tx, "DELETE FROM txlog WHERE lsn <= ?1", [ms(*upto)])?;
+            done()
+        }
+        Command::CloseWrites { reason } => {
+            exec(
+                tx,
+                "INSERT OR REPLACE INTO meta_blob (key, value) VALUES ('writes_closed', ?1)",
+                [reason.as_bytes()],
+            )?;
             done()
         }
         Command::SetMirroringSafety { high_safety } => {

@@ -264,6 +264,29 @@ pub enum Command {
     TruncateTransactionLog {
         upto: u64,
     },
+    /// Another store took over this one's service (a log-shipping failover): from this
+    /// command on, every command that changes data is refused with `reason`, on every replica
+    /// and across restarts. Backups, the transaction log and the failover history go on.
+    CloseWrites {
+        reason: String,
+    },
+}
+
+impl Command {
+    /// True for the commands a store with closed writes refuses: those that change users,
+    /// registrations, presence or subscriptions.
+    pub fn writes_data(&self) -> bool {
+        matches!(
+            self,
+            Command::AddUser { .. }
+                | Command::SetPassword { .. }
+                | Command::RemoveUser { .. }
+                | Command::Register(_)
+                | Command::Publish(_)
+                | Command::Subscribe(_)
+                | Command::Expire { .. }
+        )
+    }
 }
 
 /// How a primary changed.

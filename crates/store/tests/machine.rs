@@ -131,3 +131,51 @@ fn version_1_databases_are_upgraded() {
         matches!(query(&c, &Query::Failovers { limit: 1 }).unwrap(), QueryResult::Failovers(l) if l.is_empty())
     );
 }
+
+fn env(cmd: Command) -> Envelope {
+    Envelope { request: None, cmd }
+}
+
+/// A store whose writes were closed (a log-shipping failover took it over) refuses every
+/// data change, in the same batch as the closing command too, while the transaction log and
+/// the history go on; the refusal says why; and only a local reopening (a copy that becomes
+/// a store of its own) lifts it.
+#[test]
+fn closed_writes_refuse_data_changes_but_not_backups() {
+    let c = db();
+    let close = env(Command::CloseWrites {
+        reason: "failed over to store-dr".into(),
+    });
+    let (before, after) = (env(add("sip:a@example.com")), env(add("sip:b@example.com")));
+    let r = apply_batch(&c, [&before, &close, &after].into_iter()).unwrap();
+    assert!(r[0].is_ok() && r[1].is_ok(), "{r:?}");
+    assert_eq!(
+        r[2],
+        Err(StoreError::WritesClosed("failed over to store-dr".into()))
+    );
+    let r = apply_batch(
+        &c,
+        [
+            &env(Command::SetTransactionLog { on: true }),
+            &env(Command::TruncateTransactionLog { upto: 3 }),
+            &env(Command::Expire { now_ms: 1 }),
+        ]
+        .into_iter(),
+    )
+    .unwrap();
+    assert!(r[0].is_ok() && r[1].is_ok(), "{r:?}");
+    assert!(matches!(r[2], Err(StoreError::WritesClosed(_))), "{r:?}");
+    // Every command counts in the LSN, refused ones included.
+    assert_eq!(machine::lsn(&c).unwrap(), 6);
+    assert_eq!(
+        machine::writes_closed(&c).unwrap().as_deref(),
+        Some("failed over to store-dr")
+    );
+    assert!(machine::reopen_writes(&c).unwrap());
+    let r = apply_batch(&c, [&after].into_iter()).unwrap();
+    assert!(r[0].is_ok(), "{r:?}");
+    match query(&c, &Query::Users { now_ms: 0 }).unwrap() {
+        QueryResult::Users(u) => assert_eq!(u.len(), 2),
+        other => panic!("{other:?}"),
+    }
+}
