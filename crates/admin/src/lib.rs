@@ -95,8 +95,9 @@ pub struct AdminState {
     pub local_stores: std::collections::BTreeMap<String, (std::path::PathBuf, Store)>,
     /// The log-shipping secondaries this server holds (their copy and restore jobs).
     pub logship: Vec<Arc<store::logship::Secondary>>,
-    /// The log-shipping links whose primary store this server holds.
-    pub logship_primaries: Vec<store::logship::PrimaryLink>,
+    /// The ends of log-shipping links this server serves (its secondaries among them): the
+    /// primary's side of a link, while the link's roles make the end its primary.
+    pub logship_ends: Vec<(store::logship::PrimaryLink, store::logship::Source)>,
     /// Each store's backup share, when a log-shipping link names one: the default of
     /// `POST /api/v1/stores/{name}/backup`.
     pub backup_shares: std::collections::BTreeMap<String, std::path::PathBuf>,
@@ -116,6 +117,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/api/v1/logship/{link}/failover",
             axum::routing::post(logship_failover),
         )
+        .route(
+            "/api/v1/logship/{link}/reverse",
+            axum::routing::post(logship_reverse),
+        )
+        .route("/api/v1/logship/{link}/users", get(standby_users))
         .route("/api/v1/stores/{name}/status", get(store_status))
         .route(
             "/api/v1/stores/{name}/failover",
@@ -523,7 +529,12 @@ async fn logship_status(State(s): State<Arc<AdminState>>) -> Json<Vec<store::log
         s.logship
             .iter()
             .map(|l| l.status())
-            .chain(s.logship_primaries.iter().map(|p| p.status()))
+            .chain(
+                s.logship_ends
+                    .iter()
+                    .filter(|(_, src)| !matches!(src, store::logship::Source::Secondary(_)))
+                    .map(|(p, _)| p.status()),
+            )
             .collect(),
     )
 }
@@ -533,6 +544,9 @@ async fn logship_status(State(s): State<Arc<AdminState>>) -> Json<Vec<store::log
 pub struct FailoverBody {
     #[serde(default)]
     pub tail_from: Option<String>,
+    /// A hand-over: the primary closes its writes and ships everything first.
+    #[serde(default)]
+    pub planned: bool,
 }
 
 /// Brings a link's secondary online: a tail-log backup from the primary first (its store
@@ -543,14 +557,33 @@ async fn logship_failover(
     Path(link): Path<String>,
     body: Body<FailoverBody>,
 ) -> Result<Json<store::logship::FailoverReport>, Failure> {
-    let Json(req) =
-        body.map_err(|_| bad_request("expected a JSON body {\"tail_from\": null | \"path\"}"))?;
+    let Json(req) = body.map_err(|_| {
+        bad_request("expected a JSON body {\"tail_from\": null | \"path\", \"planned\": bool}")
+    })?;
     let Some(sec) = s.logship.iter().find(|l| l.config().link == link).cloned() else {
         return Err(Failure(
             StatusCode::NOT_FOUND,
             format!("this server holds the secondary of no log-shipping link named {link}"),
         ));
     };
+    if req.planned {
+        if req.tail_from.is_some() {
+            return Err(bad_request(
+                "a planned failover takes no --tail-from: the primary ships its own tail",
+            ));
+        }
+        // The primary's backup job looks for a hand-over every second; the last log backup
+        // takes about as long as a scheduled one.
+        let wait = std::time::Duration::from_secs(20);
+        let done = tokio::task::spawn_blocking(move || sec.planned_failover(wait))
+            .await
+            .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        return match done {
+            Ok(r) => Ok(Json(r)),
+            Err(StoreError::Invalid(why)) => Err(Failure(StatusCode::CONFLICT, why)),
+            Err(e) => Err(Failure::from(e)),
+        };
+    }
     let cfg = sec.config().clone();
     let mut tail = (
         "no tail-log backup: the primary's database was not given (--tail-from) and its store \
@@ -571,6 +604,12 @@ async fn logship_failover(
                     share: cfg.share.to_string_lossy().into_owned(),
                     log: true,
                     full_every_s: None,
+                    // The primary answers: nothing it acknowledges after this tail is lost.
+                    close_writes: Some(format!(
+                        "{} was failed over to {} by log shipping {}: it takes no writes until \
+                         it is reseeded as the new secondary",
+                        cfg.primary, cfg.secondary, cfg.link
+                    )),
                 }),
             )
             .await;
@@ -594,10 +633,106 @@ async fn logship_failover(
         };
     }
     let tail_from = req.tail_from.map(std::path::PathBuf::from);
-    let done = tokio::task::spawn_blocking(move || sec.failover(tail_from.as_deref(), tail))
+    let done = tokio::task::spawn_blocking(move || sec.failover(tail_from.as_deref(), tail, None))
         .await
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     match done {
+        Ok(r) => Ok(Json(r)),
+        Err(StoreError::Invalid(why)) => Err(Failure(StatusCode::CONFLICT, why)),
+        Err(e) => Err(Failure::from(e)),
+    }
+}
+
+/// The users of a standby log-shipping secondary, as its last restore left them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StandbyUsers {
+    pub link: String,
+    /// The standby store read.
+    pub store: String,
+    /// It holds everything its primary applied up to this time (unix ms)...
+    pub complete_until_ms: u64,
+    /// ...that many seconds ago: commands applied on the primary since may be missing.
+    pub staleness_s: f64,
+    pub users: Vec<UserRow>,
+}
+
+/// `GET /api/v1/logship/{link}/users`: a read on the link's standby secondary, between
+/// restores, with the staleness it has.
+async fn standby_users(
+    State(s): State<Arc<AdminState>>,
+    Path(link): Path<String>,
+) -> Result<Json<StandbyUsers>, Failure> {
+    let Some(sec) = s.logship.iter().find(|l| l.config().link == link).cloned() else {
+        return Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("this server holds the secondary of no log-shipping link named {link}"),
+        ));
+    };
+    if sec.promoted().is_some() {
+        return Err(Failure(
+            StatusCode::CONFLICT,
+            format!(
+                "{} is online since a failover: read it as a store (`tandem user list`)",
+                sec.config().secondary
+            ),
+        ));
+    }
+    let now = frontend::now_ms();
+    let sec2 = sec.clone();
+    let read =
+        tokio::task::spawn_blocking(move || sec2.read(|conn| store::machine::users(conn, now)))
+            .await
+            .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (users, until) = match read {
+        Ok(r) => r,
+        Err(StoreError::Invalid(why)) => return Err(Failure(StatusCode::CONFLICT, why)),
+        Err(e) => return Err(Failure::from(e)),
+    };
+    Ok(Json(StandbyUsers {
+        link,
+        store: sec.config().secondary.clone(),
+        complete_until_ms: until,
+        staleness_s: now.saturating_sub(until) as f64 / 1000.0,
+        users: users
+            .into_iter()
+            .map(|u| UserRow {
+                aor: u.aor,
+                created_ms: u.created_ms,
+                bindings: u.bindings,
+            })
+            .collect(),
+    }))
+}
+
+/// `POST /api/v1/logship/{link}/reverse`: after a failover to this server's secondary, ships
+/// its log back to the old primary (which its servers reseed when they start).
+async fn logship_reverse(
+    State(s): State<Arc<AdminState>>,
+    Path(link): Path<String>,
+) -> Result<Json<store::logship::ReverseReport>, Failure> {
+    let ends: Vec<_> = s
+        .logship_ends
+        .iter()
+        .filter(|(p, _)| p.link == link)
+        .collect();
+    if ends.is_empty() {
+        return Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("this server serves neither end of a log-shipping link named {link}"),
+        ));
+    }
+    // The end the roles make the primary, if this server serves it.
+    let online = ends.iter().find(|(p, _)| {
+        store::logship::roles(&p.share, &p.link, &p.primary, &p.secondary)
+            .is_ok_and(|r| r.primary == p.store)
+    });
+    let Some((plink, source)) = online.or(ends.first()).copied() else {
+        return Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("no end of {link} here"),
+        ));
+    };
+    match store::logship::reverse(plink, source, &s.info.server).await {
         Ok(r) => Ok(Json(r)),
         Err(StoreError::Invalid(why)) => Err(Failure(StatusCode::CONFLICT, why)),
         Err(e) => Err(Failure::from(e)),
@@ -626,7 +761,7 @@ async fn store_backup(
     let request = store::proto::BackupRequest {
         share,
         log: req.log,
-        full_every_s: None,
+        ..Default::default()
     };
     if let Some((db, handle)) = s.local_stores.get(&name) {
         let done = store::node::run_backup_request(

@@ -84,21 +84,12 @@ enum Engine {
     Local(LocalStore),
     /// A replicated store, reached through its listener.
     Remote(client::StoreClient),
+    /// A log-shipping secondary: no service until the link is failed over to it, then the
+    /// store it brought online.
+    Standby(Arc<logship::Secondary>),
 }
 
 impl Store {
-    /// A standalone store refuses every write from now on (see [`LocalStore::close_writes`]);
-    /// false for a replicated store, which this handle cannot close.
-    pub fn close_writes(&self) -> bool {
-        match &self.engine {
-            Engine::Local(l) => {
-                l.close_writes();
-                true
-            }
-            Engine::Remote(_) => false,
-        }
-    }
-
     /// Opens a standalone store whose database lives at `path`.
     pub fn open_local(path: &Path, options: Options) -> Result<Store, StoreError> {
         Ok(Store {
@@ -119,6 +110,19 @@ impl Store {
         }
     }
 
+    /// The store of a log-shipping secondary, for a front end at the secondary's site: every
+    /// request is refused until the link is failed over to it, then served by it. Users read
+    /// here are trusted for 10 s at most, like a remote store's.
+    pub fn standby(secondary: Arc<logship::Secondary>) -> Store {
+        Store {
+            engine: Engine::Standby(secondary),
+            users: Arc::new(UserCache {
+                max_age: Some(std::time::Duration::from_secs(10)),
+                ..UserCache::default()
+            }),
+        }
+    }
+
     /// Applies a command; returns once it is durable (or refused, having changed nothing).
     pub async fn apply(&self, cmd: Command) -> Result<Applied, StoreError> {
         let changes_user = match &cmd {
@@ -129,6 +133,10 @@ impl Store {
         let result = match &self.engine {
             Engine::Local(s) => s.apply(cmd).await,
             Engine::Remote(c) => c.apply(cmd).await,
+            Engine::Standby(sec) => match sec.online() {
+                Ok(store) => Box::pin(store.apply(cmd)).await,
+                Err(e) => Err(e),
+            },
         };
         if let Some(aor) = changes_user {
             self.users.invalidate(&aor);
@@ -144,6 +152,7 @@ impl Store {
                 .query(q, proto::Consistency::Primary)
                 .await
                 .map(|a| a.result),
+            Engine::Standby(sec) => Box::pin(sec.online()?.query(q)).await,
         }
     }
 
@@ -235,6 +244,7 @@ impl Store {
         use Ordering::Relaxed;
         match &self.engine {
             Engine::Remote(_) => (0, 0, 0, 0),
+            Engine::Standby(sec) => sec.promoted().map_or((0, 0, 0, 0), |s| s.counters()),
             Engine::Local(s) => {
                 let st = s.stats();
                 (

@@ -62,8 +62,6 @@ pub struct LocalStore {
     readers: Readers,
     stats: Arc<Stats>,
     path: PathBuf,
-    /// Set by [`LocalStore::close_writes`]: every write is refused from then on.
-    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LocalStore {
@@ -133,7 +131,6 @@ impl LocalStore {
             readers,
             stats,
             path: path.to_path_buf(),
-            closed: Arc::default(),
         };
         Ok((store, previous))
     }
@@ -145,9 +142,6 @@ impl LocalStore {
 
     /// Applies a command with its request id (a retried request gets its first outcome).
     pub async fn apply_envelope(&self, env: Envelope) -> Result<Applied, StoreError> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(StoreError::Closed);
-        }
         let (tx, rx) = oneshot::channel();
         self.writes
             .send((env, tx))
@@ -173,12 +167,6 @@ impl LocalStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Refuses every write from now on (every handle shares this): for a store that another
-    /// took over, e.g. a log-shipping primary that was failed over. Reads go on.
-    pub fn close_writes(&self) {
-        self.closed.store(true, Ordering::SeqCst);
     }
 }
 

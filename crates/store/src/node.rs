@@ -1659,6 +1659,9 @@ where
     if !on {
         apply(Command::SetTransactionLog { on: true }).await?;
     }
+    if let Some(reason) = req.close_writes.clone() {
+        apply(Command::CloseWrites { reason }).await?;
+    }
     let mut out = LogBackup::default();
     if need_full {
         out.full =

@@ -125,7 +125,7 @@ pub type ApplyReply = Reply<Applied>;
 
 /// `store/<name>/backup`: a full backup onto the share at `share` (a path on the serving
 /// node's machine), taken by the primary (the owner, for a failover cluster).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BackupRequest {
     pub share: String,
     /// A log backup (the transaction log since the last one) rather than a full one.
@@ -135,6 +135,11 @@ pub struct BackupRequest {
     /// this (so that the retention policy can let old segments go).
     #[serde(default)]
     pub full_every_s: Option<u64>,
+    /// With a log backup: close the store's writes first ([`crate::Command::CloseWrites`],
+    /// with this reason), so the segment is the last one — the tail-log backup of a store
+    /// that another takes over.
+    #[serde(default)]
+    pub close_writes: Option<String>,
 }
 
 /// `store/<name>/failover`: a planned failover to a replica (or the best synchronized one).

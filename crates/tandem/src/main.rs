@@ -217,7 +217,8 @@ pub enum LogshipCommand {
     Status,
     /// Brings a link's secondary online as a writable store: a tail-log backup of the
     /// primary first when it can be read, then everything restored; states the last
-    /// transaction restored. The old primary will not write again.
+    /// transaction restored. The old primary will not write again. Run it on the secondary's
+    /// server.
     Failover {
         /// The log-shipping link.
         link: String,
@@ -225,6 +226,23 @@ pub enum LogshipCommand {
         /// (default: ask the primary store, if it is replicated and answers).
         #[arg(long)]
         tail_from: Option<std::path::PathBuf>,
+        /// A planned failover (a fail-back, a site move): the primary, still running, closes
+        /// its writes and ships its last log backup first, so nothing is lost. Fails, changing
+        /// nothing, if the primary does not answer.
+        #[arg(long, conflicts_with = "tail_from")]
+        planned: bool,
+    },
+    /// The users of a standby secondary, read between restores, with how stale they may be.
+    Users {
+        /// The log-shipping link.
+        link: String,
+    },
+    /// After a failover, reverses the roles: the store now online starts a new backup chain
+    /// and ships its log to the old primary, whose servers reseed it as the new secondary
+    /// when they start. Run it on the server of the store now online.
+    Reverse {
+        /// The log-shipping link.
+        link: String,
     },
 }
 

@@ -222,26 +222,6 @@ fn node_config(
 /// A failover-cluster node's setup, from the topology. A relative `shared_path` is resolved
 /// against the parent of the server's data directory (in a lab: the lab's directory, which
 /// every server of the lab reaches).
-/// The retention policy after a scheduled log backup (see `store::backup::prune`).
-async fn prune_backups(share: &Path, store: &str, retention: Duration) {
-    let (share, name) = (share.to_path_buf(), store.to_string());
-    let pruned =
-        tokio::task::spawn_blocking(move || store::backup::prune(&share, &name, retention, None))
-            .await;
-    match pruned {
-        Ok(Ok(p)) if !p.files.is_empty() => {
-            tracing::info!(
-                store,
-                removed = p.files.len(),
-                "backups past the retention removed"
-            )
-        }
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(store, error = %e, "cannot apply the backup retention"),
-        Err(e) => tracing::warn!(store, error = %e, "cannot apply the backup retention"),
-    }
-}
-
 /// A topology path as this server sees it: absolute as given; relative, from the parent of
 /// its data directory (in a lab, the lab's directory).
 fn beside_data(data: &Path, path: &Path) -> PathBuf {
@@ -343,54 +323,68 @@ async fn serve(
     let mut local_stores = std::collections::BTreeMap::new();
     let mut secondaries = Vec::new();
     for (store, replica) in topology.stores_on(&me.name) {
-        // A primary that log shipping failed over must not write again until it is reseeded.
+        // A store at one end of a log-shipping link: the link's roles on the share say
+        // whether it serves (the primary), restores (the secondary), or neither (failed
+        // over, until the roles are reversed).
         if let Some(link) = topology
             .log_shipping
             .iter()
-            .find(|l| l.primary == store.name)
-            && let Some(marker) =
-                store::logship::failed_over(&beside_data(data, &link.share), &store.name)
+            .find(|l| l.primary == store.name || l.secondary == store.name)
         {
-            bail!(
-                "store `{}` was failed over to `{}` by log shipping `{}` (at LSN {}): this server \
-                 must not write it again; reseed it from `{}` before serving it",
-                store.name,
-                marker.secondary,
-                marker.link,
-                marker.lsn,
-                marker.secondary
-            );
-        }
-        // A log-shipping secondary is not served: its restore job writes it (see below) —
-        // unless the link was failed over to it: then it is a store like any other.
-        if let Some(link) = topology
-            .log_shipping
-            .iter()
-            .find(|l| l.secondary == store.name)
-            && store::logship::failed_over(&beside_data(data, &link.share), &link.primary)
-                .is_none_or(|m| m.secondary != store.name)
-        {
-            let dir = data.join("stores").join(&store.name);
-            let cfg = store::logship::SecondaryConfig {
-                link: link.name.clone(),
-                primary: link.primary.clone(),
-                secondary: link.secondary.clone(),
-                share: beside_data(data, &link.share),
-                copy_dir: dir.join("logship"),
-                db: dir.join("store.sqlite"),
-                copy_interval: Duration::from_secs(link.copy_interval_s.max(1)),
-                restore_interval: Duration::from_secs(link.restore_interval_s.max(1)),
-                restore_delay: Duration::from_secs(link.restore_delay_s),
-                backup_alert: Duration::from_secs(link.backup_alert_s),
-                retention: Duration::from_secs(link.retention_h.saturating_mul(3600)),
-                restore_alert: Duration::from_secs(link.restore_alert_s),
-                mode: link.secondary_mode.to_string(),
-            };
-            let job = store::logship::Secondary::start(cfg)
-                .with_context(|| format!("cannot start log shipping into `{}`", store.name))?;
-            tracing::info!(store = %store.name, link = %link.name, "log-shipping secondary: copy and restore jobs started");
-            secondaries.push(job);
-            continue;
+            let share = beside_data(data, &link.share);
+            let roles = store::logship::roles(&share, &link.name, &link.primary, &link.secondary)
+                .with_context(|| {
+                format!("cannot read the roles of log-shipping link `{}`", link.name)
+            })?;
+            if roles.secondary == store.name && !roles.shipping {
+                let lsn = roles.failover.as_ref().map_or(0, |f| f.lsn);
+                bail!(
+                    "store `{}` was failed over to `{}` by log shipping `{}` (at LSN {lsn}): this \
+                     server must not serve it again. To make it the new secondary, run \
+                     `tandem logship reverse {}` on `{}`'s server, then start this server again: \
+                     it reseeds the store from `{}`",
+                    store.name,
+                    roles.primary,
+                    link.name,
+                    link.name,
+                    roles.primary,
+                    roles.primary
+                );
+            }
+            if roles.secondary == store.name {
+                if store.mode != StoreMode::Standalone {
+                    bail!(
+                        "store `{}` is the secondary of log shipping `{}`, but it is {}: a \
+                         log-shipping secondary is one standalone database. Restore it from `{}`'s \
+                         backups instead (`tandem store restore`)",
+                        store.name,
+                        link.name,
+                        store.mode.as_str(),
+                        roles.primary
+                    );
+                }
+                let dir = data.join("stores").join(&store.name);
+                let cfg = store::logship::SecondaryConfig {
+                    link: link.name.clone(),
+                    primary: roles.primary.clone(),
+                    secondary: store.name.clone(),
+                    share: share.clone(),
+                    copy_dir: dir.join("logship"),
+                    db: dir.join("store.sqlite"),
+                    copy_interval: Duration::from_secs(link.copy_interval_s.max(1)),
+                    restore_interval: Duration::from_secs(link.restore_interval_s.max(1)),
+                    restore_delay: Duration::from_secs(link.restore_delay_s),
+                    backup_alert: Duration::from_secs(link.backup_alert_s),
+                    retention: Duration::from_secs(link.retention_h.saturating_mul(3600)),
+                    restore_alert: Duration::from_secs(link.restore_alert_s),
+                    mode: link.secondary_mode.to_string(),
+                };
+                let job = store::logship::Secondary::start(cfg)
+                    .with_context(|| format!("cannot start log shipping into `{}`", store.name))?;
+                tracing::info!(store = %store.name, link = %link.name, from = %roles.primary, "log-shipping secondary: copy and restore jobs started");
+                secondaries.push(job);
+                continue;
+            }
         }
         match store.mode {
             StoreMode::Standalone => {
@@ -443,101 +437,51 @@ async fn serve(
             }
         }
     }
-    // Log shipping, the primary's side: a log backup every interval, by whichever of this
-    // server's replicas of the store serves it, then the retention policy.
+    // Log shipping, the primary's side, for each end of a link this server serves: a log
+    // backup every interval while the roles make it the primary (see `store::logship::ship`).
     let mut primary_links = Vec::new();
     for link in &topology.log_shipping {
-        let every = Duration::from_secs(link.backup_interval_s.max(1));
-        let retention = Duration::from_secs(link.retention_h.saturating_mul(3600));
-        let share_dir = beside_data(data, &link.share);
-        let request = store::proto::BackupRequest {
-            share: share_dir.to_string_lossy().into_owned(),
-            log: true,
-            // A new full backup every half retention window, so old segments can go.
-            full_every_s: Some(retention.as_secs() / 2),
-        };
-        let name = link.primary.clone();
-        let local = stores
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, h)| h.clone());
-        let node = nodes.iter().find(|n| n.name() == name).cloned();
-        let cluster = cluster_nodes.iter().find(|n| n.name() == name).cloned();
-        if local.is_none() && node.is_none() && cluster.is_none() {
-            continue;
+        for end in [&link.primary, &link.secondary] {
+            let source = if let Some((_, h)) = stores.iter().find(|(n, _)| n == end) {
+                store::logship::Source::Local(h.clone())
+            } else if let Some(n) = nodes.iter().find(|n| n.name() == end.as_str()) {
+                store::logship::Source::Node(n.clone())
+            } else if let Some(c) = cluster_nodes.iter().find(|c| c.name() == end.as_str()) {
+                store::logship::Source::Cluster(c.clone())
+            } else if let Some(sec) = secondaries.iter().find(|s| s.config().link == link.name) {
+                if sec.config().secondary != *end {
+                    continue;
+                }
+                store::logship::Source::Secondary(sec.clone())
+            } else {
+                continue;
+            };
+            let db = match &source {
+                store::logship::Source::Cluster(c) => c.shared_db().to_path_buf(),
+                _ => data.join("stores").join(end).join("store.sqlite"),
+            };
+            let plink = store::logship::PrimaryLink {
+                link: link.name.clone(),
+                primary: link.primary.clone(),
+                secondary: link.secondary.clone(),
+                store: end.clone(),
+                share: beside_data(data, &link.share),
+                db,
+                backup_alert: Duration::from_secs(link.backup_alert_s),
+                started_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+            };
+            primary_links.push((plink.clone(), source.clone()));
+            tokio::spawn(store::logship::ship(
+                plink,
+                source,
+                Duration::from_secs(link.backup_interval_s.max(1)),
+                Duration::from_secs(link.retention_h.saturating_mul(3600)),
+                me.name.clone(),
+            ));
         }
-        let (db, me) = (
-            match &cluster {
-                Some(c) => c.shared_db().to_path_buf(),
-                None => data.join("stores").join(&name).join("store.sqlite"),
-            },
-            me.name.clone(),
-        );
-        primary_links.push(store::logship::PrimaryLink {
-            link: link.name.clone(),
-            primary: link.primary.clone(),
-            secondary: link.secondary.clone(),
-            share: share_dir.clone(),
-            db: db.clone(),
-            backup_alert: Duration::from_secs(link.backup_alert_s),
-            started_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-        });
-        let link_name = link.name.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                // Failed over while this server runs (site A cut off, not lost): it must not
-                // write again. A standalone store stops taking writes; backups stop.
-                if let Some(marker) = store::logship::failed_over(&share_dir, &name) {
-                    let closed = local.as_ref().is_some_and(|h| h.close_writes());
-                    tracing::error!(
-                        store = %name,
-                        link = %link_name,
-                        to = %marker.secondary,
-                        lsn = marker.lsn,
-                        writes_refused = closed,
-                        "this store was failed over by log shipping: no more backups{}",
-                        if closed { "; it refuses writes from now on" } else { "; restart its servers to fence it" }
-                    );
-                    return;
-                }
-                let done = if let Some(handle) = &local {
-                    store::node::run_backup_request(
-                        db.clone(),
-                        request.clone(),
-                        name.clone(),
-                        me.clone(),
-                        |cmd| async move {
-                            handle
-                                .apply(cmd)
-                                .await
-                                .map(|_| ())
-                                .map_err(store::proto::Refusal::Store)
-                        },
-                    )
-                    .await
-                } else if let Some(node) = &node {
-                    node.backup(request.clone()).await
-                } else if let Some(node) = &cluster {
-                    node.backup(request.clone()).await
-                } else {
-                    return;
-                };
-                match done {
-                    Ok(_) => prune_backups(&share_dir, &name, retention).await,
-                    // Another replica serves the store: it takes the backups.
-                    Err(store::proto::Refusal::NotPrimary { .. })
-                    | Err(store::proto::Refusal::Unavailable(_))
-                        if local.is_none() => {}
-                    Err(e) => {
-                        tracing::warn!(store = %name, error = %e, "scheduled log backup failed")
-                    }
-                }
-            }
-        });
     }
     // Clients of every replicated store, for the front end and the admin API.
     let mut clients = std::collections::BTreeMap::new();
@@ -566,6 +510,13 @@ async fn serve(
         };
         let store = if let Some((_, s)) = stores.iter().find(|(n, _)| *n == pool_cfg.store) {
             s.clone()
+        } else if let Some(sec) = secondaries
+            .iter()
+            .find(|s| s.config().secondary == pool_cfg.store)
+        {
+            // The pool's store is a log-shipping secondary here (the old primary, reseeded
+            // after a reversal): the front end serves once the link is failed over to it.
+            store::Store::standby(sec.clone())
         } else if let Some(c) = clients.get(&pool_cfg.store) {
             store::Store::remote(c.clone())
         } else {
@@ -619,7 +570,7 @@ async fn serve(
             .collect(),
         local_stores,
         logship: secondaries,
-        logship_primaries: primary_links,
+        logship_ends: primary_links,
         backup_shares: topology
             .log_shipping
             .iter()

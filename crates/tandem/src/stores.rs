@@ -494,11 +494,69 @@ pub fn run(target: &AdminTarget, command: StoreCommand) -> anyhow::Result<ExitCo
 pub fn logship(target: &AdminTarget, command: LogshipCommand) -> anyhow::Result<ExitCode> {
     let admin = Admin::from_target(target)?;
     match command {
-        LogshipCommand::Failover { link, tail_from } => {
+        LogshipCommand::Users { link } => {
+            let r = admin.ok("GET", &format!("/api/v1/logship/{link}/users"), None)?;
+            if target.json {
+                println!("{r}");
+            } else {
+                println!(
+                    "Read from the standby {}: it holds everything its primary applied up to {} ({:.1} s ago).",
+                    text(&r, "store"),
+                    when(r["complete_until_ms"].as_u64().unwrap_or(0)),
+                    r["staleness_s"].as_f64().unwrap_or(0.0)
+                );
+                let rows: Vec<Vec<String>> = r["users"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|u| vec![text(u, "aor"), text(u, "bindings")])
+                    .collect();
+                println!(
+                    "{}",
+                    crate::render_table(&["user", "registered contacts"], &rows)
+                );
+            }
+        }
+        LogshipCommand::Reverse { link } => {
+            let r = admin.ok(
+                "POST",
+                &format!("/api/v1/logship/{link}/reverse"),
+                Some(json!({})),
+            )?;
+            if target.json {
+                println!("{r}");
+            } else {
+                if let Some(dir) = r["archived"].as_str() {
+                    println!(
+                        "The share's earlier backups of {} were set aside in {dir}.",
+                        text(&r, "primary")
+                    );
+                }
+                println!(
+                    "{} now ships its log to {}: a new chain starts with a full backup at LSN {}.",
+                    text(&r, "primary"),
+                    text(&r, "secondary"),
+                    text(&r, "full_lsn")
+                );
+                println!(
+                    "Start (or restart) the servers of {}: they set its old database aside and reseed it from that chain.",
+                    text(&r, "secondary")
+                );
+            }
+        }
+        LogshipCommand::Failover {
+            link,
+            tail_from,
+            planned,
+        } => {
+            if planned {
+                eprintln!("asking the primary to close its writes and ship its last log backup…");
+            }
             let r = admin.ok(
                 "POST",
                 &format!("/api/v1/logship/{link}/failover"),
-                Some(json!({"tail_from": tail_from})),
+                Some(json!({"tail_from": tail_from, "planned": planned})),
             )?;
             if target.json {
                 println!("{r}");
@@ -515,8 +573,9 @@ pub fn logship(target: &AdminTarget, command: LogshipCommand) -> anyhow::Result<
                     println!("The restore stopped early: {why}");
                 }
                 println!(
-                    "{} will refuse to serve its store until it is reseeded.",
-                    text(&r, "primary")
+                    "{} takes no writes until it is reseeded: run `tandem logship reverse {}` here once its site is back.",
+                    text(&r, "primary"),
+                    text(&r, "link")
                 );
             }
         }

@@ -631,3 +631,69 @@ impl RegisterLoad {
         self.records.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
+
+/// One server of a lab started again on its own (after the lab's process for it was
+/// killed): `kill -9`ed and reaped when dropped.
+pub struct LabServer {
+    child: Child,
+    pub name: String,
+}
+
+impl LabServer {
+    /// Starts server `name` of `topology` on its data under `data` (the lab's data directory)
+    /// and waits for its ready line; on failure, what it wrote to stderr.
+    pub fn start(
+        exe: &Path,
+        topology: &Path,
+        data: &Path,
+        name: &str,
+    ) -> Result<LabServer, String> {
+        let log_path = data.join(format!("{name}.restarted.log"));
+        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .args(["server", "--topology"])
+            .arg(topology)
+            .args(["--name", name, "--data"])
+            .arg(data.join(name))
+            .arg("--admin-token-file")
+            .arg(data.join("admin.token"))
+            .arg("--cluster-secret-file")
+            .arg(data.join("cluster.secret"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(out).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.contains("\"ready\"") => Ok(LabServer {
+                child,
+                name: name.to_string(),
+            }),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(std::fs::read_to_string(&log_path).unwrap_or_default())
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for LabServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
