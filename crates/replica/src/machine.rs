@@ -168,26 +168,36 @@ impl<M: Machine> StateMachine<M> {
     /// Applies entries (in log order, after the last applied one) as one batch on the machine,
     /// with the position they bring it to; one response per entry.
     pub(crate) async fn apply_entries(&mut self, entries: &[&Entry]) -> io::Result<Vec<Vec<u8>>> {
-        let (last_applied, current_membership) = self.applied_state().await?;
-        let mut position = Position {
-            last_applied,
-            membership: current_membership,
-        };
+        let last = entries.last().map(|e| e.log_id);
+        let mut membership = None;
         let mut commands: Vec<Option<Vec<u8>>> = Vec::with_capacity(entries.len());
         for entry in entries {
-            position.last_applied = Some(entry.log_id);
             match &entry.payload {
                 EntryPayload::Blank => commands.push(None),
                 EntryPayload::Normal(Cmd(bytes)) => commands.push(Some(bytes.clone())),
                 EntryPayload::Membership(m) => {
-                    position.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                     commands.push(None);
                 }
             }
         }
-        let position_bytes = serde_json::to_vec(&position).map_err(io::Error::other)?;
+        // One trip to the machine's thread: the stored position is read, brought forward and
+        // stored with the batch.
         let responses = self
             .with(move |m| {
+                let mut position: Position = match m.position()? {
+                    Some(p) => {
+                        serde_json::from_slice(&p).map_err(|e| invalid("stored position", e))?
+                    }
+                    None => Position::default(),
+                };
+                if last.is_some() {
+                    position.last_applied = last;
+                }
+                if let Some(membership) = membership {
+                    position.membership = membership;
+                }
+                let position_bytes = serde_json::to_vec(&position).map_err(io::Error::other)?;
                 let refs: Vec<Option<&[u8]>> = commands.iter().map(|c| c.as_deref()).collect();
                 m.apply(&refs, &position_bytes)
             })

@@ -146,9 +146,26 @@ impl replica::Machine for SqliteMachine {
                         | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .map_err(io_err)?;
-                reader
-                    .execute("VACUUM INTO ?1", [tmp.to_string_lossy().as_ref()])
-                    .map_err(io_err)?;
+                {
+                    // SQLite's backup API in one step: a page-for-page copy inside one read
+                    // transaction (consistent; the writer goes on in WAL mode). VACUUM INTO
+                    // rebuilt every table and index instead, at several times the CPU.
+                    let mut copy = Connection::open(&tmp).map_err(io_err)?;
+                    let backup =
+                        rusqlite::backup::Backup::new(&reader, &mut copy).map_err(io_err)?;
+                    match backup.step(-1).map_err(io_err)? {
+                        rusqlite::backup::StepResult::Done => {}
+                        other => {
+                            return Err(io_err(format!("the snapshot copy stopped: {other:?}")));
+                        }
+                    }
+                    drop(backup);
+                    // The copied header says WAL, like the source's: a copy standing alone
+                    // is a rollback-journal database.
+                    let _: String = copy
+                        .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+                        .map_err(io_err)?;
+                }
                 drop(reader);
                 let copy =
                     Connection::open_with_flags(&tmp, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
