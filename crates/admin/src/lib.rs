@@ -575,11 +575,12 @@ async fn logship_failover(
         // The primary's backup job looks for a hand-over every second; the last log backup
         // takes about as long as a scheduled one.
         let wait = std::time::Duration::from_secs(20);
-        let done = tokio::task::spawn_blocking(move || sec.planned_failover(wait))
+        let sec2 = sec.clone();
+        let done = tokio::task::spawn_blocking(move || sec2.planned_failover(wait))
             .await
             .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         return match done {
-            Ok(r) => Ok(Json(r)),
+            Ok(r) => Ok(Json(open_replica(&sec, r).await)),
             Err(StoreError::Invalid(why)) => Err(Failure(StatusCode::CONFLICT, why)),
             Err(e) => Err(Failure::from(e)),
         };
@@ -633,14 +634,32 @@ async fn logship_failover(
         };
     }
     let tail_from = req.tail_from.map(std::path::PathBuf::from);
-    let done = tokio::task::spawn_blocking(move || sec.failover(tail_from.as_deref(), tail, None))
+    let sec2 = sec.clone();
+    let done = tokio::task::spawn_blocking(move || sec2.failover(tail_from.as_deref(), tail, None))
         .await
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     match done {
-        Ok(r) => Ok(Json(r)),
+        Ok(r) => Ok(Json(open_replica(&sec, r).await)),
         Err(StoreError::Invalid(why)) => Err(Failure(StatusCode::CONFLICT, why)),
         Err(e) => Err(Failure::from(e)),
     }
+}
+
+/// After a failover to a replicated secondary: opens this server's replica of it (the
+/// other replicas open theirs on their own); a failure is added to the report — the roles
+/// changed, and this server keeps trying.
+async fn open_replica(
+    sec: &Arc<store::logship::Secondary>,
+    mut report: store::logship::FailoverReport,
+) -> store::logship::FailoverReport {
+    if let Err(e) = sec.open_replica().await {
+        let note = format!("this replica is not open yet ({e}); its server keeps trying");
+        report.stopped = Some(match report.stopped.take() {
+            Some(s) => format!("{s}; {note}"),
+            None => note,
+        });
+    }
+    report
 }
 
 /// The users of a standby log-shipping secondary, as its last restore left them.

@@ -125,7 +125,25 @@ pub struct Secondary {
     job: Mutex<()>,
     /// After a failover: the secondary as a writable store.
     promoted: OnceLock<crate::Store>,
+    /// For a replicated secondary (an availability group reseeded after a reversal): opens
+    /// this server's replica once the link fails over to it.
+    opener: Option<NodeOpener>,
+    /// That replica, once open.
+    node: OnceLock<Arc<crate::node::StoreNode>>,
+    /// Held while the replica is being opened.
+    opening: tokio::sync::Mutex<()>,
 }
+
+/// Opens this server's replica of a replicated store, on the database in place.
+pub type NodeOpener = Arc<
+    dyn Fn() -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<Arc<crate::node::StoreNode>, String>>
+                    + Send,
+            >,
+        > + Send
+        + Sync,
+>;
 
 /// What `tandem logship failover` did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,8 +296,14 @@ pub struct ReverseReport {
 }
 
 impl Secondary {
-    /// Loads the jobs' state and starts them.
-    pub fn start(cfg: SecondaryConfig) -> Result<Arc<Secondary>, StoreError> {
+    /// Loads the jobs' state and starts them. With `opener`, the secondary is one replica of
+    /// a replicated store: `cfg.db` is the seed the jobs restore, and once the link fails
+    /// over to the store, the seed becomes the replica's database and `opener` opens it
+    /// ([`Secondary::open_replica`]).
+    pub fn start(
+        cfg: SecondaryConfig,
+        opener: Option<NodeOpener>,
+    ) -> Result<Arc<Secondary>, StoreError> {
         std::fs::create_dir_all(&cfg.copy_dir).map_err(|e| {
             StoreError::Storage(format!("cannot create {}: {e}", cfg.copy_dir.display()))
         })?;
@@ -325,6 +349,9 @@ impl Secondary {
             started_ms: now_ms(),
             job: Mutex::new(()),
             promoted: OnceLock::new(),
+            opener,
+            node: OnceLock::new(),
+            opening: tokio::sync::Mutex::new(()),
         });
         s.save(&state);
         tokio::spawn(s.clone().run());
@@ -360,7 +387,7 @@ impl Secondary {
             .max(Duration::from_millis(100));
         let (mut next_copy, mut next_restore) = (0u64, 0u64);
         loop {
-            if self.promoted.get().is_some() {
+            if self.is_online() {
                 return;
             }
             let now = now_ms();
@@ -382,7 +409,7 @@ impl Secondary {
     /// copied atomically (manifest last).
     pub fn copy_once(&self) {
         let Ok(_job) = self.job.lock() else { return };
-        if self.promoted.get().is_some() {
+        if self.is_online() {
             return;
         }
         let mut st = self.state();
@@ -421,7 +448,7 @@ impl Secondary {
     /// applies the copied segments' commands applied on the primary at least the delay ago.
     pub fn restore_once(&self) {
         let Ok(_job) = self.job.lock() else { return };
-        if self.promoted.get().is_some() {
+        if self.is_online() {
             return;
         }
         let mut st = self.state();
@@ -498,6 +525,101 @@ impl Secondary {
         self.promoted.get()
     }
 
+    /// After a failover to a replicated secondary, this server's replica of it.
+    pub fn replica(&self) -> Option<&Arc<crate::node::StoreNode>> {
+        self.node.get()
+    }
+
+    /// Whether the secondary serves (the link failed over to it, and it is open here).
+    pub fn is_online(&self) -> bool {
+        self.promoted.get().is_some() || self.node.get().is_some()
+    }
+
+    /// Whether the secondary is one replica of a replicated store.
+    pub fn is_replicated(&self) -> bool {
+        self.opener.is_some()
+    }
+
+    /// For a replicated secondary once the link failed over to it: restores the seed up to
+    /// the failover's LSN (on the replica that ran the failover, it is there already), makes
+    /// it the replica's database without a replicated position, and opens the replica. Every
+    /// replica does this from the same chain, so they start the group from the same state.
+    pub async fn open_replica(self: &Arc<Self>) -> Result<(), StoreError> {
+        let Some(opener) = self.opener.clone() else {
+            return Ok(());
+        };
+        let _opening = self.opening.lock().await;
+        if self.node.get().is_some() {
+            return Ok(());
+        }
+        let roles = self.roles()?;
+        if roles.primary != self.cfg.secondary {
+            return Err(StoreError::Invalid(format!(
+                "the link was not failed over to {}",
+                self.cfg.secondary
+            )));
+        }
+        let want = roles.failover.as_ref().map_or(0, |f| f.lsn);
+        let me = self.clone();
+        let node_db = self.cfg.db.with_file_name("store.sqlite");
+        let seeded = tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
+            let _job = me
+                .job
+                .lock()
+                .map_err(|_| StoreError::Storage("the log-shipping jobs failed".into()))?;
+            if me.cfg.db.exists() {
+                let restored = me.state().last_restored_lsn;
+                let _ = backup::copy_new(&me.cfg.share, &me.cfg.copy_dir, &me.cfg.primary, restored);
+                let (lsn, _) = me.restore_to(Target::Latest)?;
+                if lsn < want {
+                    return Err(StoreError::Invalid(format!(
+                        "this replica's seed reached LSN {lsn}, short of LSN {want} where the link failed over"
+                    )));
+                }
+                let conn = crate::sqlite::open_connection(&me.cfg.db, crate::sqlite::Sync::Full)?;
+                machine::reopen_writes(&conn)?;
+                drop(conn);
+                for f in ["-wal", "-shm"] {
+                    let mut name = me.cfg.db.file_name().unwrap_or_default().to_os_string();
+                    name.push(f);
+                    let _ = std::fs::remove_file(me.cfg.db.with_file_name(name));
+                }
+                std::fs::rename(&me.cfg.db, &node_db).map_err(|e| {
+                    StoreError::Storage(format!(
+                        "cannot move {} to {}: {e}",
+                        me.cfg.db.display(),
+                        node_db.display()
+                    ))
+                })?;
+                if let Some(dir) = node_db.parent() {
+                    crate::sqlite::sync_dir(dir)?;
+                }
+                // The group starts anew from this state: no replicated position.
+                crate::replicated::SqliteMachine::open(&node_db)?.forget_position()?;
+                Ok(lsn)
+            } else if node_db.exists() {
+                // Moved already (opening failed after it): open it as it is.
+                Ok(want)
+            } else {
+                Err(StoreError::Invalid(format!(
+                    "{} holds nothing: no backup was restored here",
+                    me.cfg.secondary
+                )))
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("the seed stopped: {e}")))??;
+        let node = opener().await.map_err(StoreError::Storage)?;
+        let _ = self.node.set(node);
+        let mut st = self.state();
+        st.last_restored_lsn = seeded;
+        st.source = self.cfg.secondary.clone();
+        self.save(&st);
+        tracing::warn!(link = %self.cfg.link, store = %self.cfg.secondary, lsn = seeded,
+            "log shipping: this replica of the failed-over store is open; the group starts from LSN {seeded}");
+        Ok(())
+    }
+
     /// A read on the standby database, between restores; with the time up to which it holds
     /// everything the primary applied (unix ms). Refused in no-recovery mode, before the
     /// first restore and once the secondary is online (read the store then).
@@ -548,7 +670,7 @@ impl Secondary {
     /// primary does not answer, nothing changes here and the error says what to do.
     pub fn planned_failover(&self, wait: Duration) -> Result<FailoverReport, StoreError> {
         let roles = self.roles()?;
-        if self.promoted.get().is_some() || roles.primary != self.cfg.primary {
+        if self.is_online() || roles.primary != self.cfg.primary {
             return Err(StoreError::Invalid(format!(
                 "{} is already online: the link was failed over",
                 self.cfg.secondary
@@ -631,7 +753,7 @@ impl Secondary {
             .job
             .lock()
             .map_err(|_| StoreError::Storage("the log-shipping jobs failed".into()))?;
-        if self.promoted.get().is_some() {
+        if self.is_online() || self.roles()?.primary == self.cfg.secondary {
             return Err(StoreError::Invalid(format!(
                 "{} is already online: the link was failed over",
                 self.cfg.secondary
@@ -718,8 +840,10 @@ impl Secondary {
             let conn = crate::sqlite::open_connection(&self.cfg.db, crate::sqlite::Sync::Full)?;
             machine::reopen_writes(&conn)?;
         }
-        let store = crate::Store::open_local(&self.cfg.db, crate::Options::default())?;
-        let _ = self.promoted.set(store);
+        if self.opener.is_none() {
+            let store = crate::Store::open_local(&self.cfg.db, crate::Options::default())?;
+            let _ = self.promoted.set(store);
+        }
         let mut st = self.state();
         st.last_restored_lsn = lsn;
         st.last_restore_ms = now_ms();
@@ -745,14 +869,14 @@ impl Secondary {
 
     /// The link as this secondary sees it now (once online, as its primary).
     pub fn status(&self) -> LinkStatus {
-        if self.promoted.get().is_some() {
+        if self.is_online() {
             return PrimaryLink {
                 link: self.cfg.link.clone(),
                 primary: self.cfg.primary.clone(),
                 secondary: self.cfg.secondary.clone(),
                 store: self.cfg.secondary.clone(),
                 share: self.cfg.share.clone(),
-                db: self.cfg.db.clone(),
+                db: self.cfg.db.with_file_name("store.sqlite"),
                 backup_alert: self.cfg.backup_alert,
                 started_ms: self.started_ms,
             }
@@ -1041,7 +1165,11 @@ pub enum Source {
 
 impl Source {
     fn replicated(&self) -> bool {
-        matches!(self, Source::Node(_) | Source::Cluster(_))
+        match self {
+            Source::Node(_) | Source::Cluster(_) => true,
+            Source::Secondary(sec) => sec.is_replicated(),
+            Source::Local(_) => false,
+        }
     }
 
     async fn backup(
@@ -1055,9 +1183,10 @@ impl Source {
             Source::Node(n) => return n.backup(req).await,
             Source::Cluster(c) => return c.backup(req).await,
             Source::Local(s) => s,
-            Source::Secondary(sec) => match sec.promoted() {
-                Some(s) => s,
-                None => {
+            Source::Secondary(sec) => match (sec.promoted(), sec.replica()) {
+                (Some(s), _) => s,
+                (None, Some(n)) => return n.backup(req).await,
+                (None, None) => {
                     return Err(crate::proto::Refusal::Unavailable(
                         "the secondary is not online".into(),
                     ));
@@ -1089,9 +1218,10 @@ impl Source {
             Source::Node(n) => return n.apply(env(cmd)).await.map(|_| ()),
             Source::Cluster(c) => return c.apply(env(cmd)).await.map(|_| ()),
             Source::Local(s) => s,
-            Source::Secondary(sec) => match sec.promoted() {
-                Some(s) => s,
-                None => return Ok(()),
+            Source::Secondary(sec) => match (sec.promoted(), sec.replica()) {
+                (Some(s), _) => s,
+                (None, Some(n)) => return n.apply(env(cmd)).await.map(|_| ()),
+                (None, None) => return Ok(()),
             },
         };
         local
@@ -1134,9 +1264,17 @@ pub async fn ship(
             }
         };
         if let Source::Secondary(sec) = &source
-            && sec.promoted().is_none()
+            && !sec.is_online()
         {
-            // The secondary restoring: its jobs run on their own.
+            // The secondary restoring: its jobs run on their own. A replicated one opens its
+            // replica here once the link is failed over to it (on the server that ran the
+            // failover, the admin API has done it already).
+            if sec.is_replicated()
+                && roles.primary == link.store
+                && let Err(e) = sec.open_replica().await
+            {
+                tracing::warn!(link = %link.link, error = %e, "cannot open this replica of the failed-over store yet");
+            }
             continue;
         }
         if roles.primary != link.store {

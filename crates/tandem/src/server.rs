@@ -352,11 +352,12 @@ async fn serve(
                 );
             }
             if roles.secondary == store.name {
-                if store.mode != StoreMode::Standalone {
+                let replicated = store.mode == StoreMode::AvailabilityGroup;
+                if store.mode != StoreMode::Standalone && !replicated {
                     bail!(
                         "store `{}` is the secondary of log shipping `{}`, but it is {}: a \
-                         log-shipping secondary is one standalone database. Restore it from `{}`'s \
-                         backups instead (`tandem store restore`)",
+                         log-shipping secondary is a standalone store or an availability group. \
+                         Restore it from `{}`'s backups instead (`tandem store restore`)",
                         store.name,
                         link.name,
                         store.mode.as_str(),
@@ -364,13 +365,66 @@ async fn serve(
                     );
                 }
                 let dir = data.join("stores").join(&store.name);
+                let mut opener = None;
+                if replicated {
+                    // One replica of an availability group reseeded as the secondary (the old
+                    // primary, after a reversal): its replica's files are set aside the first
+                    // time; each replica restores a seed of its own from the chain, and opens
+                    // the group from it once the link fails back to it.
+                    if dir.exists() && !dir.join("logship").join("state.json").exists() {
+                        let aside = dir.with_file_name(format!(
+                            "{}.replaced-{}",
+                            store.name,
+                            std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map(|d| d.as_millis())
+                                .unwrap_or(0)
+                        ));
+                        std::fs::rename(&dir, &aside).with_context(|| {
+                            format!("cannot set {} aside to {}", dir.display(), aside.display())
+                        })?;
+                        tracing::warn!(store = %store.name, to = %aside.display(), "this replica's files are set aside: it is reseeded from the log-shipping chain");
+                    }
+                    let (Some(server), Some(pool)) = (&rpc_server, &pool) else {
+                        bail!(
+                            "store `{}` is replicated but `{}` has no rpc address",
+                            store.name,
+                            me.name
+                        );
+                    };
+                    let cfg = node_config(
+                        topology,
+                        store,
+                        me,
+                        data,
+                        &rpc::ServerConfig::new(
+                            rpc::ClusterSecret::load(secret_file)?,
+                            &topology.name,
+                            &me.name,
+                        ),
+                    )?;
+                    let (server, pool) = (server.clone(), pool.clone());
+                    let open: store::logship::NodeOpener = Arc::new(move || {
+                        let (cfg, server, pool) = (cfg.clone(), server.clone(), pool.clone());
+                        Box::pin(async move {
+                            store::node::StoreNode::open(cfg, &server, pool)
+                                .await
+                                .map_err(|e| e.to_string())
+                        })
+                    });
+                    opener = Some(open);
+                }
                 let cfg = store::logship::SecondaryConfig {
                     link: link.name.clone(),
                     primary: roles.primary.clone(),
                     secondary: store.name.clone(),
                     share: share.clone(),
                     copy_dir: dir.join("logship"),
-                    db: dir.join("store.sqlite"),
+                    db: dir.join(if replicated {
+                        "seed.sqlite"
+                    } else {
+                        "store.sqlite"
+                    }),
                     copy_interval: Duration::from_secs(link.copy_interval_s.max(1)),
                     restore_interval: Duration::from_secs(link.restore_interval_s.max(1)),
                     restore_delay: Duration::from_secs(link.restore_delay_s),
@@ -379,7 +433,7 @@ async fn serve(
                     restore_alert: Duration::from_secs(link.restore_alert_s),
                     mode: link.secondary_mode.to_string(),
                 };
-                let job = store::logship::Secondary::start(cfg)
+                let job = store::logship::Secondary::start(cfg, opener)
                     .with_context(|| format!("cannot start log shipping into `{}`", store.name))?;
                 tracing::info!(store = %store.name, link = %link.name, from = %roles.primary, "log-shipping secondary: copy and restore jobs started");
                 secondaries.push(job);
@@ -498,12 +552,24 @@ async fn serve(
         }
     }
     let mut frontend = None;
-    let mut user_store = stores.first().map(|(_, s)| s.clone()).or_else(|| {
-        clients
-            .values()
-            .next()
-            .map(|c| store::Store::remote(c.clone()))
-    });
+    // The admin API's user store, without a front end here: a standalone store this server
+    // holds, else a standalone log-shipping secondary it holds (it serves once failed over
+    // to), else a replicated store.
+    let mut user_store = stores
+        .first()
+        .map(|(_, s)| s.clone())
+        .or_else(|| {
+            secondaries
+                .iter()
+                .find(|s| !s.is_replicated())
+                .map(|s| store::Store::standby(s.clone()))
+        })
+        .or_else(|| {
+            clients
+                .values()
+                .next()
+                .map(|c| store::Store::remote(c.clone()))
+        });
     if roles.contains(&Role::Frontend) {
         let Some(pool_cfg) = topology.frontend_pool_of(&me.name) else {
             bail!("`{}` has the front-end role but no pool", me.name)
@@ -512,7 +578,7 @@ async fn serve(
             s.clone()
         } else if let Some(sec) = secondaries
             .iter()
-            .find(|s| s.config().secondary == pool_cfg.store)
+            .find(|s| s.config().secondary == pool_cfg.store && !s.is_replicated())
         {
             // The pool's store is a log-shipping secondary here (the old primary, reseeded
             // after a reversal): the front end serves once the link is failed over to it.

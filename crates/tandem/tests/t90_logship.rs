@@ -642,43 +642,7 @@ fn roles_reverse_and_a_planned_failback_loses_nothing() {
 /// refuses writes too.
 #[test]
 fn an_availability_group_hands_over_under_load_and_stays_closed_after_its_primary_dies() {
-    const SYNC: AgReplica = AgReplica {
-        sync: true,
-        automatic: true,
-        readable: false,
-    };
-    let (mut text, fe_admin) = ag_topology(&[SYNC, SYNC, SYNC], &Options::default());
-    let (dr_admin, dr_rpc) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
-    text.push_str(&format!(
-        r#"[[site]]
-name = "dc2"
-[[server]]
-name = "dr1"
-site = "dc2"
-rpc = "127.0.0.1:{dr_rpc}"
-admin = "127.0.0.1:{dr_admin}"
-[[store]]
-name = "store-dr"
-site = "dc2"
-mode = "standalone"
-[[store.replica]]
-server = "dr1"
-role = "primary"
-[[log_shipping]]
-name = "dr"
-primary = "store"
-secondary = "store-dr"
-share = "share"
-backup_interval_s = 1
-copy_interval_s = 1
-restore_interval_s = 1
-restore_delay_s = 0
-backup_alert_s = 5
-restore_alert_s = 60
-secondary_mode = "standby"
-retention_h = 1
-"#
-    ));
+    let (text, fe_admin, dr_admin) = ag_with_dr();
     let ag = ReplicatedLab::start(EXE.as_ref(), TMP, "logship_ag", (text, fe_admin), 1000);
     ag.wait_primary("a primary", |p| p == "s1");
     let dr: std::net::SocketAddr = format!("127.0.0.1:{dr_admin}").parse().unwrap();
@@ -744,4 +708,160 @@ retention_h = 1
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// An availability group `store` on `s1`…`s3` behind front end `fe1` in site dc1, log-shipped
+/// (1 s intervals, no delay, standby) by link `dr` to the standalone store `store-dr` on `dr1`
+/// in site dc2: the topology, fe1's admin port and dr1's.
+fn ag_with_dr() -> (String, u16, u16) {
+    const SYNC: AgReplica = AgReplica {
+        sync: true,
+        automatic: true,
+        readable: false,
+    };
+    let (mut text, fe_admin) = ag_topology(&[SYNC, SYNC, SYNC], &Options::default());
+    let (dr_admin, dr_rpc) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+    text.push_str(&format!(
+        r#"[[site]]
+name = "dc2"
+[[server]]
+name = "dr1"
+site = "dc2"
+rpc = "127.0.0.1:{dr_rpc}"
+admin = "127.0.0.1:{dr_admin}"
+[[store]]
+name = "store-dr"
+site = "dc2"
+mode = "standalone"
+[[store.replica]]
+server = "dr1"
+role = "primary"
+[[log_shipping]]
+name = "dr"
+primary = "store"
+secondary = "store-dr"
+share = "share"
+backup_interval_s = 1
+copy_interval_s = 1
+restore_interval_s = 1
+restore_delay_s = 0
+backup_alert_s = 5
+restore_alert_s = 60
+secondary_mode = "standby"
+retention_h = 1
+"#
+    ));
+    (text, fe_admin, dr_admin)
+}
+
+/// The lab server `name`'s admin address.
+fn admin_of(lab: &Lab, name: &str) -> std::net::SocketAddr {
+    lab.servers
+        .iter()
+        .find(|s| s["server"] == name)
+        .and_then(|s| s["admin"].as_str())
+        .and_then(|a| a.parse().ok())
+        .unwrap()
+}
+
+/// Fail-back into an availability group. Site A (the group's three replicas and its front
+/// end) is lost and the link fails over to site B, which takes writes; the roles are
+/// reversed, and site A's servers, started again, set their replicas aside and each restore
+/// a seed from B's chain. A planned failover run on one of them brings the group back from
+/// those seeds: every user acknowledged on either site is there, the front end writes
+/// through the group again, all three replicas hold the same data, and B refuses writes.
+#[test]
+fn a_failback_reseeds_an_availability_group_from_the_dr_site() {
+    let (text, fe_admin, dr_admin) = ag_with_dr();
+    let ag = ReplicatedLab::start(EXE.as_ref(), TMP, "logship_ag_back", (text, fe_admin), 5);
+    ag.wait_primary("a primary", |p| p == "s1");
+    let (dir, token) = (ag.dir.clone(), ag.token.clone());
+    let data = dir.join("data");
+    let dr: std::net::SocketAddr = format!("127.0.0.1:{dr_admin}").parse().unwrap();
+    let s1 = admin_of(&ag.lab, "s1");
+    let add = |admin: &std::net::SocketAddr, aor: &str| {
+        admin_call(
+            admin,
+            Some(&token),
+            "POST",
+            "/api/v1/users",
+            Some(serde_json::json!({"aor": aor, "password": "pw"})),
+        )
+    };
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        let aor = format!("sip:ga{i}@{DOMAIN}");
+        assert_eq!(add(&ag.admin, &aor).0, 201);
+        acked.push(aor);
+    }
+    let b_db = data.join("dr1/stores/store-dr/store.sqlite");
+    wait_present(&b_db, &acked[4], "the secondary");
+    for server in ["fe1", "s1", "s2", "s3"] {
+        ag.signal(server, Signal::SIGKILL);
+    }
+    let tail = data.join("s1/stores/store/store.sqlite");
+    let r = cli(
+        &dir,
+        &dr,
+        &["failover", "dr", "--tail-from", tail.to_str().unwrap()],
+    );
+    assert_eq!(r["tail_taken"], true, "{r}");
+    for i in 0..5 {
+        let aor = format!("sip:gb{i}@{DOMAIN}");
+        assert_eq!(add(&dr, &aor).0, 201);
+        acked.push(aor);
+    }
+    cli(&dir, &dr, &["reverse", "dr"]);
+    let topology = dir.join("topology.toml");
+    let _servers: Vec<LabServer> = ["s1", "s2", "s3", "fe1"]
+        .iter()
+        .map(|n| LabServer::start(EXE.as_ref(), &topology, &data, n).unwrap())
+        .collect();
+    for n in ["s1", "s2", "s3"] {
+        let seed = data.join(format!("{n}/stores/store/seed.sqlite"));
+        wait_present(&seed, &acked[9], &format!("{n}'s seed"));
+    }
+    for i in 5..8 {
+        let aor = format!("sip:gc{i}@{DOMAIN}");
+        assert_eq!(add(&dr, &aor).0, 201);
+        acked.push(aor);
+    }
+    let r = cli(&dir, &s1, &["failover", "dr", "--planned"]);
+    assert!(r["tail"].as_str().unwrap().contains("hand-over"), "{r}");
+    assert!(r["stopped"].is_null(), "{r}");
+    // The group serves again through its front end, with every acknowledged user.
+    let (code, users) = admin_call(&ag.admin, Some(&token), "GET", "/api/v1/users", None);
+    assert_eq!(code, 200, "{users}");
+    let have: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["aor"].as_str())
+        .collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|a| !have.contains(&a.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged users lost in the failback: {lost:?}"
+    );
+    let back = format!("sip:gd0@{DOMAIN}");
+    assert_eq!(add(&ag.admin, &back).0, 201);
+    for n in ["s1", "s2", "s3"] {
+        let db = data.join(format!("{n}/stores/store/store.sqlite"));
+        wait_present(&db, &back, &format!("{n}'s replica"));
+    }
+    let (code, body) = add(&dr, &format!("sip:late@{DOMAIN}"));
+    assert_eq!(code, 503, "B still takes writes after handing over: {body}");
+    // Reversed again on the group's primary, the link ships from the group to B, reseeded.
+    let primary = ag.wait_primary("a primary", |_| true)["primary"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = cli(&dir, &admin_of(&ag.lab, &primary), &["reverse", "dr"]);
+    assert_eq!(r["primary"], "store", "{r}");
+    ag.signal("dr1", Signal::SIGKILL);
+    let _dr1 = LabServer::start(EXE.as_ref(), &topology, &data, "dr1").unwrap();
+    wait_present(&b_db, &back, "site B, reseeded from the group");
 }
