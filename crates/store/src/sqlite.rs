@@ -53,10 +53,11 @@ pub fn open_connection(path: &Path, sync: Sync) -> Result<Connection, StoreError
         let level = if sync == Sync::Full { "FULL" } else { "NORMAL" };
         conn.execute_batch(&format!("PRAGMA synchronous = {level};"))?;
         if sync == Sync::Normal {
-            // A replica's durable copy is its log; checkpoint every 32 MiB of WAL (32,768
+            // A replica's durable copy is its log; checkpoint every 128 MiB of WAL (131,072
             // pages of 1 KiB) rather than every 1,000 pages, so hot pages (index roots, the
-            // position row) are copied back to the database once per many transactions.
-            conn.execute_batch("PRAGMA wal_autocheckpoint = 32768;")?;
+            // position row) are copied back to the database once per many transactions, and
+            // the checkpoints, which stall the applying thread, are rare.
+            conn.execute_batch("PRAGMA wal_autocheckpoint = 131072;")?;
         }
     }
     Ok(conn)
