@@ -585,6 +585,9 @@ async fn logship_failover(
             Err(e) => Err(Failure::from(e)),
         };
     }
+    if let Err(e) = sec.check_seeded() {
+        return Err(Failure(StatusCode::CONFLICT, e.to_string()));
+    }
     let cfg = sec.config().clone();
     let mut tail = (
         "no tail-log backup: the primary's database was not given (--tail-from) and its store \

@@ -654,6 +654,20 @@ impl Secondary {
         })
     }
 
+    /// Refuses a failover before anything is asked of the primary when this secondary holds
+    /// nothing yet: closing the primary's writes for a secondary that cannot come online
+    /// would leave no store serving.
+    pub fn check_seeded(&self) -> Result<(), StoreError> {
+        if self.cfg.db.exists() || self.node.get().is_some() {
+            Ok(())
+        } else {
+            Err(StoreError::Invalid(format!(
+                "{} holds nothing yet (no full backup was restored): nothing to fail over to",
+                self.cfg.secondary
+            )))
+        }
+    }
+
     /// The link's roles on the share.
     pub fn roles(&self) -> Result<Roles, StoreError> {
         roles(
@@ -670,6 +684,7 @@ impl Secondary {
     /// primary does not answer, nothing changes here and the error says what to do.
     pub fn planned_failover(&self, wait: Duration) -> Result<FailoverReport, StoreError> {
         let roles = self.roles()?;
+        self.check_seeded()?;
         if self.is_online() || roles.primary != self.cfg.primary {
             return Err(StoreError::Invalid(format!(
                 "{} is already online: the link was failed over",
@@ -984,6 +999,15 @@ fn newest_backup(
         .chain(fulls.iter().map(|m| (m.lsn, m.taken_ms)))
         .max()
         .unwrap_or((0, 0))
+}
+
+/// The primary a secondary's jobs restore from, as their state in `copy_dir` says (None
+/// before they ever ran there).
+pub fn restoring_from(copy_dir: &Path) -> Option<String> {
+    let bytes = std::fs::read(copy_dir.join("state.json")).ok()?;
+    serde_json::from_slice::<JobState>(&bytes)
+        .ok()
+        .map(|s| s.source)
 }
 
 fn state_name(r: &Roles) -> String {

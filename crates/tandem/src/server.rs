@@ -371,7 +371,13 @@ async fn serve(
                     // primary, after a reversal): its replica's files are set aside the first
                     // time; each replica restores a seed of its own from the chain, and opens
                     // the group from it once the link fails back to it.
-                    if dir.exists() && !dir.join("logship").join("state.json").exists() {
+                    // Set aside unless this replica already restores from the link's primary
+                    // (a restart while it is the secondary): whatever else is here (a replica
+                    // of the group, its raft log) belongs to another life.
+                    if dir.exists()
+                        && store::logship::restoring_from(&dir.join("logship")).as_deref()
+                            != Some(roles.primary.as_str())
+                    {
                         let aside = dir.with_file_name(format!(
                             "{}.replaced-{}",
                             store.name,

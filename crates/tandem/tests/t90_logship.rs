@@ -865,3 +865,43 @@ fn a_failback_reseeds_an_availability_group_from_the_dr_site() {
     let _dr1 = LabServer::start(EXE.as_ref(), &topology, &data, "dr1").unwrap();
     wait_present(&b_db, &back, "site B, reseeded from the group");
 }
+
+/// A failover to a secondary that holds nothing yet (its restore delay has not let it seed)
+/// is refused before the primary is asked for anything: the primary goes on taking writes.
+#[test]
+fn a_failover_to_an_unseeded_secondary_changes_nothing() {
+    let sites = Sites::start("logship_unseeded", 3600);
+    let (token, fe, dr) = (sites.lab.token(), sites.fe, sites.dr);
+    let add = |aor: &str| {
+        admin_call(
+            &fe,
+            Some(&token),
+            "POST",
+            "/api/v1/users",
+            Some(serde_json::json!({"aor": aor, "password": "pw"})),
+        )
+        .0
+    };
+    assert_eq!(add(&format!("sip:u0@{DOMAIN}")), 201);
+    for planned in [false, true] {
+        let (code, body) = admin_call(
+            &dr,
+            Some(&token),
+            "POST",
+            "/api/v1/logship/store1-dr/failover",
+            Some(serde_json::json!({"planned": planned})),
+        );
+        assert_eq!(code, 409, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("holds nothing yet"),
+            "{body}"
+        );
+    }
+    assert_eq!(add(&format!("sip:u1@{DOMAIN}")), 201);
+    let (_, st) = admin_call(&fe, Some(&token), "GET", "/api/v1/logship", None);
+    assert_eq!(st[0]["state"], "shipping", "{st}");
+    assert_eq!(st[0]["epoch"], 0, "{st}");
+}
