@@ -686,11 +686,12 @@ pub fn prune(
     Ok(out)
 }
 
-/// Whether a log backup must take a full backup first: when the share holds no segment of
+/// Whether a log backup must take a full backup first: when the share holds no backup of
 /// `store` yet (the chain starts), when the transaction log no longer joins the share's chain
-/// (`first_logged`, its oldest LSN, is past the last segment), or when the newest full backup
-/// is older than `full_every` (a restore then replays a bounded log, and the retention policy
-/// can let older backups go).
+/// (`first_logged`, its oldest LSN, is past what the newest segment or full backup covers),
+/// or when the newest full backup is older than `full_every` (a restore then replays a
+/// bounded log, and the retention policy can let older backups go). A full backup alone
+/// starts a chain: an idle store does not take another at every interval.
 pub fn needs_full(
     share: &Path,
     store: &str,
@@ -702,7 +703,12 @@ pub fn needs_full(
         .filter_map(|f| f.manifest.ok())
         .map(|m| m.last)
         .max();
-    let Some(last) = shipped else {
+    let fulls: Vec<Manifest> = list(share, store)?
+        .into_iter()
+        .filter_map(|f| f.manifest.ok())
+        .collect();
+    let covered = shipped.max(fulls.iter().map(|m| m.lsn).max());
+    let Some(last) = covered else {
         return Ok(true);
     };
     if first_logged.is_some_and(|f| f > last + 1) {
@@ -711,11 +717,7 @@ pub fn needs_full(
     let Some(every) = full_every else {
         return Ok(false);
     };
-    let newest = list(share, store)?
-        .into_iter()
-        .filter_map(|f| f.manifest.ok())
-        .map(|m| m.taken_ms)
-        .max();
+    let newest = fulls.iter().map(|m| m.taken_ms).max();
     Ok(newest.is_none_or(|t| now_ms().saturating_sub(t) >= every.as_millis() as u64))
 }
 
@@ -1413,5 +1415,16 @@ mod tests {
             needs_full(&share, "s", Some(last + 1), Some(std::time::Duration::ZERO)).unwrap(),
             "the newest full backup is older than the interval"
         );
+        // A full backup alone starts a chain: an idle store (nothing logged since) does not
+        // take another one at every interval; a log that no longer joins it still does.
+        let db = dir.path().join("idle.sqlite");
+        let conn = crate::sqlite::open_connection(&db, crate::sqlite::Sync::Full).unwrap();
+        crate::machine::init_schema(&conn).unwrap();
+        drop(conn);
+        let only_full = dir.path().join("only-full");
+        let full = take_full(&db, &only_full, "s", "s1").unwrap();
+        assert!(!needs_full(&only_full, "s", None, hour).unwrap());
+        assert!(!needs_full(&only_full, "s", Some(full.lsn + 1), hour).unwrap());
+        assert!(needs_full(&only_full, "s", Some(full.lsn + 2), hour).unwrap());
     }
 }

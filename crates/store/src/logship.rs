@@ -655,15 +655,24 @@ impl Secondary {
     }
 
     /// Refuses a failover before anything is asked of the primary when this secondary holds
-    /// nothing yet: closing the primary's writes for a secondary that cannot come online
-    /// would leave no store serving.
+    /// nothing and has no full backup to start from (in its copy folder or on the share):
+    /// closing the primary's writes for a secondary that cannot come online would leave no
+    /// store serving.
     pub fn check_seeded(&self) -> Result<(), StoreError> {
-        if self.cfg.db.exists() || self.node.get().is_some() {
+        let has_full = |dir: &Path| {
+            backup::list(dir, &self.cfg.primary).is_ok_and(|v| v.iter().any(|f| f.manifest.is_ok()))
+        };
+        if self.cfg.db.exists()
+            || self.node.get().is_some()
+            || has_full(&self.cfg.copy_dir)
+            || has_full(&self.cfg.share)
+        {
             Ok(())
         } else {
             Err(StoreError::Invalid(format!(
-                "{} holds nothing yet (no full backup was restored): nothing to fail over to",
-                self.cfg.secondary
+                "{} holds nothing yet and no full backup of {} is there to start from: nothing \
+                 to fail over to",
+                self.cfg.secondary, self.cfg.primary
             )))
         }
     }

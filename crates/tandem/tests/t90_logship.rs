@@ -646,6 +646,9 @@ fn an_availability_group_hands_over_under_load_and_stays_closed_after_its_primar
     let ag = ReplicatedLab::start(EXE.as_ref(), TMP, "logship_ag", (text, fe_admin), 1000);
     ag.wait_primary("a primary", |p| p == "s1");
     let dr: std::net::SocketAddr = format!("127.0.0.1:{dr_admin}").parse().unwrap();
+    // The secondary is seeded (the lab's users are in the chain's first full backup).
+    let b_db = ag.dir.join("data/dr1/stores/store-dr/store.sqlite");
+    wait_present(&b_db, &format!("sip:user0001@{DOMAIN}"), "the secondary");
     let load = RegisterLoad::start(ag.sip, 2, 1000, "pw");
     assert!(load.wait_for(100, Duration::from_secs(60)));
     let r = cli(&ag.dir, &dr, &["failover", "dr", "--planned"]);
@@ -666,7 +669,6 @@ fn an_availability_group_hands_over_under_load_and_stays_closed_after_its_primar
         "acknowledged after the hand-over: {after:?}"
     );
     // Every acknowledged registration is on the secondary, now online.
-    let b_db = ag.dir.join("data/dr1/stores/store-dr/store.sqlite");
     let c = Connection::open_with_flags(&b_db, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let lost: Vec<&String> = acked
         .iter()
@@ -866,8 +868,9 @@ fn a_failback_reseeds_an_availability_group_from_the_dr_site() {
     wait_present(&b_db, &back, "site B, reseeded from the group");
 }
 
-/// A failover to a secondary that holds nothing yet (its restore delay has not let it seed)
-/// is refused before the primary is asked for anything: the primary goes on taking writes.
+/// A failover to a secondary that holds nothing (its restore delay has not let it seed)
+/// and has no full backup to start from (the share lost it) is refused before the primary is
+/// asked for anything: the primary goes on taking writes.
 #[test]
 fn a_failover_to_an_unseeded_secondary_changes_nothing() {
     let sites = Sites::start("logship_unseeded", 3600);
@@ -883,6 +886,23 @@ fn a_failover_to_an_unseeded_secondary_changes_nothing() {
         .0
     };
     assert_eq!(add(&format!("sip:u0@{DOMAIN}")), 201);
+    // Once a log segment reached the secondary's copy folder, the chain's full backup is
+    // there and on the share, and no new one is taken for half the retention: both are lost.
+    let copied = sites.dir.join("data/dr1/stores/store1-dr/logship/store1");
+    // (Commands applied before the chain starts are in its full backup, not in a segment:
+    // a few more writes make one.)
+    let mut n = 0;
+    while !std::fs::read_dir(copied.join("log")).is_ok_and(|d| {
+        d.filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().ends_with(".json"))
+    }) {
+        n += 1;
+        assert!(n < 120, "no log segment reached the secondary");
+        assert_eq!(add(&format!("sip:w{n}@{DOMAIN}")), 201);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::fs::remove_dir_all(sites.dir.join("data/share/store1/full")).unwrap();
+    std::fs::remove_dir_all(copied.join("full")).unwrap();
     for planned in [false, true] {
         let (code, body) = admin_call(
             &dr,
