@@ -598,7 +598,12 @@ pub fn logship(target: &AdminTarget, command: LogshipCommand) -> anyhow::Result<
                             Some(lsn) => format!("primary (LSN {lsn})"),
                             None => text(l, "side"),
                         },
-                        format!("{} → {}", text(l, "primary"), text(l, "secondary")),
+                        format!(
+                            "{} → {} ({})",
+                            text(l, "primary"),
+                            text(l, "secondary"),
+                            text(l, "state")
+                        ),
                         format!(
                             "{} at {}",
                             text(l, "last_backup_lsn"),
