@@ -581,13 +581,10 @@ async fn logship_failover(
             .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         return match done {
             Ok(r) => Ok(Json(open_replica(&sec, r).await)),
-            Err(StoreError::Invalid(why)) => Err(Failure(StatusCode::CONFLICT, why)),
-            Err(e) => Err(Failure::from(e)),
+            Err(e) => Err(logship_refusal(e)),
         };
     }
-    if let Err(e) = sec.check_seeded() {
-        return Err(Failure(StatusCode::CONFLICT, e.to_string()));
-    }
+    sec.check_seeded().map_err(logship_refusal)?;
     let cfg = sec.config().clone();
     let mut tail = (
         "no tail-log backup: the primary's database was not given (--tail-from) and its store \
@@ -643,8 +640,16 @@ async fn logship_failover(
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     match done {
         Ok(r) => Ok(Json(open_replica(&sec, r).await)),
-        Err(StoreError::Invalid(why)) => Err(Failure(StatusCode::CONFLICT, why)),
-        Err(e) => Err(Failure::from(e)),
+        Err(e) => Err(logship_refusal(e)),
+    }
+}
+
+/// A log-shipping operation that cannot be done as asked (409, with the reason), or a store
+/// failure.
+fn logship_refusal(e: StoreError) -> Failure {
+    match e {
+        StoreError::Invalid(why) => Failure(StatusCode::CONFLICT, why),
+        other => Failure::from(other),
     }
 }
 
@@ -690,7 +695,7 @@ async fn standby_users(
             format!("this server holds the secondary of no log-shipping link named {link}"),
         ));
     };
-    if sec.promoted().is_some() {
+    if sec.is_online() {
         return Err(Failure(
             StatusCode::CONFLICT,
             format!(
@@ -707,8 +712,7 @@ async fn standby_users(
             .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let (users, until) = match read {
         Ok(r) => r,
-        Err(StoreError::Invalid(why)) => return Err(Failure(StatusCode::CONFLICT, why)),
-        Err(e) => return Err(Failure::from(e)),
+        Err(e) => return Err(logship_refusal(e)),
     };
     Ok(Json(StandbyUsers {
         link,
@@ -756,8 +760,7 @@ async fn logship_reverse(
     };
     match store::logship::reverse(plink, source, &s.info.server).await {
         Ok(r) => Ok(Json(r)),
-        Err(StoreError::Invalid(why)) => Err(Failure(StatusCode::CONFLICT, why)),
-        Err(e) => Err(Failure::from(e)),
+        Err(e) => Err(logship_refusal(e)),
     }
 }
 
