@@ -296,6 +296,8 @@ async fn serve(
     // The inter-server endpoint, and the clients every path to other servers shares.
     let mut rpc_server = None;
     let mut pool = None;
+    // The rpc server's configuration, which the store replicas serve with too.
+    let mut rpc_config = None;
     if let Some(addr) = me.rpc {
         let secret = rpc::ClusterSecret::load(secret_file).with_context(|| {
             format!(
@@ -305,6 +307,7 @@ async fn serve(
             )
         })?;
         let config = rpc::ServerConfig::new(secret.clone(), &topology.name, &me.name);
+        rpc_config = Some(config.clone());
         let server = rpc::RpcServer::bind(addr, config)
             .await
             .with_context(|| format!("cannot bind the rpc address {addr}"))?;
@@ -391,24 +394,16 @@ async fn serve(
                         })?;
                         tracing::warn!(store = %store.name, to = %aside.display(), "this replica's files are set aside: it is reseeded from the log-shipping chain");
                     }
-                    let (Some(server), Some(pool)) = (&rpc_server, &pool) else {
+                    let (Some(server), Some(pool), Some(rpc_config)) =
+                        (&rpc_server, &pool, &rpc_config)
+                    else {
                         bail!(
                             "store `{}` is replicated but `{}` has no rpc address",
                             store.name,
                             me.name
                         );
                     };
-                    let cfg = node_config(
-                        topology,
-                        store,
-                        me,
-                        data,
-                        &rpc::ServerConfig::new(
-                            rpc::ClusterSecret::load(secret_file)?,
-                            &topology.name,
-                            &me.name,
-                        ),
-                    )?;
+                    let cfg = node_config(topology, store, me, data, rpc_config)?;
                     let (server, pool) = (server.clone(), pool.clone());
                     let open: store::logship::NodeOpener = Arc::new(move || {
                         let (cfg, server, pool) = (cfg.clone(), server.clone(), pool.clone());
@@ -456,24 +451,16 @@ async fn serve(
                 stores.push((store.name.clone(), handle));
             }
             StoreMode::AvailabilityGroup | StoreMode::Mirroring => {
-                let (Some(server), Some(pool)) = (&rpc_server, &pool) else {
+                let (Some(server), Some(pool), Some(rpc_config)) =
+                    (&rpc_server, &pool, &rpc_config)
+                else {
                     bail!(
                         "store `{}` is replicated but `{}` has no rpc address",
                         store.name,
                         me.name
                     );
                 };
-                let cfg = node_config(
-                    topology,
-                    store,
-                    me,
-                    data,
-                    &rpc::ServerConfig::new(
-                        rpc::ClusterSecret::load(secret_file)?,
-                        &topology.name,
-                        &me.name,
-                    ),
-                )?;
+                let cfg = node_config(topology, store, me, data, rpc_config)?;
                 let node = store::node::StoreNode::open(cfg, server, pool.clone())
                     .await
                     .with_context(|| format!("cannot open replica of store `{}`", store.name))?;
