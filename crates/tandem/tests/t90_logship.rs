@@ -85,6 +85,17 @@ retention_h = 1
     (text, fe_admin, dr_admin)
 }
 
+/// `POST /api/v1/users` of `aor` (password "pw") on a server: the status and the body.
+fn add_user(admin: &std::net::SocketAddr, token: &str, aor: &str) -> (u16, serde_json::Value) {
+    admin_call(
+        admin,
+        Some(token),
+        "POST",
+        "/api/v1/users",
+        Some(serde_json::json!({"aor": aor, "password": "pw"})),
+    )
+}
+
 /// When `aor` is a user of the secondary's database (None while it is not, or not there yet).
 fn present(db: &Path, aor: &str) -> bool {
     let Ok(c) = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
@@ -155,13 +166,7 @@ fn shipped_transactions_appear_after_the_restore_delay() {
         let mut acked = Vec::new();
         for i in 0..3 {
             let aor = format!("sip:ship{round}-{i}@{DOMAIN}");
-            let (code, body) = admin_call(
-                &fe,
-                Some(&token),
-                "POST",
-                "/api/v1/users",
-                Some(serde_json::json!({"aor": aor, "password": "pw"})),
-            );
+            let (code, body) = add_user(&fe, &token, &aor);
             assert_eq!(code, 201, "{body}");
             acked.push((aor, Instant::now()));
         }
@@ -274,15 +279,7 @@ fn failover_with_a_tail_log_backup_loses_nothing_and_fences_the_old_primary() {
     let sites = Sites::start("logship_failover", 0);
     let (dir, token, fe, dr) = (sites.dir.clone(), sites.lab.token(), sites.fe, sites.dr);
     let db = dir.join("data/dr1/stores/store1-dr/store.sqlite");
-    let add = |admin: &std::net::SocketAddr, aor: &str| {
-        admin_call(
-            admin,
-            Some(&token),
-            "POST",
-            "/api/v1/users",
-            Some(serde_json::json!({"aor": aor, "password": "pw"})),
-        )
-    };
+    let add = |admin: &std::net::SocketAddr, aor: &str| add_user(admin, &token, aor);
     let mut acked = Vec::new();
     for i in 0..10 {
         let aor = format!("sip:dr{i}@{DOMAIN}");
@@ -359,16 +356,7 @@ fn failover_with_a_tail_log_backup_loses_nothing_and_fences_the_old_primary() {
 fn failover_without_a_tail_loses_no_more_than_the_reported_lag() {
     let sites = Sites::start("logship_rpo", 0);
     let (dir, token, fe, dr) = (sites.dir.clone(), sites.lab.token(), sites.fe, sites.dr);
-    let add = |aor: &str| {
-        admin_call(
-            &fe,
-            Some(&token),
-            "POST",
-            "/api/v1/users",
-            Some(serde_json::json!({"aor": aor, "password": "pw"})),
-        )
-        .0
-    };
+    let add = |aor: &str| add_user(&fe, &token, aor).0;
     let mut acked = Vec::new();
     // A first user shipped and restored, so the secondary exists.
     assert_eq!(add(&format!("sip:rpo0@{DOMAIN}")), 201);
@@ -422,15 +410,7 @@ fn failover_without_a_tail_loses_no_more_than_the_reported_lag() {
 fn a_running_old_primary_stops_taking_writes_once_failed_over() {
     let sites = Sites::start("logship_cutoff", 0);
     let (dir, token, fe, dr) = (sites.dir.clone(), sites.lab.token(), sites.fe, sites.dr);
-    let add = |aor: &str| {
-        admin_call(
-            &fe,
-            Some(&token),
-            "POST",
-            "/api/v1/users",
-            Some(serde_json::json!({"aor": aor, "password": "pw"})),
-        )
-    };
+    let add = |aor: &str| add_user(&fe, &token, aor);
     assert_eq!(add(&format!("sip:cut0@{DOMAIN}")).0, 201);
     let db = dir.join("data/dr1/stores/store1-dr/store.sqlite");
     let end = Instant::now() + Duration::from_secs(60);
@@ -505,15 +485,7 @@ fn roles_reverse_and_a_planned_failback_loses_nothing() {
     let data = dir.join("data");
     let a_db = data.join("fe1/stores/store1/store.sqlite");
     let b_db = data.join("dr1/stores/store1-dr/store.sqlite");
-    let add = |admin: &std::net::SocketAddr, aor: &str| {
-        admin_call(
-            admin,
-            Some(&token),
-            "POST",
-            "/api/v1/users",
-            Some(serde_json::json!({"aor": aor, "password": "pw"})),
-        )
-    };
+    let add = |admin: &std::net::SocketAddr, aor: &str| add_user(admin, &token, aor);
     let users = |admin: &std::net::SocketAddr| -> Vec<String> {
         let (code, v) = admin_call(admin, Some(&token), "GET", "/api/v1/users", None);
         assert_eq!(code, 200, "{v}");
@@ -781,15 +753,7 @@ fn a_failback_reseeds_an_availability_group_from_the_dr_site() {
     let data = dir.join("data");
     let dr: std::net::SocketAddr = format!("127.0.0.1:{dr_admin}").parse().unwrap();
     let s1 = admin_of(&ag.lab, "s1");
-    let add = |admin: &std::net::SocketAddr, aor: &str| {
-        admin_call(
-            admin,
-            Some(&token),
-            "POST",
-            "/api/v1/users",
-            Some(serde_json::json!({"aor": aor, "password": "pw"})),
-        )
-    };
+    let add = |admin: &std::net::SocketAddr, aor: &str| add_user(admin, &token, aor);
     let mut acked = Vec::new();
     for i in 0..5 {
         let aor = format!("sip:ga{i}@{DOMAIN}");
@@ -875,16 +839,7 @@ fn a_failback_reseeds_an_availability_group_from_the_dr_site() {
 fn a_failover_to_an_unseeded_secondary_changes_nothing() {
     let sites = Sites::start("logship_unseeded", 3600);
     let (token, fe, dr) = (sites.lab.token(), sites.fe, sites.dr);
-    let add = |aor: &str| {
-        admin_call(
-            &fe,
-            Some(&token),
-            "POST",
-            "/api/v1/users",
-            Some(serde_json::json!({"aor": aor, "password": "pw"})),
-        )
-        .0
-    };
+    let add = |aor: &str| add_user(&fe, &token, aor).0;
     assert_eq!(add(&format!("sip:u0@{DOMAIN}")), 201);
     // Once a log segment reached the secondary's copy folder, the chain's full backup is
     // there and on the share, and no new one is taken for half the retention: both are lost.
