@@ -178,6 +178,9 @@ struct State {
     retry_at: Option<Instant>,
     /// Why the last attempt failed.
     last_error: Option<RpcError>,
+    /// Connection attempts finished so far: a call that waited while another caller's attempt
+    /// failed takes that failure instead of waiting for yet another attempt.
+    attempts: u64,
     /// Set by `close`; every later call fails with `Closed`.
     closed: bool,
 }
@@ -344,8 +347,10 @@ impl RpcClient {
     }
 
     /// The live connection, making one if needed (one attempt at a time, shared by every
-    /// caller waiting for it).
+    /// caller waiting for it: each call waits for one attempt at most — its own or another
+    /// caller's — so calls to a dead server fail within one backoff, however many there are).
     async fn connection(&self, until: Instant) -> Result<Arc<Conn>, RpcError> {
+        let mut seen: Option<u64> = None;
         loop {
             let wait = {
                 let st = self.inner.state();
@@ -354,6 +359,13 @@ impl RpcClient {
                 }
                 if let Some(conn) = st.conn.as_ref().filter(|c| c.shared.is_open()) {
                     return Ok(conn.clone());
+                }
+                match seen {
+                    Some(s) if st.attempts > s => {
+                        return Err(st.last_error.clone().unwrap_or(RpcError::Disconnected));
+                    }
+                    Some(_) => {}
+                    None => seen = Some(st.attempts),
                 }
                 if st.peer.as_deref().is_some_and(faults::is_blocked) {
                     return Err(RpcError::Disconnected);
@@ -380,6 +392,9 @@ impl RpcClient {
                 }
                 if let Some(conn) = st.conn.as_ref().filter(|c| c.shared.is_open()) {
                     return Ok(conn.clone());
+                }
+                if seen.is_some_and(|s| st.attempts > s) {
+                    return Err(st.last_error.clone().unwrap_or(RpcError::Disconnected));
                 }
                 if st.retry_at.is_some_and(|at| at > Instant::now()) {
                     continue;
@@ -429,6 +444,7 @@ impl ClientInner {
             ))),
         };
         let mut st = self.state();
+        st.attempts += 1;
         match result {
             Ok(conn) => {
                 bump(&self.counters.connects);

@@ -236,3 +236,45 @@ async fn pings_keep_a_busy_connection_alive() {
     assert_eq!(client.stats().disconnects, 0);
     assert_eq!(server.stats().connections_authenticated, 1);
 }
+
+// Proves: while a server is gone, many concurrent calls each wait for one connection attempt
+// at most (their own or another caller's), not for attempt after attempt until their deadline
+// — a dead peer must cost a caller one backoff, or a store client that tries it first stalls
+// every request of a failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_a_dead_server_fail_within_one_attempt() {
+    let server = hanging_server("127.0.0.1:0").await;
+    let addr = server.local_addr();
+    server.shutdown().await;
+    let client = RpcClient::new(addr.to_string(), client_config("cli"));
+    let deadline = 20 * SECOND;
+    let mut calls = tokio::task::JoinSet::new();
+    // Waves of callers, so that many arrive during backoffs and race for each attempt.
+    for _ in 0..10 {
+        for _ in 0..20 {
+            let client = client.clone();
+            calls.spawn(async move {
+                let started = Instant::now();
+                let result = client
+                    .call("echo", Bytes::from_static(b"x"), deadline)
+                    .await;
+                (result, started.elapsed())
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut slowest = Duration::ZERO;
+    while let Some(joined) = calls.join_next().await {
+        let (result, took) = joined.unwrap();
+        assert!(
+            matches!(result, Err(RpcError::Connect(_))),
+            "a call to a dead server: {result:?}"
+        );
+        slowest = slowest.max(took);
+    }
+    // One backoff is 500 ms at most; a call starved until its deadline would take 20 s.
+    assert!(
+        slowest < deadline / 4,
+        "a call waited {slowest:?} for a server that is down"
+    );
+}
