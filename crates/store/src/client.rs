@@ -85,8 +85,18 @@ impl StoreClient {
     /// `Refusal::Store` and `Refusal::Refused` end the request; other refusals move on.
     pub async fn call<T: serde::de::DeserializeOwned>(&self, op: &str, body: Vec<u8>) -> Reply<T> {
         let service = format!("store/{}/{op}", self.address.store);
-        let end = tokio::time::Instant::now() + self.deadline;
+        let started = tokio::time::Instant::now();
+        let end = started + self.deadline;
         let mut last = Refusal::Unavailable("no replica answered".into());
+        // What each attempt met, for the warning a slow call leaves.
+        let mut trail: Vec<String> = Vec::new();
+        let mut waits = 0u32;
+        let slow = |trail: &[String], waits: u32| {
+            let took = started.elapsed();
+            if took > Duration::from_secs(1) {
+                tracing::warn!(store = %self.address.store, %op, ?took, waits_for_another_probe = waits, attempts = ?trail, "slow store call");
+            }
+        };
         loop {
             if self.search.lost() && !self.search.claim() {
                 // Another request of this client is looking for the primary: wait for it.
@@ -95,17 +105,29 @@ impl StoreClient {
                     return Err(last);
                 }
                 let _ = tokio::time::timeout(PROBE_EVERY, found).await;
+                waits += 1;
                 if self.search.lost() {
                     continue;
                 }
             }
             let mut redirected = false;
             for addr in self.candidates() {
-                match self
+                let t = started.elapsed().as_millis();
+                let answer = self
                     .pool
                     .call(&addr, &service, body.clone(), self.attempt)
-                    .await
-                {
+                    .await;
+                if trail.len() < 64 {
+                    trail.push(format!(
+                        "{t}..{} ms {addr}: {}",
+                        started.elapsed().as_millis(),
+                        match &answer {
+                            Ok(_) => "answered".to_string(),
+                            Err(e) => e.to_string(),
+                        }
+                    ));
+                }
+                match answer {
                     Ok(bytes) => match decode::<Reply<T>>(&bytes, "reply") {
                         Ok(Ok(v)) => {
                             // The listener stands for the primary; remember a replica address only.
@@ -113,6 +135,7 @@ impl StoreClient {
                                 self.remember(Some(addr));
                             }
                             self.search.found();
+                            slow(&trail, waits);
                             return Ok(v);
                         }
                         Ok(Err(Refusal::NotPrimary { primary })) => {
@@ -129,6 +152,7 @@ impl StoreClient {
                         }
                         Ok(Err(e @ (Refusal::Store(_) | Refusal::Refused(_)))) => {
                             self.search.found();
+                            slow(&trail, waits);
                             return Err(e);
                         }
                         Ok(Err(e)) => last = e,
@@ -148,6 +172,7 @@ impl StoreClient {
                 }
             }
             if tokio::time::Instant::now() >= end {
+                slow(&trail, waits);
                 return Err(last);
             }
             if !redirected {
