@@ -9,6 +9,10 @@
 //! | `DELETE /api/v1/users/{aor}` | removes a user, its bindings, publications and subscriptions |
 //! | `PUT /api/v1/users/{aor}/password` `{password}` | changes a password |
 //! | `GET /api/v1/registrations/{aor}` | the user's current bindings |
+//! | `GET /api/v1/presence/{aor}` | the user's publications and the subscriptions to it |
+//! | `GET /api/v1/pools/{pool}/status` | a front-end pool's fabric state (servers, routing groups) |
+//! | `POST /api/v1/server/drain` | this pool server moves its primaries away and takes no new clients |
+//! | `POST /api/v1/server/resume` | ends a drain |
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! Passwords never reach the store: it keeps the digest HA1 values only.
@@ -57,6 +61,30 @@ pub struct BindingRow {
     pub cseq: u32,
 }
 
+/// `GET /api/v1/presence/{aor}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresenceRow {
+    pub aor: String,
+    pub publications: Vec<PublicationRow>,
+    pub watchers: Vec<WatcherRow>,
+}
+
+/// A publication as listed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublicationRow {
+    pub etag: String,
+    pub expires_in_s: u64,
+    pub bytes: usize,
+}
+
+/// A subscription to a presentity as listed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WatcherRow {
+    pub watcher: String,
+    pub call_id: String,
+    pub expires_in_s: u64,
+}
+
 /// `POST /api/v1/users`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewUser {
@@ -101,6 +129,9 @@ pub struct AdminState {
     /// Each store's backup share, when a log-shipping link names one: the default of
     /// `POST /api/v1/stores/{name}/backup`.
     pub backup_shares: std::collections::BTreeMap<String, std::path::PathBuf>,
+    /// The replicas of replicated stores this server holds (`server drain` moves their
+    /// primaries away too).
+    pub store_nodes: Vec<Arc<store::node::StoreNode>>,
 }
 
 /// The router of the admin API; every route is behind the token check.
@@ -111,6 +142,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/users/{aor}", axum::routing::delete(remove_user))
         .route("/api/v1/users/{aor}/password", put(set_password))
         .route("/api/v1/registrations/{aor}", get(registrations))
+        .route("/api/v1/presence/{aor}", get(presence))
+        .route("/api/v1/pools/{pool}/status", get(pool_status))
+        .route("/api/v1/server/drain", axum::routing::post(drain))
+        .route("/api/v1/server/resume", axum::routing::post(resume))
         .route("/api/v1/stores", get(list_stores))
         .route("/api/v1/logship", get(logship_status))
         .route(
@@ -220,6 +255,37 @@ impl AdminState {
             })
     }
 
+    /// This server's part of pool `name`.
+    fn pool(&self, name: &str) -> Result<&Arc<frontend::pool::PoolMember>, Failure> {
+        match self.frontend.as_ref().and_then(|f| f.pool.as_ref()) {
+            Some(p) if p.pool == name => Ok(p),
+            Some(p) => Err(Failure(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "server {} serves pool {}, not {name}: ask a server of {name}",
+                    self.info.server, p.pool
+                ),
+            )),
+            None => Err(Failure(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "server {} serves no pool with routing groups (a pool of one server keeps \
+                     its users' data in its store)",
+                    self.info.server
+                ),
+            )),
+        }
+    }
+
+    /// The store holding `aor`'s registrations, presence and subscriptions: its routing
+    /// group when this server is a front end of a pool with groups, else the user store.
+    fn data_store(&self, aor: &str) -> Result<&Store, Failure> {
+        match self.frontend.as_ref().and_then(|f| f.pool.as_ref()) {
+            Some(pool) => Ok(pool.store_of(aor)),
+            None => self.store(),
+        }
+    }
+
     fn aor(&self, input: &str) -> Result<(String, String), Failure> {
         normalize_aor(input, &self.domain).map_err(bad_request)
     }
@@ -285,14 +351,24 @@ async fn server(State(s): State<Arc<AdminState>>) -> Json<ServerInfo> {
 }
 
 async fn list_users(State(s): State<Arc<AdminState>>) -> Result<Json<Vec<UserRow>>, Failure> {
-    let users = s.store()?.users(frontend::now_ms()).await?;
+    let now = frontend::now_ms();
+    let users = s.store()?.users(now).await?;
+    // In a pool with routing groups, the bindings are in the groups: each lists its AORs.
+    let mut counts = std::collections::HashMap::new();
+    if let Some(pool) = s.frontend.as_ref().and_then(|f| f.pool.as_ref()) {
+        for group in &pool.groups {
+            for u in group.users(now).await? {
+                counts.insert(u.aor, u.bindings);
+            }
+        }
+    }
     Ok(Json(
         users
             .into_iter()
             .map(|u| UserRow {
+                bindings: counts.get(&u.aor).copied().unwrap_or(u.bindings),
                 aor: u.aor,
                 created_ms: u.created_ms,
-                bindings: u.bindings,
             })
             .collect(),
     ))
@@ -334,10 +410,34 @@ async fn remove_user(
     let (aor, _) = s.aor(&aor)?;
     s.store()?
         .apply(Command::RemoveUser {
-            aor,
+            aor: aor.clone(),
             now_ms: frontend::now_ms(),
         })
         .await?;
+    if let Some(f) = s.frontend.as_ref().filter(|f| f.pool.is_some()) {
+        // Its registrations, presence and subscriptions live in its routing group; watchers
+        // hear that it is gone.
+        let removed = s
+            .data_store(&aor)?
+            .apply(Command::RemoveUser {
+                aor: aor.clone(),
+                now_ms: frontend::now_ms(),
+            })
+            .await;
+        match removed {
+            Ok(applied) => frontend::send_notifies(f, applied.notify).await,
+            Err(e) => {
+                return Err(Failure(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{aor} is removed and can no longer sign in, but its routing group did \
+                         not drop its registrations ({e}): they expire by themselves, or run \
+                         the removal again"
+                    ),
+                ));
+            }
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -372,7 +472,8 @@ async fn registrations(
         ));
     }
     let now = frontend::now_ms();
-    let rows = store
+    let rows = s
+        .data_store(&aor)?
         .bindings(&aor, now)
         .await?
         .into_iter()
@@ -387,6 +488,109 @@ async fn registrations(
         })
         .collect();
     Ok(Json(rows))
+}
+
+async fn presence(
+    State(s): State<Arc<AdminState>>,
+    Path(aor): Path<String>,
+) -> Result<Json<PresenceRow>, Failure> {
+    let (aor, _) = s.aor(&aor)?;
+    if s.store()?.user(&aor).await?.is_none() {
+        return Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("user {aor} not found"),
+        ));
+    }
+    let now = frontend::now_ms();
+    let data = s.data_store(&aor)?;
+    let presence = data.presence(&aor, now).await?;
+    let watchers = data.watchers(&aor).await?;
+    Ok(Json(PresenceRow {
+        publications: presence
+            .publications
+            .into_iter()
+            .map(|p| PublicationRow {
+                etag: p.etag,
+                expires_in_s: p.expires_ms.saturating_sub(now).div_ceil(1000),
+                bytes: p.body.len(),
+            })
+            .collect(),
+        watchers: watchers
+            .into_iter()
+            .filter(|w| w.expires_ms > now)
+            .map(|w| WatcherRow {
+                watcher: w.watcher,
+                call_id: w.call_id,
+                expires_in_s: w.expires_ms.saturating_sub(now).div_ceil(1000),
+            })
+            .collect(),
+        aor,
+    }))
+}
+
+/// `POST /api/v1/server/drain`: every primary this server holds — routing groups and
+/// replicated stores — moves to a synchronized secondary, and the server takes no new clients.
+async fn drain(
+    State(s): State<Arc<AdminState>>,
+) -> Result<Json<frontend::pool::DrainReport>, Failure> {
+    let pool = s.frontend.as_ref().and_then(|f| f.pool.as_ref());
+    if pool.is_none() && s.store_nodes.is_empty() {
+        return Err(Failure(
+            StatusCode::CONFLICT,
+            format!(
+                "server {} leads no routing group and no store replica: there is nothing to \
+                 drain (stop it)",
+                s.info.server
+            ),
+        ));
+    }
+    let started = std::time::Instant::now();
+    let mut report = match pool {
+        Some(p) => p.drain().await,
+        None => frontend::pool::DrainReport {
+            server: s.info.server.clone(),
+            ..Default::default()
+        },
+    };
+    for node in &s.store_nodes {
+        let was_primary = node.is_primary();
+        match node.step_down().await {
+            Ok(Some(to)) if was_primary && to != s.info.server => {
+                report.stores_moved.push((node.name().to_string(), to))
+            }
+            Ok(_) if was_primary => report.stores_failed.push((
+                node.name().to_string(),
+                "no synchronized secondary took over".into(),
+            )),
+            Ok(_) => {}
+            Err(e) => report
+                .stores_failed
+                .push((node.name().to_string(), e.to_string())),
+        }
+    }
+    report.still_primary += s.store_nodes.iter().filter(|n| n.is_primary()).count() as u32;
+    report.took_ms = started.elapsed().as_millis() as u64;
+    Ok(Json(report))
+}
+
+/// `POST /api/v1/server/resume`.
+async fn resume(State(s): State<Arc<AdminState>>) -> Result<StatusCode, Failure> {
+    if let Some(p) = s.frontend.as_ref().and_then(|f| f.pool.as_ref()) {
+        p.resume();
+    }
+    for node in &s.store_nodes {
+        node.resume_elections();
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/pools/{pool}/status`, on a server of that pool.
+async fn pool_status(
+    State(s): State<Arc<AdminState>>,
+    Path(pool): Path<String>,
+) -> Result<Json<frontend::pool::PoolStatus>, Failure> {
+    let member = s.pool(&pool)?;
+    Ok(Json(member.status().await))
 }
 
 impl From<store::proto::Refusal> for Failure {

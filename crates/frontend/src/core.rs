@@ -84,7 +84,11 @@ pub fn random_hex(n: usize) -> String {
 /// The front end's shared state.
 pub struct Core {
     pub config: Config,
+    /// The pool's store: users and their credentials (and, outside a pool of several
+    /// servers, their registrations, presence and subscriptions too).
     pub store: Store,
+    /// The pool this server serves in, when its users live in routing groups.
+    pub pool: Option<Arc<crate::pool::PoolMember>>,
     pub transports: Transports,
     pub metrics: Metrics,
     server_txs: Mutex<ServerTransactions<Peer>>,
@@ -93,6 +97,8 @@ pub struct Core {
     pending: Mutex<HashMap<TxKey, oneshot::Sender<Response>>>,
     pub(crate) nonces: Mutex<Nonces>,
     started: Instant,
+    /// Requests being handled now (a graceful stop waits for them).
+    pub(crate) inflight: std::sync::atomic::AtomicUsize,
 }
 
 /// How a request we sent ended without a final response.
@@ -105,7 +111,12 @@ pub enum SendFailure {
 }
 
 impl Core {
-    pub(crate) fn new(config: Config, store: Store, transports: Transports) -> Core {
+    pub(crate) fn new(
+        config: Config,
+        store: Store,
+        pool: Option<Arc<crate::pool::PoolMember>>,
+        transports: Transports,
+    ) -> Core {
         let mut key = [0u8; 32];
         if getrandom::fill(&mut key).is_err() {
             tracing::error!("the operating system's random number generator failed");
@@ -124,10 +135,78 @@ impl Core {
             nonces: Mutex::new(nonces),
             metrics: Metrics::default(),
             started: Instant::now(),
+            inflight: std::sync::atomic::AtomicUsize::new(0),
             config,
             store,
+            pool,
             transports,
         }
+    }
+
+    /// The store holding `aor`'s registrations, presence publications and the subscriptions
+    /// to it: its routing group in a pool, else the pool's store.
+    pub fn data(&self, aor: &str) -> &Store {
+        match &self.pool {
+            Some(p) => p.store_of(aor),
+            None => &self.store,
+        }
+    }
+
+    /// Sends `req` (without a Via of ours) to a client's contact over the route it
+    /// registered with, through the server of the pool that holds the client when that is
+    /// another one, and waits for the final response (returned without our Via).
+    pub(crate) async fn deliver(
+        self: &Arc<Self>,
+        route: &store::Route,
+        contact: &str,
+        req: Request,
+    ) -> Result<Response, SendFailure> {
+        if let (Some(pool), Some(server)) = (&self.pool, transport::flow_server(&route.flow))
+            && server != self.config.server_name
+        {
+            let relayed = pool
+                .relay(
+                    server,
+                    crate::pool::DeliverRequest {
+                        route: route.clone(),
+                        contact: contact.to_string(),
+                        request: req.to_bytes().to_vec(),
+                    },
+                )
+                .await;
+            match relayed {
+                // The holding server is gone: a datagram can still be sent from here, and a
+                // client that listens on its contact can still be connected to.
+                Err(SendFailure::Unreachable(why)) => {
+                    tracing::debug!(%server, %why, "delivering from here instead");
+                }
+                other => return other,
+            }
+        }
+        self.deliver_here(route, contact, req).await
+    }
+
+    /// Delivers from this server.
+    pub(crate) async fn deliver_here(
+        self: &Arc<Self>,
+        route: &store::Route,
+        contact: &str,
+        mut req: Request,
+    ) -> Result<Response, SendFailure> {
+        let peer = self
+            .resolve(route, contact)
+            .await
+            .map_err(|e| SendFailure::Unreachable(e.0))?;
+        let (via, branch) = self.new_via(peer.transport());
+        req.headers.push_front("Via", via.to_wire());
+        if req.method == Method::Notify && req.headers.get("Contact").is_none() {
+            // In-dialog requests (a SUBSCRIBE refresh) come back to the server that sent it.
+            req.headers
+                .push("Contact", self.contact_uri(peer.transport()));
+        }
+        let mut resp = self.send_request(&req, &branch, &peer).await?;
+        resp.headers.remove_first("Via");
+        Ok(resp)
     }
 
     /// Monotonic milliseconds since start (transaction timers, nonces).
@@ -172,6 +251,21 @@ impl Core {
     }
 
     async fn on_request(self: Arc<Self>, req: Request, peer: Peer) {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        let started = Instant::now();
+        let (method, call_id) = (
+            req.method.clone(),
+            req.headers.get("Call-ID").unwrap_or_default().to_string(),
+        );
+        self.handle_request(req, peer).await;
+        let took = started.elapsed();
+        if took > Duration::from_secs(2) {
+            tracing::warn!(%method, %call_id, ?took, "slow request");
+        }
+        self.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    async fn handle_request(self: &Arc<Self>, req: Request, peer: Peer) {
         self.metrics.count_request(&req.method);
         if let Err(rej) = sip::validate_request(&req) {
             if req.method != Method::Ack {
@@ -218,7 +312,7 @@ impl Core {
                 return;
             }
         }
-        let resp = crate::handlers::dispatch(&self, &req, &peer).await;
+        let resp = crate::handlers::dispatch(self, &req, &peer).await;
         if let Some(resp) = resp {
             self.respond(&key, &peer, resp).await;
         }
@@ -362,7 +456,7 @@ impl Core {
                     .ok_or_else(|| Unreachable(format!("contact {contact} has no IP address")))?;
                 transport::connect(self, addr).await
             }
-            _ if route.flow == crate::transport::UDP_OUTBOUND => source(),
+            _ if crate::transport::is_udp_outbound(&route.flow) => source(),
             _ => match contact_addr(contact) {
                 Some(addr) => Ok(Peer::Udp(addr)),
                 None => source(),

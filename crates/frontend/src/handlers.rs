@@ -78,8 +78,15 @@ fn unsupported_extensions(req: &Request) -> Option<Response> {
     Some(reject(req, 420, "Bad Extension").with_header("Unsupported", required.join(", ")))
 }
 
+/// OPTIONS: what this server does — or, while it drains, 503 so that load balancers and
+/// clients that probe their registrars (as SIP dispatchers do) send new work elsewhere.
 fn options(core: &Core, req: &Request) -> Response {
-    let _ = core;
+    if core.pool.as_ref().is_some_and(|p| p.is_draining()) {
+        return req
+            .response(503, Some(&random_hex(4)))
+            .with_reason("Draining")
+            .with_header("Retry-After", "30");
+    }
     req.response(200, Some(&random_hex(4)))
         .with_header("Allow", ALLOW)
         .with_header("Accept", "application/pidf+xml, text/plain")

@@ -35,7 +35,7 @@ async fn message_inner(core: &Arc<Core>, req: &Request) -> Result<Response, Resp
         Err(e) => return Err(store_error(req, &e)),
     }
     let bindings = core
-        .store
+        .data(&target)
         .bindings(&target, now_ms())
         .await
         .map_err(|e| store_error(req, &e))?;
@@ -47,13 +47,7 @@ async fn message_inner(core: &Arc<Core>, req: &Request) -> Result<Response, Resp
         let core = core.clone();
         let mut fwd = req.clone();
         branches.spawn(async move {
-            let peer = match core.resolve(&b.route, &b.contact).await {
-                Ok(p) => p,
-                Err(e) => return Err(SendFailure::Unreachable(e.0)),
-            };
-            let (via, branch) = core.new_via(peer.transport());
             fwd.uri = b.contact.clone();
-            fwd.headers.push_front("Via", via.to_wire());
             fwd.headers
                 .set("Max-Forwards", (max_forwards - 1).to_string());
             // Our realm's credentials are for us, not for the recipient.
@@ -61,7 +55,7 @@ async fn message_inner(core: &Arc<Core>, req: &Request) -> Result<Response, Resp
             core.metrics
                 .messages_forwarded
                 .fetch_add(1, Ordering::Relaxed);
-            core.send_request(&fwd, &branch, &peer).await
+            core.deliver(&b.route, &b.contact, fwd).await
         });
     }
     let mut best: Option<Response> = None;
@@ -69,9 +63,8 @@ async fn message_inner(core: &Arc<Core>, req: &Request) -> Result<Response, Resp
     let mut unreachable = 0usize;
     while let Some(joined) = branches.join_next().await {
         match joined {
-            Ok(Ok(mut resp)) => {
-                // Strip our Via: the response continues to the sender.
-                resp.headers.remove_first("Via");
+            // Our Via is off already: the response continues to the sender.
+            Ok(Ok(resp)) => {
                 if (200..300).contains(&resp.status) {
                     // Let the other branches finish on their own; the sender has its answer.
                     branches.detach_all();

@@ -83,6 +83,7 @@ async fn publish_inner(core: &Arc<Core>, req: &Request) -> Result<Reply, Reply> 
     }
     presence_event(req)?;
     let expires = negotiate_expires(core, req)?;
+    let data = core.data(&presentity).clone();
     let now = now_ms();
     let new_etag = random_hex(8);
     let cmd = match req.headers.get("SIP-If-Match").map(str::trim) {
@@ -128,8 +129,7 @@ async fn publish_inner(core: &Arc<Core>, req: &Request) -> Result<Reply, Reply> 
             }
         }
     };
-    let applied = core
-        .store
+    let applied = data
         .apply(Command::Publish(cmd))
         .await
         .map_err(|e| store_error(req, &e))?;
@@ -203,6 +203,9 @@ async fn subscribe_inner(core: &Arc<Core>, req: &Request, peer: &Peer) -> Result
         None => None,
     };
     let now = now_ms();
+    // The subscription lives in the presentity's group: a new one names it in the
+    // Request-URI; a refresh (addressed to the server's contact) in its To header.
+    let group_key = to.uri.aor();
     let (cmd, local_tag) = match to.tag() {
         Some(local_tag) => (
             Subscribe::Refresh {
@@ -246,7 +249,7 @@ async fn subscribe_inner(core: &Arc<Core>, req: &Request, peer: &Peer) -> Result
             )
         }
     };
-    let applied = match core.store.apply(Command::Subscribe(cmd)).await {
+    let applied = match core.data(&group_key).apply(Command::Subscribe(cmd)).await {
         Ok(a) => a,
         Err(store::StoreError::NotFound(what)) if what.starts_with("subscription") => {
             return Err(reject(req, 481, "Subscription does not exist").into());
@@ -263,9 +266,9 @@ async fn subscribe_inner(core: &Arc<Core>, req: &Request, peer: &Peer) -> Result
     })
 }
 
-/// Sends NOTIFYs, concurrently; a watcher that answers 481 or never answers loses its
-/// subscription.
-pub(crate) async fn send_notifies(core: &Arc<Core>, notifies: Vec<Notify>) {
+/// Sends the NOTIFYs a change called for, concurrently, each through the server that holds
+/// its watcher; a watcher that answers 481 or never answers loses its subscription.
+pub async fn send_notifies(core: &Arc<Core>, notifies: Vec<Notify>) {
     let mut tasks = tokio::task::JoinSet::new();
     for n in notifies {
         let core = core.clone();
@@ -276,17 +279,7 @@ pub(crate) async fn send_notifies(core: &Arc<Core>, notifies: Vec<Notify>) {
 
 async fn send_notify(core: &Arc<Core>, n: Notify) {
     let sub = &n.subscription;
-    let peer = match core.resolve(&sub.route, &sub.contact).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::info!(watcher = %sub.watcher, error = %e.0, "watcher unreachable; ending its subscription");
-            end_subscription(core, &n).await;
-            return;
-        }
-    };
-    let (via, branch) = core.new_via(peer.transport());
     let mut req = Request::new(Method::Notify, sub.contact.clone());
-    req.headers.push("Via", via.to_wire());
     req.headers.push("Max-Forwards", "70");
     req.headers.push(
         "From",
@@ -299,8 +292,7 @@ async fn send_notify(core: &Arc<Core>, n: Notify) {
     req.headers.push("Call-ID", sub.call_id.clone());
     req.headers
         .push("CSeq", format!("{} NOTIFY", sub.notify_cseq));
-    req.headers
-        .push("Contact", core.contact_uri(peer.transport()));
+    // The Contact is added by the server that sends it (`Core::deliver_here`).
     req.headers.push("Event", "presence");
     let state = match &n.state {
         SubscriptionState::Active { expires_s } => format!("active;expires={expires_s}"),
@@ -311,7 +303,7 @@ async fn send_notify(core: &Arc<Core>, n: Notify) {
     req.headers.push("User-Agent", crate::SERVER_NAME);
     req.body = Bytes::from(pidf::compose(&n.presence));
     core.metrics.notifies_sent.fetch_add(1, Ordering::Relaxed);
-    match core.send_request(&req, &branch, &peer).await {
+    match core.deliver(&sub.route, &sub.contact, req).await {
         Ok(resp) if (200..300).contains(&resp.status) => {}
         Ok(resp) => {
             core.metrics.notifies_failed.fetch_add(1, Ordering::Relaxed);
@@ -323,7 +315,12 @@ async fn send_notify(core: &Arc<Core>, n: Notify) {
                 end_subscription(core, &n).await;
             }
         }
-        Err(SendFailure::Timeout) | Err(SendFailure::Unreachable(_)) => {
+        Err(SendFailure::Unreachable(why)) => {
+            tracing::info!(watcher = %sub.watcher, error = %why, "watcher unreachable; ending its subscription");
+            core.metrics.notifies_failed.fetch_add(1, Ordering::Relaxed);
+            end_subscription(core, &n).await;
+        }
+        Err(SendFailure::Timeout) => {
             core.metrics.notifies_failed.fetch_add(1, Ordering::Relaxed);
             end_subscription(core, &n).await;
         }
@@ -337,7 +334,7 @@ async fn end_subscription(core: &Core, n: &Notify) {
     let cmd = Command::Subscribe(Subscribe::End {
         id: n.subscription.id,
     });
-    if let Err(e) = core.store.apply(cmd).await {
+    if let Err(e) = core.data(&n.subscription.presentity).apply(cmd).await {
         tracing::warn!(error = %e, "could not end a subscription");
     }
 }

@@ -50,11 +50,11 @@ async fn register_inner(core: &Arc<Core>, req: &Request, peer: &Peer) -> Result<
     }
     let contacts = parse_contacts(req.headers.get_all("Contact"))
         .map_err(|e| reject(req, 400, &format!("bad Contact header: {e}")))?;
+    let data = core.data(&aor).clone();
     let now = now_ms();
     if contacts.is_empty() {
         // A query: list the bindings (step 8).
-        let bindings = core
-            .store
+        let bindings = data
             .bindings(&aor, now)
             .await
             .map_err(|e| store_error(req, &e))?;
@@ -124,11 +124,7 @@ async fn register_inner(core: &Arc<Core>, req: &Request, peer: &Peer) -> Result<
         max_contacts: settings.max_contacts_per_user,
         now_ms: now,
     });
-    let applied = core
-        .store
-        .apply(cmd)
-        .await
-        .map_err(|e| store_error(req, &e))?;
+    let applied = data.apply(cmd).await.map_err(|e| store_error(req, &e))?;
     let bindings = match &applied.outcome {
         Outcome::Bindings(b) => b.as_slice(),
         _ => &[],

@@ -74,6 +74,19 @@ pub struct Transports {
 /// The UDP flow of a client that asked to be reached at its source address.
 pub const UDP_OUTBOUND: &str = "udp-outbound";
 
+/// The server that holds the client a flow reaches, if the flow names one.
+pub fn flow_server(flow: &str) -> Option<&str> {
+    flow.split_once('/').map(|(server, _)| server)
+}
+
+/// Whether a UDP flow asks to be reached at the client's source address.
+pub fn is_udp_outbound(flow: &str) -> bool {
+    flow == UDP_OUTBOUND
+        || flow
+            .strip_suffix(UDP_OUTBOUND)
+            .is_some_and(|s| s.ends_with('/'))
+}
+
 /// Bytes queued per connection before the writer applies back-pressure.
 const CONN_QUEUE: usize = 1024;
 /// Time to establish an outbound connection.
@@ -134,13 +147,16 @@ impl Transports {
         }
     }
 
-    /// The flow stored with a binding or subscription made over this peer: the connection
-    /// for TCP; for UDP, [`UDP_OUTBOUND`] when the client asked to be reached at its source
-    /// address (RFC 5626), else empty (reach the contact address).
+    /// The flow stored with a binding or subscription made over this peer. It starts with
+    /// the name of the server that holds the client (its connection, or the socket its
+    /// datagrams reach), so any server of a pool can deliver to it through that one: TCP
+    /// `server/boot/connection`; UDP `server/udp-outbound` when the client asked to be
+    /// reached at its source address (RFC 5626), else `server/udp` (reach the contact
+    /// address). Flows written before pools (`""`, `udp-outbound`) name no server.
     pub fn flow_of(&self, server: &str, peer: &Peer, outbound: bool) -> String {
         match peer {
-            Peer::Udp(_) if outbound => UDP_OUTBOUND.to_string(),
-            Peer::Udp(_) => String::new(),
+            Peer::Udp(_) if outbound => format!("{server}/{UDP_OUTBOUND}"),
+            Peer::Udp(_) => format!("{server}/udp"),
             Peer::Tcp { conn, .. } => format!("{server}/{}/{conn}", self.boot),
         }
     }
@@ -235,6 +251,11 @@ pub async fn run_tcp_listener(core: Arc<Core>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
+                if core.pool.as_ref().is_some_and(|p| p.is_draining()) {
+                    // A draining server takes no new clients; the client tries its next one.
+                    drop(stream);
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 spawn_connection(core.clone(), stream, addr);
             }

@@ -213,6 +213,19 @@ impl Store {
         }
     }
 
+    /// The subscriptions to a presentity.
+    pub async fn watchers(&self, aor: &str) -> Result<Vec<Subscription>, StoreError> {
+        match self
+            .query(Query::Watchers {
+                aor: aor.to_string(),
+            })
+            .await?
+        {
+            QueryResult::Subscriptions(s) => Ok(s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The subscription of a dialog.
     pub async fn subscription_by_dialog(
         &self,

@@ -622,7 +622,35 @@ fn done() -> Result<Applied, StoreError> {
     })
 }
 
+/// Marks a database whose users live in another store (a front-end pool's routing group:
+/// its accounts stay in the pool's store, which the front end authenticated the request
+/// against). Such a database keeps registrations, presence and subscriptions of users it has
+/// no row for. Set when the database is created, before any command, on every replica alike.
+pub fn set_users_elsewhere(conn: &Connection) -> Result<(), StoreError> {
+    exec(
+        conn,
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('users_elsewhere', 1)",
+        [],
+    )?;
+    Ok(())
+}
+
+/// Whether the database's users live in another store (see [`set_users_elsewhere`]).
+pub fn users_elsewhere(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(one(
+        conn,
+        "SELECT value FROM meta WHERE key = 'users_elsewhere'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()?
+    .is_some_and(|v| v == 1))
+}
+
 fn require_user(tx: &Connection, aor: &str) -> Result<(), StoreError> {
+    if users_elsewhere(tx)? {
+        return Ok(());
+    }
     let found: Option<i64> = one(tx, "SELECT 1 FROM users WHERE aor = ?1", [aor], |r| {
         r.get(0)
     })
@@ -1195,6 +1223,7 @@ pub fn query(conn: &Connection, q: &Query) -> Result<QueryResult, StoreError> {
         Query::User { aor } => QueryResult::User(user(conn, aor)?),
         Query::Users { now_ms } => QueryResult::Users(users(conn, *now_ms)?),
         Query::Bindings { aor, now_ms } => QueryResult::Bindings(bindings(conn, aor, *now_ms)?),
+        Query::Watchers { aor } => QueryResult::Subscriptions(subscriptions_of(conn, aor)?),
         Query::Presence { aor, now_ms } => QueryResult::Presence(presence(conn, aor, *now_ms)?),
         Query::SubscriptionByDialog {
             call_id,
@@ -1262,7 +1291,23 @@ pub fn user(conn: &Connection, aor: &str) -> Result<Option<User>, StoreError> {
 }
 
 /// Every user, by AOR, with its count of unexpired bindings.
+///
+/// A routing group's database ([`set_users_elsewhere`]) has no users: it lists each AOR that
+/// has bindings, with their count (and no creation time).
 pub fn users(conn: &Connection, now_ms: u64) -> Result<Vec<UserSummary>, StoreError> {
+    if users_elsewhere(conn)? {
+        let mut stmt = conn.prepare(
+            "SELECT aor, count(*) FROM bindings WHERE expires_ms > ?1 GROUP BY aor ORDER BY aor",
+        )?;
+        let rows = stmt.query_map([ms(now_ms)], |r| {
+            Ok(UserSummary {
+                aor: r.get(0)?,
+                created_ms: 0,
+                bindings: r.get(1)?,
+            })
+        })?;
+        return Ok(rows.collect::<Result<_, _>>()?);
+    }
     let mut stmt = conn.prepare(
         "SELECT u.aor, u.created_ms, (SELECT count(*) FROM bindings b WHERE b.aor = u.aor AND b.expires_ms > ?1)
          FROM users u ORDER BY u.aor",

@@ -408,6 +408,10 @@ pub enum Query {
     Failovers {
         limit: u32,
     },
+    /// The subscriptions to a presentity.
+    Watchers {
+        aor: String,
+    },
 }
 
 /// What a query returns.
@@ -420,4 +424,5 @@ pub enum QueryResult {
     Subscription(Option<Box<Subscription>>),
     NextExpiry(Option<u64>),
     Failovers(Vec<FailoverEvent>),
+    Subscriptions(Vec<Subscription>),
 }

@@ -60,6 +60,19 @@ pub struct NodeConfig {
     /// the two data-holding members is not the principal now) holds it too, while the mirror
     /// is connected; without it the principal is "exposed".
     pub high_safety_mirroring: bool,
+    /// A front-end pool's routing group: the users live in the pool's store, so the group's
+    /// database keeps registrations, presence and subscriptions without user rows.
+    pub users_elsewhere: bool,
+}
+
+/// Opens the node's database.
+fn open_data(cfg: &NodeConfig) -> Result<SqliteMachine, StoreError> {
+    let path = cfg.dir.join("store.sqlite");
+    if cfg.users_elsewhere {
+        SqliteMachine::open_users_elsewhere(&path)
+    } else {
+        SqliteMachine::open(&path)
+    }
 }
 
 fn now_ms() -> u64 {
@@ -153,7 +166,7 @@ async fn open_replica(
     let machine = if me.witness {
         NodeMachine::Witness(WitnessMachine::new(cfg.dir.clone()))
     } else {
-        NodeMachine::Data(SqliteMachine::open(&cfg.dir.join("store.sqlite")).map_err(store_err)?)
+        NodeMachine::Data(open_data(cfg).map_err(store_err)?)
     };
     let raft_dir = if generation == 0 {
         cfg.dir.join("raft")
@@ -295,6 +308,43 @@ impl StoreNode {
             Ok(r) => r.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Stops this replica from becoming primary and, if it is the primary, hands the role to
+    /// the most advanced synchronous secondary with no data loss (`server drain`). Returns
+    /// the primary after it.
+    pub async fn step_down(&self) -> Reply<Option<String>> {
+        self.replica().set_elect(false);
+        let st = self.replica().status();
+        if st.role != Role::Leader {
+            let leader = st
+                .leader
+                .and_then(|id| st.voters.get(&id).map(|m| m.server.clone()));
+            return Ok(leader);
+        }
+        let st = self
+            .planned_failover(FailoverRequest {
+                to: None,
+                from: Some(self.cfg.me.clone()),
+            })
+            .await?;
+        Ok(st.primary)
+    }
+
+    /// Lets this replica campaign again after [`StoreNode::step_down`] (if its topology
+    /// allows it to fail over by itself).
+    pub fn resume_elections(&self) {
+        let elect = self
+            .cfg
+            .members
+            .iter()
+            .any(|m| m.server == self.cfg.me && m.sync && (m.automatic || m.witness));
+        self.replica().set_elect(elect);
+    }
+
+    /// Whether this replica is the primary now (and of the newest generation).
+    pub fn is_primary(&self) -> bool {
+        !self.fenced.load(Ordering::SeqCst) && self.replica().status().role == Role::Leader
     }
 
     /// The store's name.
@@ -1167,7 +1217,7 @@ impl StoreNode {
             }
         }
         let reopened = (|| -> Result<(), StoreError> {
-            let mut m = SqliteMachine::open(&self.cfg.dir.join("store.sqlite"))?;
+            let mut m = open_data(&self.cfg)?;
             m.forget_position()
         })();
         if let Err(e) = reopened {
@@ -1272,7 +1322,7 @@ impl StoreNode {
         self.release_listener().await;
         self.replica().shutdown().await;
         let wiped = (|| -> Result<(), StoreError> {
-            let mut m = SqliteMachine::open(&self.cfg.dir.join("store.sqlite"))?;
+            let mut m = open_data(&self.cfg)?;
             m.reset()
         })();
         if let Err(e) = wiped {

@@ -51,6 +51,14 @@ impl SqliteMachine {
         })
     }
 
+    /// Opens the database of a routing group, whose users live in the pool's store
+    /// ([`machine::set_users_elsewhere`]).
+    pub fn open_users_elsewhere(path: &Path) -> Result<SqliteMachine, StoreError> {
+        let m = SqliteMachine::open(path)?;
+        machine::set_users_elsewhere(&m.conn)?;
+        Ok(m)
+    }
+
     /// The database file (readers open it too).
     pub fn path(&self) -> &Path {
         &self.path

@@ -65,6 +65,7 @@ impl Cluster {
             election_timeout_min_ms: 250,
             election_timeout_max_ms: 500,
             high_safety_mirroring: false,
+            users_elsewhere: false,
         };
         let node = StoreNode::open(cfg, &server, pool).await.unwrap();
         self.nodes[i] = Some((node, server));

@@ -7,6 +7,7 @@
 
 mod client;
 mod lab;
+mod pools;
 mod server;
 mod stores;
 mod topo;
@@ -48,8 +49,15 @@ pub struct AdminTarget {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one server of a topology.
-    Server(server::Args),
+    /// Run one server of a topology (`--topology FILE --name SERVER`), or act on a running
+    /// one: `drain`, `resume`.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Server {
+        #[command(subcommand)]
+        action: Option<ServerAction>,
+        #[command(flatten)]
+        args: server::Args,
+    },
     /// Run a whole topology on this machine.
     Lab {
         #[command(subcommand)]
@@ -73,6 +81,13 @@ enum Command {
         target: AdminTarget,
         #[command(subcommand)]
         command: StoreCommand,
+    },
+    /// Front-end pools: fabric state of servers and routing groups.
+    Pool {
+        #[command(flatten)]
+        target: AdminTarget,
+        #[command(subcommand)]
+        command: PoolCommand,
     },
     /// Log shipping to a DR site.
     Logship {
@@ -102,6 +117,33 @@ enum TopologyCommand {
     Check { file: PathBuf },
     /// Print a topology file as tables.
     Show { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+pub enum ServerAction {
+    /// Moves every routing-group primary off SERVER (planned failovers, no data loss) and
+    /// stops it taking new clients (OPTIONS answer 503, new TCP connections are closed), so
+    /// it can be stopped without failing a request. Ends when the server restarts, or with
+    /// `server resume`. Its admin address: --admin, else the lab's record of SERVER.
+    Drain {
+        server: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Ends a drain: SERVER takes clients again and may become primary again.
+    Resume {
+        server: String,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PoolCommand {
+    /// Each server's health, each routing group's primary, secondaries and lag, and the
+    /// pool's state (healthy, degraded, partial-outage, down) with the reason. Exits 2 when
+    /// some group is not serving.
+    Status { name: String },
 }
 
 #[derive(Subcommand)]
@@ -271,7 +313,11 @@ pub enum UserCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Server(args) => server::run(args),
+        Command::Server {
+            action: Some(action),
+            ..
+        } => pools::server_action(action),
+        Command::Server { action: None, args } => server::run(args),
         Command::Lab {
             command: LabCommand::Up(args),
         } => lab::up(args),
@@ -285,6 +331,7 @@ fn main() -> ExitCode {
         Command::Registrations { target, aor } => client::registrations(&target, &aor),
         Command::Store { target, command } => stores::run(&target, command),
         Command::Logship { target, command } => stores::logship(&target, command),
+        Command::Pool { target, command } => pools::run(&target, command),
     };
     match result {
         Ok(code) => code,

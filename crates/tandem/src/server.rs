@@ -12,11 +12,11 @@ use topology::{Role, StoreMode, Topology};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The topology file.
-    #[arg(long)]
-    topology: PathBuf,
+    #[arg(long, required = true)]
+    topology: Option<PathBuf>,
     /// This server's name in the topology.
-    #[arg(long)]
-    name: String,
+    #[arg(long, required = true)]
+    name: Option<String>,
     /// This server's data directory (default: the topology's data_dir for it).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -45,6 +45,9 @@ pub struct Ready {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (Some(topology_file), Some(name)) = (args.topology.clone(), args.name.clone()) else {
+        bail!("`tandem server` needs --topology FILE and --name SERVER");
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             // openraft warns on every failed heartbeat to a dead peer: keep its errors only.
@@ -54,19 +57,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let topology = match topology::load(&args.topology) {
+    let topology = match topology::load(&topology_file) {
         Ok(t) => t,
         Err(diags) => {
             eprintln!("{diags}");
-            bail!("the topology {} is not valid", args.topology.display());
+            bail!("the topology {} is not valid", topology_file.display());
         }
     };
-    let Some(me) = topology.server(&args.name).cloned() else {
+    let Some(me) = topology.server(&name).cloned() else {
         let names: Vec<&str> = topology.servers.iter().map(|s| s.name.as_str()).collect();
         bail!(
             "server `{}` is not in the topology {} (its servers: {})",
-            args.name,
-            args.topology.display(),
+            name,
+            topology_file.display(),
             names.join(", ")
         );
     };
@@ -216,6 +219,7 @@ fn node_config(
         election_timeout_min_ms: replica::DEFAULT_ELECTION_TIMEOUT_MS.0,
         election_timeout_max_ms: replica::DEFAULT_ELECTION_TIMEOUT_MS.1,
         high_safety_mirroring: mirroring && high_safety,
+        users_elsewhere: false,
     })
 }
 
@@ -283,6 +287,103 @@ fn cluster_config(
         election_timeout_min_ms: store.lease_ms,
         election_timeout_max_ms: store.lease_ms * 5 / 3,
     })
+}
+
+/// A front end's part of its pool: a client of every routing group, and the replicas of the
+/// groups the placement gives this server (under `<data>/pools/<pool>/rg<N>`).
+async fn open_pool_member(
+    topology: &Topology,
+    pool: &topology::Pool,
+    me: &topology::Server,
+    data: &Path,
+    rpc: &rpc::RpcServer,
+    rpc_pool: &store::pool::RpcPool,
+    rpc_config: &rpc::ServerConfig,
+) -> anyhow::Result<Arc<frontend::pool::PoolMember>> {
+    let mut peers = std::collections::BTreeMap::new();
+    for name in &pool.servers {
+        let Some(addr) = topology.server(name).and_then(|s| s.rpc) else {
+            bail!(
+                "server `{name}` of pool `{}` has no rpc address: the servers of a pool replicate \
+                 their users' data to each other",
+                pool.name
+            );
+        };
+        peers.insert(name.clone(), addr.to_string());
+    }
+    let placement = frontend::pool::placement(
+        &pool.servers,
+        pool.routing_groups,
+        &std::collections::BTreeSet::new(),
+    );
+    let mut groups = Vec::new();
+    let mut clients = Vec::new();
+    let mut local = Vec::new();
+    for p in &placement {
+        let name = frontend::pool::group_name(&pool.name, p.group);
+        let members: Vec<store::node::MemberSpec> = p
+            .replicas
+            .iter()
+            .map(|server| store::node::MemberSpec {
+                server: server.clone(),
+                addr: peers.get(server).cloned().unwrap_or_default(),
+                sync: true,
+                automatic: true,
+                readable: false,
+                witness: false,
+            })
+            .collect();
+        let address = store::client::StoreAddress {
+            store: name.clone(),
+            listener: None,
+            replicas: members
+                .iter()
+                .map(|m| store::proto::Endpoint {
+                    server: m.server.clone(),
+                    addr: m.addr.clone(),
+                })
+                .collect(),
+        };
+        let client = store::client::StoreClient::new(address, rpc_pool.clone());
+        groups.push(store::Store::remote(client.clone()));
+        clients.push(client);
+        if p.replicas.contains(&me.name) {
+            let cfg = store::node::NodeConfig {
+                store: name.clone(),
+                mode: "routing-group".into(),
+                me: me.name.clone(),
+                members,
+                initial_primary: p.primary().to_string(),
+                dir: data
+                    .join("pools")
+                    .join(&pool.name)
+                    .join(format!("rg{}", p.group)),
+                listener: None,
+                rpc_server: rpc_config.clone(),
+                heartbeat_ms: replica::DEFAULT_HEARTBEAT_MS,
+                election_timeout_min_ms: replica::DEFAULT_ELECTION_TIMEOUT_MS.0,
+                election_timeout_max_ms: replica::DEFAULT_ELECTION_TIMEOUT_MS.1,
+                high_safety_mirroring: false,
+                users_elsewhere: true,
+            };
+            let node = store::node::StoreNode::open(cfg, rpc, rpc_pool.clone())
+                .await
+                .with_context(|| format!("cannot open routing group {name}"))?;
+            local.push((p.group, node));
+        }
+    }
+    tracing::info!(pool = %pool.name, groups = placement.len(), replicas_here = local.len(), "routing groups open");
+    Ok(Arc::new(frontend::pool::PoolMember {
+        pool: pool.name.clone(),
+        me: me.name.clone(),
+        servers: pool.servers.clone(),
+        groups,
+        clients,
+        local,
+        peers,
+        rpc: rpc_pool.clone(),
+        draining: std::sync::atomic::AtomicBool::new(false),
+    }))
 }
 
 async fn serve(
@@ -589,9 +690,17 @@ async fn serve(
         let mut config =
             frontend::Config::new(&me.name, &topology.sip_domain, me.sip_udp, me.sip_tcp);
         config.sip = topology.sip.clone();
-        let fe = frontend::Frontend::start(config, store.clone())
-            .await
-            .with_context(|| format!("cannot bind the SIP addresses of `{}`", me.name))?;
+        let fe = match (&rpc_server, &pool, &rpc_config) {
+            // A pool of several servers keeps its users' data in routing groups.
+            (Some(server), Some(rpc_pool), Some(rpc_config)) if pool_cfg.servers.len() > 1 => {
+                let member =
+                    open_pool_member(topology, pool_cfg, me, data, server, rpc_pool, rpc_config)
+                        .await?;
+                frontend::Frontend::start_in_pool(config, store.clone(), member, server).await
+            }
+            _ => frontend::Frontend::start(config, store.clone()).await,
+        }
+        .with_context(|| format!("cannot bind the SIP addresses of `{}`", me.name))?;
         tracing::info!(udp = ?fe.udp_addr(), tcp = ?fe.tcp_addr(), "SIP front end listening");
         user_store = Some(store);
         frontend = Some(fe);
@@ -635,6 +744,7 @@ async fn serve(
             .iter()
             .map(|l| (l.primary.clone(), beside_data(data, &l.share)))
             .collect(),
+        store_nodes: nodes.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, state));
     let ready = Ready {
@@ -660,7 +770,16 @@ async fn serve(
             }
         }
     }
-    drop(frontend);
+    let pool_member = frontend.as_ref().and_then(|f| f.core().pool.clone());
+    if let Some(fe) = frontend {
+        // Answer what was accepted before the groups' replicas go.
+        fe.shutdown(Duration::from_secs(10)).await;
+    }
+    if let Some(pool) = pool_member {
+        for (_, node) in &pool.local {
+            node.shutdown().await;
+        }
+    }
     for node in &nodes {
         node.shutdown().await;
     }

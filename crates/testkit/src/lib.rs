@@ -1,6 +1,7 @@
 //! Test harness for process tests: real `tandem server` processes on loopback with free
 //! ports, their admin API, a SIP user agent over real sockets, and SIPp runs.
 
+pub mod pool;
 pub mod replicated;
 pub mod sipp;
 pub mod ua;

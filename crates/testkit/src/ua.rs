@@ -182,10 +182,18 @@ impl Ua {
 
     /// Sends a request and waits for its final response, answering one digest challenge and
     /// retransmitting over UDP. Requests received meanwhile are kept for `expect_request`.
-    pub fn request(&mut self, mut req: Request) -> Response {
+    pub fn request(&mut self, req: Request) -> Response {
+        let method = req.method.clone();
+        self.request_within(req, Duration::from_secs(32))
+            .unwrap_or_else(|| panic!("no final response to {method} within 32 s"))
+    }
+
+    /// [`Ua::request`], giving up (`None`) when a transaction gets no final response within
+    /// `limit`.
+    pub fn request_within(&mut self, mut req: Request, limit: Duration) -> Option<Response> {
         let mut challenged = false;
         loop {
-            let resp = self.transact(&req);
+            let resp = self.transact_within(&req, limit)?;
             if (resp.status == 401 || resp.status == 407) && !challenged {
                 challenged = true;
                 let (challenge_header, auth_header) = if resp.status == 401 {
@@ -216,19 +224,25 @@ impl Ua {
                 req.headers.push_front("Via", self.via());
                 continue;
             }
-            return resp;
+            return Some(resp);
         }
     }
 
     /// Sends a request and waits for its final response (no authentication).
     pub fn transact(&mut self, req: &Request) -> Response {
+        self.transact_within(req, Duration::from_secs(32))
+            .unwrap_or_else(|| panic!("no final response to {} within 32 s", req.method))
+    }
+
+    /// [`Ua::transact`], giving up (`None`) after `limit`.
+    pub fn transact_within(&mut self, req: &Request, limit: Duration) -> Option<Response> {
         let bytes = req.to_bytes();
         let branch = Via::parse(req.headers.get("Via").expect("via"))
             .expect("our via")
             .branch()
             .map(str::to_string);
         self.send_raw(&bytes);
-        let deadline = Instant::now() + Duration::from_secs(32);
+        let deadline = Instant::now() + limit;
         let mut interval = Duration::from_millis(500);
         let mut next_retransmit = Instant::now() + interval;
         loop {
@@ -244,17 +258,15 @@ impl Ua {
                         .map(|v| v.branch().map(str::to_string) == branch)
                         .unwrap_or(false);
                     if matches && r.status >= 200 {
-                        return r;
+                        return Some(r);
                     }
                 }
                 Some(m @ Message::Request(_)) => self.backlog.push(m),
                 None => {}
             }
-            assert!(
-                Instant::now() < deadline,
-                "no final response to {} within 32 s",
-                req.method
-            );
+            if Instant::now() >= deadline {
+                return None;
+            }
             if self.transport() == "udp" && Instant::now() >= next_retransmit {
                 self.send_raw(&bytes);
                 interval = (interval * 2).min(Duration::from_secs(4));
@@ -271,6 +283,18 @@ impl Ua {
 
     /// Registers with a given Contact header value.
     pub fn register_with(&mut self, contact: &str, expires: u32) -> Response {
+        let r = self.register_request(contact, expires);
+        self.request(r)
+    }
+
+    /// Registers this UA's contact, giving up (`None`) after `limit` without an answer.
+    pub fn try_register(&mut self, expires: u32, limit: Duration) -> Option<Response> {
+        let contact = format!("<{}>", self.contact());
+        let r = self.register_request(&contact, expires);
+        self.request_within(r, limit)
+    }
+
+    fn register_request(&mut self, contact: &str, expires: u32) -> Request {
         let aor = self.aor();
         let call_id = self.register_call_id.clone();
         let mut r = self.build(
@@ -285,7 +309,7 @@ impl Ua {
             r.headers.push("Contact", contact);
         }
         r.headers.push("Expires", expires.to_string());
-        self.request(r)
+        r
     }
 
     /// Sends an instant message to `to_user`.
@@ -304,6 +328,22 @@ impl Ua {
 
     /// Publishes a PIDF document with a note; `etag` refreshes or modifies an earlier one.
     pub fn publish(&mut self, note: Option<&str>, etag: Option<&str>, expires: u32) -> Response {
+        let r = self.publish_request(note, etag, expires);
+        self.request(r)
+    }
+
+    /// Publishes a new document, giving up (`None`) after `limit` without an answer.
+    pub fn try_publish(
+        &mut self,
+        note: Option<&str>,
+        expires: u32,
+        limit: Duration,
+    ) -> Option<Response> {
+        let r = self.publish_request(note, None, expires);
+        self.request_within(r, limit)
+    }
+
+    fn publish_request(&mut self, note: Option<&str>, etag: Option<&str>, expires: u32) -> Request {
         let aor = self.aor();
         let mut r = self.build(
             Method::Publish,
@@ -320,7 +360,7 @@ impl Ua {
             r.headers.push("Content-Type", "application/pidf+xml");
             r.body = Bytes::from(pidf(&aor, note));
         }
-        self.request(r)
+        r
     }
 
     /// Subscribes to `user`'s presence. Returns the 200 (its To tag names the dialog).
@@ -331,6 +371,33 @@ impl Ua {
         to_tag: Option<&str>,
         expires: u32,
     ) -> Response {
+        let contact = self.contact();
+        let r = self.subscribe_request(user, call_id, to_tag, &contact, expires);
+        self.request(r)
+    }
+
+    /// Subscribes to `user`'s presence with NOTIFYs sent to `contact`, giving up (`None`)
+    /// after `limit` without an answer.
+    pub fn try_subscribe(
+        &mut self,
+        user: &str,
+        call_id: &str,
+        contact: &str,
+        expires: u32,
+        limit: Duration,
+    ) -> Option<Response> {
+        let r = self.subscribe_request(user, call_id, None, contact, expires);
+        self.request_within(r, limit)
+    }
+
+    fn subscribe_request(
+        &mut self,
+        user: &str,
+        call_id: &str,
+        to_tag: Option<&str>,
+        contact: &str,
+        expires: u32,
+    ) -> Request {
         let target = format!("sip:{user}@{}", self.domain);
         let mut r = self.build(Method::Subscribe, &target, &target, call_id);
         r.headers
@@ -338,11 +405,11 @@ impl Ua {
         if let Some(t) = to_tag {
             r.headers.set("To", format!("<{target}>;tag={t}"));
         }
-        r.headers.push("Contact", format!("<{}>", self.contact()));
+        r.headers.push("Contact", format!("<{contact}>"));
         r.headers.push("Event", "presence");
         r.headers.push("Accept", "application/pidf+xml");
         r.headers.push("Expires", expires.to_string());
-        self.request(r)
+        r
     }
 
     /// Waits for a request of `method` (answering nothing), up to `timeout`.

@@ -1,0 +1,555 @@
+//! Front-end pools (DESIGN.md §2, "Front-end pool", "Routing group"): users hashed into
+//! routing groups, each a replicated store on three of the pool's servers, and the relay that
+//! lets any server of the pool deliver to a client another server holds.
+//!
+//! - [`group_of`]: the stable hash of an address of record to its group.
+//! - [`placement`]: which servers hold each group, and which one starts as its primary.
+//! - [`PoolMember`]: a front end's part of its pool: a client of every group (the group's
+//!   replicas reach its primary wherever it is), the replicas this server holds, and the
+//!   peers' rpc addresses for delivery.
+//!
+//! A routing group is a `store::node::StoreNode` whose database keeps registrations,
+//! presence and subscriptions without user rows (the accounts stay in the pool's store): the
+//! same replication, failover records and status as an availability group's.
+
+use crate::core::SendFailure;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use store::Store;
+use store::client::StoreClient;
+use store::node::StoreNode;
+use store::pool::RpcPool;
+
+/// The rpc service a pool server answers to say it is up (and whether it drains).
+pub const HEALTH: &str = "frontend/health";
+
+/// Replicas of each routing group (fewer only in a pool of fewer servers).
+pub const REPLICAS: usize = 3;
+
+/// The rpc service through which a server delivers a request to a client it holds.
+pub const DELIVER: &str = "frontend/deliver";
+
+/// The routing group of an address of record: the first 8 bytes of its SHA-256, modulo the
+/// number of groups. Stable across versions and servers; the AOR is compared lowercased, as
+/// the registrar stores it.
+pub fn group_of(aor: &str, groups: u32) -> u32 {
+    let digest = sha2::Sha256::digest(aor.to_ascii_lowercase().as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(first) % u64::from(groups.max(1))) as u32
+}
+
+/// The name of a routing group's replica set (its `raft/…` and `store/…` services).
+pub fn group_name(pool: &str, group: u32) -> String {
+    format!("{pool}.rg{group}")
+}
+
+/// Where one routing group lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub group: u32,
+    /// The servers holding a replica, the preferred primary first.
+    pub replicas: Vec<String>,
+}
+
+impl Placement {
+    /// The server that starts the group (and is its preferred primary).
+    pub fn primary(&self) -> &str {
+        self.replicas.first().map_or("", String::as_str)
+    }
+}
+
+/// Where each of `groups` routing groups lives on `servers` (the pool's servers in topology
+/// order), leaving out the servers in `out` (lost for good, or removed).
+///
+/// Group `g` ranks the servers starting at `g` (mod N) and takes the first [`REPLICAS`] that
+/// are not out. So each server is the preferred primary of about G/N groups and holds about
+/// 3G/N replicas; a server that goes out is replaced, in each of its groups, by the next
+/// server of that group's ranking — a different one for each of the three groups a server
+/// shares a ranking window with, so its load spreads — and groups without it do not move.
+pub fn placement(servers: &[String], groups: u32, out: &BTreeSet<String>) -> Vec<Placement> {
+    let n = servers.len();
+    (0..groups)
+        .map(|g| {
+            let replicas = (0..n)
+                .map(|k| &servers[(g as usize + k) % n])
+                .filter(|s| !out.contains(*s))
+                .take(REPLICAS)
+                .cloned()
+                .collect();
+            Placement { group: g, replicas }
+        })
+        .collect()
+}
+
+/// What a server asks the server that holds a client to send it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliverRequest {
+    pub route: store::Route,
+    pub contact: String,
+    /// The SIP request, without a Via of ours: the holding server adds its own.
+    pub request: Vec<u8>,
+}
+
+/// Its answer: the final response (without the holding server's Via), or why there is none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum DeliverReply {
+    Response(Vec<u8>),
+    Timeout,
+    Unreachable(String),
+}
+
+/// A front end's part of its pool.
+pub struct PoolMember {
+    pub pool: String,
+    /// This server.
+    pub me: String,
+    /// The pool's servers, in topology order.
+    pub servers: Vec<String>,
+    /// A client of each routing group, by group id.
+    pub groups: Vec<Store>,
+    /// The same, as replica-set clients (status, planned failovers).
+    pub clients: Vec<StoreClient>,
+    /// The group replicas this server holds.
+    pub local: Vec<(u32, Arc<StoreNode>)>,
+    /// Every pool server's rpc address, this one's included.
+    pub peers: BTreeMap<String, String>,
+    pub rpc: RpcPool,
+    /// `server drain`: this server moves its primaries away and takes no new clients.
+    pub draining: AtomicBool,
+}
+
+impl PoolMember {
+    /// The group of `aor`.
+    pub fn group_of(&self, aor: &str) -> u32 {
+        group_of(aor, self.groups.len() as u32)
+    }
+
+    /// The store holding `aor`'s registrations, presence and subscriptions.
+    pub fn store_of(&self, aor: &str) -> &Store {
+        // `groups` is never empty: the topology gives a pool at least one group.
+        &self.groups[self.group_of(aor) as usize % self.groups.len()]
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Asks `server` to deliver a request to a client it holds.
+    pub(crate) async fn relay(
+        &self,
+        server: &str,
+        req: DeliverRequest,
+    ) -> Result<sip::Response, SendFailure> {
+        let Some(addr) = self.peers.get(server) else {
+            return Err(SendFailure::Unreachable(format!(
+                "{server} is not a server of pool {}",
+                self.pool
+            )));
+        };
+        let body = postcard::to_stdvec(&req)
+            .map_err(|e| SendFailure::Unreachable(format!("cannot encode a delivery: {e}")))?;
+        // The holding server's client transaction ends by timer F (64*T1); a little more here.
+        let limit = Duration::from_millis(64 * sip::transaction::T1_MS + 2_000);
+        let answer = self
+            .rpc
+            .call(addr, DELIVER, body, limit)
+            .await
+            .map_err(|e| SendFailure::Unreachable(format!("{server} cannot be reached: {e}")))?;
+        match postcard::from_bytes::<DeliverReply>(&answer) {
+            Ok(DeliverReply::Response(bytes)) => {
+                match sip::parse_message(&bytes, &sip::Limits::default()) {
+                    Ok(sip::Message::Response(r)) => Ok(r),
+                    _ => Err(SendFailure::Unreachable(format!(
+                        "{server} relayed a response that does not parse"
+                    ))),
+                }
+            }
+            Ok(DeliverReply::Timeout) => Err(SendFailure::Timeout),
+            Ok(DeliverReply::Unreachable(why)) => Err(SendFailure::Unreachable(why)),
+            Err(e) => Err(SendFailure::Unreachable(format!(
+                "{server} sent a delivery answer that does not decode: {e}"
+            ))),
+        }
+    }
+}
+
+/// What `server drain` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    pub server: String,
+    /// Groups whose primary moved away, with the new primary.
+    pub moved: Vec<(u32, String)>,
+    /// Groups whose primary could not move, and why.
+    pub failed: Vec<(u32, String)>,
+    /// Replicated stores whose primary moved away, with the new primary.
+    pub stores_moved: Vec<(String, String)>,
+    pub stores_failed: Vec<(String, String)>,
+    /// Groups and stores this server still leads (0 once drained).
+    pub still_primary: u32,
+    pub took_ms: u64,
+}
+
+/// One server as the pool sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerState {
+    pub server: String,
+    /// It answered over rpc just now.
+    pub healthy: bool,
+    pub draining: bool,
+    /// Groups it is the primary of.
+    pub primaries: u32,
+    /// Groups it holds a replica of (by placement).
+    pub replicas: u32,
+}
+
+/// One replica of a routing group, as the group's primary reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupReplica {
+    pub server: String,
+    pub healthy: bool,
+    pub synchronized: bool,
+    pub lag_entries: u64,
+    pub lag_ms: u64,
+}
+
+/// One routing group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupState {
+    pub id: u32,
+    pub name: String,
+    pub primary: Option<String>,
+    pub secondaries: Vec<String>,
+    /// It has a primary that answers: its users can register, publish and subscribe.
+    pub serving: bool,
+    /// Replicas of the group that are up and synchronized, of those placed.
+    pub healthy_replicas: u32,
+    pub placed_replicas: u32,
+    pub replicas: Vec<GroupReplica>,
+    /// The term of the current primary.
+    pub term: u64,
+    /// Why it is not serving, when it is not.
+    pub reason: Option<String>,
+    /// Its most recent failover, measured (RPO and RTO), if any.
+    pub last_failover: Option<store::FailoverEvent>,
+}
+
+/// The fabric state of a pool: `pool status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub pool: String,
+    /// `healthy`, `degraded` (every group serves, some replica or server is missing),
+    /// `partial-outage` (some groups do not serve) or `down` (none does).
+    pub state: String,
+    pub reason: String,
+    pub servers: Vec<ServerState>,
+    pub groups: Vec<GroupState>,
+    /// Servers up, and the number the classic pool-level quorum rule would ask for (Tandem
+    /// does not stop on it: each group serves while a majority of its replicas is up).
+    pub servers_up: u32,
+    pub classic_quorum: u32,
+}
+
+/// Skype for Business's pool-level quorum: the servers that must run for a pool of `n`
+/// (`research/sfb-hadr-facts.md` §1). Reported for operators who know it.
+pub fn classic_quorum(n: usize) -> u32 {
+    match n {
+        0 | 1 => n as u32,
+        2 => 1,
+        3 | 4 => 2,
+        5 | 6 => 3,
+        7..=9 => 4,
+        10..=12 => 5,
+        _ => 7,
+    }
+}
+
+impl PoolMember {
+    /// `server drain`: this server stops taking new clients (OPTIONS answer 503, new TCP
+    /// connections are closed), stops campaigning in its groups and hands every group it
+    /// leads to a synchronized secondary, with no data loss. Requests it still gets are
+    /// served (through the groups' new primaries). A restart ends the drain, as does
+    /// [`PoolMember::resume`].
+    pub async fn drain(&self) -> DrainReport {
+        let started = std::time::Instant::now();
+        self.draining.store(true, Ordering::SeqCst);
+        let mut moved = Vec::new();
+        let mut failed = Vec::new();
+        for (g, node) in &self.local {
+            let was_primary = node.is_primary();
+            match node.step_down().await {
+                Ok(Some(to)) if was_primary && to != self.me => moved.push((*g, to)),
+                Ok(_) if was_primary => {
+                    failed.push((*g, "no synchronized secondary took over".to_string()))
+                }
+                Ok(_) => {}
+                Err(e) => failed.push((*g, e.to_string())),
+            }
+        }
+        let still_primary = self.local.iter().filter(|(_, n)| n.is_primary()).count() as u32;
+        DrainReport {
+            server: self.me.clone(),
+            moved,
+            failed,
+            still_primary,
+            took_ms: started.elapsed().as_millis() as u64,
+            ..DrainReport::default()
+        }
+    }
+
+    /// Ends a drain: the server takes clients again and its replicas campaign again.
+    pub fn resume(&self) {
+        for (_, node) in &self.local {
+            node.resume_elections();
+        }
+        self.draining.store(false, Ordering::SeqCst);
+    }
+
+    /// The pool's fabric state as this server sees it now: every server asked over rpc,
+    /// every group's primary asked for its status, with a short deadline each.
+    pub async fn status(&self) -> PoolStatus {
+        let limit = Duration::from_secs(2);
+        let mut health = BTreeMap::new();
+        let asks = self.servers.iter().map(|server| {
+            let addr = self.peers.get(server).cloned().unwrap_or_default();
+            let rpc = self.rpc.clone();
+            async move {
+                let answer = rpc.call(&addr, HEALTH, Vec::new(), limit).await;
+                let draining = answer.as_ref().is_ok_and(|b| b.first() == Some(&1));
+                (server.clone(), answer.is_ok(), draining)
+            }
+        });
+        for (server, healthy, draining) in futures::future::join_all(asks).await {
+            health.insert(server, (healthy, draining));
+        }
+        let placed = placement(&self.servers, self.clients.len() as u32, &BTreeSet::new());
+        let groups = futures::future::join_all(
+            self.clients
+                .iter()
+                .zip(&placed)
+                .map(|(c, p)| group_state(c, p, limit)),
+        )
+        .await;
+        let servers: Vec<ServerState> = self
+            .servers
+            .iter()
+            .map(|s| {
+                let (healthy, draining) = health.get(s).copied().unwrap_or((false, false));
+                ServerState {
+                    server: s.clone(),
+                    healthy,
+                    draining,
+                    primaries: groups
+                        .iter()
+                        .filter(|g| g.primary.as_deref() == Some(s))
+                        .count() as u32,
+                    replicas: placed.iter().filter(|p| p.replicas.contains(s)).count() as u32,
+                }
+            })
+            .collect();
+        let servers_up = servers.iter().filter(|s| s.healthy).count() as u32;
+        let down: Vec<u32> = groups.iter().filter(|g| !g.serving).map(|g| g.id).collect();
+        let short: Vec<u32> = groups
+            .iter()
+            .filter(|g| g.serving && g.healthy_replicas < g.placed_replicas)
+            .map(|g| g.id)
+            .collect();
+        let missing: Vec<&str> = servers
+            .iter()
+            .filter(|s| !s.healthy)
+            .map(|s| s.server.as_str())
+            .collect();
+        let (state, reason) = if down.len() == groups.len() && !groups.is_empty() {
+            (
+                "down",
+                format!(
+                    "no routing group has a primary ({} of {} servers up): no user of the pool \
+                     can register; start the missing servers (`tandem pool start`)",
+                    servers_up,
+                    servers.len()
+                ),
+            )
+        } else if !down.is_empty() {
+            (
+                "partial-outage",
+                format!(
+                    "routing groups {down:?} have no primary (a majority of their replicas is \
+                     down): their users cannot register, publish or subscribe"
+                ),
+            )
+        } else if !short.is_empty() || !missing.is_empty() {
+            (
+                "degraded",
+                format!(
+                    "every group serves; servers down: {missing:?}; groups missing a \
+                     synchronized replica: {short:?}"
+                ),
+            )
+        } else {
+            (
+                "healthy",
+                "every server is up and every group fully replicated".to_string(),
+            )
+        };
+        PoolStatus {
+            pool: self.pool.clone(),
+            state: state.to_string(),
+            reason,
+            servers,
+            groups,
+            servers_up,
+            classic_quorum: classic_quorum(self.servers.len()),
+        }
+    }
+}
+
+async fn group_state(client: &StoreClient, placed: &Placement, limit: Duration) -> GroupState {
+    let mut c = client.clone();
+    c.deadline = limit;
+    c.attempt = limit;
+    let mut st = GroupState {
+        id: placed.group,
+        name: client.store().to_string(),
+        primary: None,
+        secondaries: Vec::new(),
+        serving: false,
+        healthy_replicas: 0,
+        placed_replicas: placed.replicas.len() as u32,
+        replicas: Vec::new(),
+        term: 0,
+        reason: None,
+        last_failover: None,
+    };
+    let mut status = match c.status().await {
+        Ok(s) => s,
+        Err(e) => {
+            st.reason = Some(format!("no replica answered: {e}"));
+            return st;
+        }
+    };
+    // A secondary's view names the primary; the primary's own has the replicas' progress.
+    if let Some(p) = status.primary.clone()
+        && p != status.reported_by
+        && let Some(addr) = client
+            .replicas()
+            .iter()
+            .find(|r| r.server == p)
+            .map(|r| r.addr.clone())
+        && let Ok(bytes) = c.ask(&addr, "status", Vec::new()).await
+        && let Ok(Ok(s)) =
+            store::proto::decode::<store::proto::Reply<store::proto::StoreStatus>>(&bytes, "status")
+    {
+        status = s;
+    }
+    st.term = status.term;
+    st.last_failover = status.failovers.first().cloned();
+    st.primary = status.primary.clone();
+    st.serving = status.primary.is_some() && status.primary.as_deref() == Some(&status.reported_by);
+    if !st.serving {
+        st.reason = Some(match &status.primary {
+            Some(p) => format!("its primary {p} does not answer"),
+            None => "no primary: a majority of its replicas is down".to_string(),
+        });
+    }
+    for r in &status.replicas {
+        if r.role == "primary" {
+            continue;
+        }
+        st.secondaries.push(r.server.clone());
+    }
+    st.replicas = status
+        .replicas
+        .iter()
+        .map(|r| GroupReplica {
+            server: r.server.clone(),
+            healthy: r.healthy,
+            synchronized: r.synchronized,
+            lag_entries: r.lag_entries,
+            lag_ms: r.lag_ms,
+        })
+        .collect();
+    st.healthy_replicas = if st.serving {
+        st.replicas
+            .iter()
+            .filter(|r| r.healthy && r.synchronized)
+            .count() as u32
+    } else {
+        0
+    };
+    st
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn servers(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("fe{i}")).collect()
+    }
+
+    #[test]
+    fn the_hash_is_stable_and_spreads_users() {
+        // Fixed values: a change of hash would move every user of a running pool.
+        assert_eq!(
+            group_of("alice@example.com", 16),
+            group_of("Alice@Example.com", 16)
+        );
+        let mut counts = [0u32; 16];
+        for i in 0..16_000 {
+            counts[group_of(&format!("user{i}@example.com"), 16) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn placement_balances_primaries_and_replicas() {
+        let s = servers(5);
+        let p = placement(&s, 20, &BTreeSet::new());
+        for server in &s {
+            let primaries = p.iter().filter(|g| g.primary() == server).count();
+            let replicas = p.iter().filter(|g| g.replicas.contains(server)).count();
+            assert_eq!((primaries, replicas), (4, 12), "{server}");
+        }
+        assert!(p.iter().all(|g| {
+            let set: BTreeSet<_> = g.replicas.iter().collect();
+            set.len() == REPLICAS
+        }));
+    }
+
+    #[test]
+    fn a_lost_server_moves_only_its_groups_and_spreads_them() {
+        let s = servers(6);
+        let before = placement(&s, 12, &BTreeSet::new());
+        let out: BTreeSet<String> = ["fe2".to_string()].into();
+        let after = placement(&s, 12, &out);
+        let mut took = BTreeMap::new();
+        for (b, a) in before.iter().zip(&after) {
+            if b.replicas.contains(&"fe2".to_string()) {
+                let added: Vec<_> = a
+                    .replicas
+                    .iter()
+                    .filter(|r| !b.replicas.contains(r))
+                    .collect();
+                assert_eq!(added.len(), 1, "{b:?} -> {a:?}");
+                *took.entry(added[0].clone()).or_insert(0) += 1;
+                assert!(!a.replicas.contains(&"fe2".to_string()));
+            } else {
+                assert_eq!(a, b, "a group without the lost server moved");
+            }
+        }
+        // fe2's six groups went to three different servers, two each.
+        assert_eq!(
+            took.values().copied().collect::<Vec<_>>(),
+            vec![2, 2, 2],
+            "{took:?}"
+        );
+    }
+}

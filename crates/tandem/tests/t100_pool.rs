@@ -1,0 +1,254 @@
+//! Front-end pools with real server processes: users' registrations, presence and
+//! subscriptions in routing groups replicated on three servers, clients on any server, and
+//! `kill -9` of a server under load — counting what was acknowledged and what survived.
+
+#![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+
+use sip::Method;
+use std::time::{Duration, Instant};
+use testkit::DOMAIN;
+use testkit::pool::{PoolLab, PoolLoad, lost};
+use testkit::ua::Ua;
+
+const EXE: &str = env!("CARGO_BIN_EXE_tandem");
+const TMP: &str = env!("CARGO_TARGET_TMPDIR");
+
+/// Every group of the pool has a primary that answers, as `via` sees it.
+fn all_serving(st: &serde_json::Value) -> bool {
+    st["groups"]
+        .as_array()
+        .is_some_and(|g| !g.is_empty() && g.iter().all(|g| g["serving"] == true))
+}
+
+/// A MESSAGE from a client on fe1 reaches a client whose TCP connection is on fe3; a watcher
+/// on fe2 hears of a publication made through fe1; the pool status shows every group with a
+/// primary and two secondaries, primaries spread over the servers.
+#[test]
+fn any_server_serves_every_user_of_the_pool() {
+    let pool = PoolLab::start(EXE.as_ref(), TMP, "pool_any_server", 3, 6, 20);
+    let st = pool.wait_status("fe1", "a healthy pool", |s| s["state"] == "healthy");
+    assert!(all_serving(&st), "{st}");
+    for g in st["groups"].as_array().unwrap() {
+        assert_eq!(g["secondaries"].as_array().unwrap().len(), 2, "{g}");
+    }
+    for s in st["servers"].as_array().unwrap() {
+        assert_eq!(
+            s["primaries"], 2,
+            "each of 3 servers leads 2 of 6 groups: {st}"
+        );
+    }
+
+    let mut alice = Ua::tcp(pool.sip("fe1"), "user0001", "pw", DOMAIN);
+    let mut bob = Ua::tcp(pool.sip("fe3"), "user0002", "pw", DOMAIN);
+    let mut carol = Ua::udp(pool.sip("fe2"), "user0003", "pw", DOMAIN);
+    assert_eq!(alice.register(600).status, 200);
+    assert_eq!(bob.register(600).status, 200);
+    assert_eq!(carol.register(600).status, 200);
+    // Bob's binding is in his group, whichever server reads it.
+    for via in ["fe1", "fe2", "fe3"] {
+        assert_eq!(
+            pool.contacts(via, "user0002").len(),
+            1,
+            "read through {via}"
+        );
+    }
+
+    // fe1 → bob's group → bob's connection, held by fe3.
+    let sender = std::thread::spawn(move || {
+        let resp = alice.message("user0002", "hello across the pool");
+        (resp.status, alice)
+    });
+    let msg = bob
+        .expect_request(Method::Message, Duration::from_secs(10))
+        .expect("bob gets the MESSAGE over his TCP connection to fe3");
+    assert_eq!(&msg.body[..], b"hello across the pool");
+    bob.respond(&msg, 200);
+    let (status, mut alice) = sender.join().unwrap();
+    assert_eq!(status, 200, "alice hears bob's 200");
+
+    // Carol watches alice through fe2; alice publishes through fe1.
+    let sub = carol.subscribe("user0001", "watch-alice@test", None, 600);
+    assert_eq!(sub.status, 200);
+    let first = carol
+        .expect_request(Method::Notify, Duration::from_secs(10))
+        .expect("the first NOTIFY");
+    carol.respond(&first, 200);
+    assert_eq!(alice.publish(Some("in the pool"), None, 600).status, 200);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = carol
+            .expect_request(
+                Method::Notify,
+                end.saturating_duration_since(Instant::now()),
+            )
+            .expect("a NOTIFY with alice's note");
+        carol.respond(&n, 200);
+        if String::from_utf8_lossy(&n.body).contains("in the pool") {
+            break;
+        }
+    }
+    let (pubs, watchers) = pool.presence("fe3", "user0001");
+    assert_eq!(
+        (pubs.len(), watchers.len()),
+        (1, 1),
+        "alice's group holds both"
+    );
+}
+
+/// `kill -9` of one of three servers under load from clients spread over all three: every
+/// acknowledged registration, publication and subscription is still held, clients of the
+/// dead server carry on through the others, and every group has a primary again.
+#[test]
+fn kill_9_of_one_server_loses_nothing_acknowledged() {
+    const USERS: usize = 3000;
+    let pool = PoolLab::start(EXE.as_ref(), TMP, "pool_kill9", 3, 6, USERS);
+    pool.wait_status("fe1", "every group serving", all_serving);
+    let servers = ["fe1", "fe2", "fe3"].map(|s| pool.sip(s)).to_vec();
+    let load = PoolLoad::start(servers, 6, USERS);
+    assert!(
+        load.wait_for(300, Duration::from_secs(60)),
+        "the load did not start"
+    );
+    let killed_at = Instant::now();
+    pool.signal("fe2", nix::sys::signal::Signal::SIGKILL);
+    let st = pool.wait_status("fe1", "every group serving without fe2", all_serving);
+    let recovered = killed_at.elapsed();
+    let before = load.done();
+    assert!(
+        load.wait_for(before + 600, Duration::from_secs(90)),
+        "the load did not go on after the kill"
+    );
+    let ops = load.stop();
+    let acked = ops.iter().filter(|o| o.status == 200).count();
+    let after: Vec<_> = ops.iter().filter(|o| o.sent >= killed_at).collect();
+    let failed_after = after.iter().filter(|o| o.status != 200).count();
+    eprintln!(
+        "kill -9 of fe2: {acked} acknowledged of {} requests; after the kill {failed_after} of {} \
+         attempts failed (each retried on the next server); every group serving again after {recovered:?}",
+        ops.len(),
+        after.len()
+    );
+    assert_eq!(st["state"], "degraded", "{st}");
+    let lost = lost(&pool, "fe1", &ops);
+    assert!(lost.is_empty(), "acknowledged changes lost: {lost:?}");
+    assert!(acked >= 900, "{acked} acknowledged");
+    // Each group that lost its primary recorded the failover, measured.
+    let ms = |f: &serde_json::Value, k: &str| f[k].as_u64().unwrap_or(0);
+    for g in st["groups"].as_array().unwrap() {
+        let f = &g["last_failover"];
+        if f.is_object() {
+            eprintln!(
+                "group {}: {} -> {}, detected->decided {} ms, detected->first write {} ms, {} lost",
+                g["id"],
+                f["from_server"],
+                f["to_server"],
+                ms(f, "decided_ms").saturating_sub(ms(f, "detected_ms")),
+                ms(f, "first_write_ms").saturating_sub(ms(f, "detected_ms")),
+                f["lost_transactions"]
+            );
+            assert_eq!(f["lost_transactions"], 0, "{f}");
+        }
+    }
+    // No change failed on every server: each was acknowledged by one, or its client was
+    // still trying others when the load stopped.
+    let users: std::collections::BTreeSet<_> = ops.iter().map(|o| &o.user).collect();
+    for user in users {
+        for m in ["REGISTER", "PUBLISH", "SUBSCRIBE"] {
+            let tries: Vec<_> = ops
+                .iter()
+                .filter(|o| &o.user == user && o.method == m)
+                .collect();
+            let since_kill: Vec<_> = tries
+                .iter()
+                .map(|o| {
+                    let at = |t: Instant| {
+                        t.saturating_duration_since(killed_at).as_millis() as i64
+                            - killed_at.saturating_duration_since(t).as_millis() as i64
+                    };
+                    (o.server.port(), o.status, at(o.sent), at(o.done))
+                })
+                .collect();
+            assert!(
+                tries.is_empty() || tries.iter().any(|o| o.status == 200) || tries.len() < 3,
+                "{user}: {m} failed on every server (port, status, sent and done in ms from \
+                 the kill): {since_kill:?}"
+            );
+        }
+    }
+}
+
+/// Waits up to 30 s for `cond`.
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < end, "not within 30 s: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A rolling restart of all three servers, each drained first (`tandem server drain`), under
+/// load from clients that a dispatcher sends to the servers that answer OPTIONS: no request
+/// fails and nothing acknowledged is lost.
+#[test]
+fn a_rolling_restart_with_drain_fails_no_request() {
+    const USERS: usize = 3000;
+    let pool = PoolLab::start(EXE.as_ref(), TMP, "pool_rolling", 3, 6, USERS);
+    pool.wait_status("fe1", "every group serving", all_serving);
+    let names = ["fe1", "fe2", "fe3"];
+    let load = PoolLoad::start_dispatched(names.map(|s| pool.sip(s)).to_vec(), 4, USERS);
+    assert!(
+        load.wait_for(150, Duration::from_secs(60)),
+        "the load did not start"
+    );
+    for (i, name) in names.iter().enumerate() {
+        let other = names[(i + 1) % names.len()];
+        pool.wait_status(
+            other,
+            &format!("a healthy pool before draining {name}"),
+            |s| s["state"] == "healthy",
+        );
+        let out = pool.cli(name, &["server", "drain", name, "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["still_primary"], 0, "{report}");
+        assert_eq!(report["failed"], serde_json::json!([]), "{report}");
+        let st = pool.status(other);
+        let leads = st["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["server"] == *name)
+            .unwrap()["primaries"]
+            .clone();
+        assert_eq!(leads, 0, "{name} leads no group once drained: {st}");
+        wait_until(&format!("the dispatcher takes {name} out"), || {
+            !load.is_live(i)
+        });
+        let done = load.done();
+        pool.signal(name, nix::sys::signal::Signal::SIGTERM);
+        pool.wait_exit(name);
+        pool.restart(name);
+        wait_until(&format!("the dispatcher takes {name} back"), || {
+            load.is_live(i)
+        });
+        assert!(
+            load.wait_for(done + 100, Duration::from_secs(60)),
+            "the load did not go on after the restart of {name}"
+        );
+    }
+    pool.wait_status("fe1", "a healthy pool after the rolling restart", |s| {
+        s["state"] == "healthy"
+    });
+    let notifies = load.notifies.clone();
+    let ops = load.stop();
+    let failed: Vec<_> = ops.iter().filter(|o| o.status != 200).collect();
+    eprintln!(
+        "rolling restart: {} requests, {} failed, {} NOTIFYs answered",
+        ops.len(),
+        failed.len(),
+        notifies.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    let lost = lost(&pool, "fe1", &ops);
+    assert!(lost.is_empty(), "acknowledged changes lost: {lost:?}");
+}
