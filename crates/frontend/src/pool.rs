@@ -352,52 +352,10 @@ impl PoolMember {
             })
             .collect();
         let servers_up = servers.iter().filter(|s| s.healthy).count() as u32;
-        let down: Vec<u32> = groups.iter().filter(|g| !g.serving).map(|g| g.id).collect();
-        let short: Vec<u32> = groups
-            .iter()
-            .filter(|g| g.serving && g.healthy_replicas < g.placed_replicas)
-            .map(|g| g.id)
-            .collect();
-        let missing: Vec<&str> = servers
-            .iter()
-            .filter(|s| !s.healthy)
-            .map(|s| s.server.as_str())
-            .collect();
-        let (state, reason) = if down.len() == groups.len() && !groups.is_empty() {
-            (
-                "down",
-                format!(
-                    "no routing group has a primary ({} of {} servers up): no user of the pool \
-                     can register; start the missing servers (`tandem pool start`)",
-                    servers_up,
-                    servers.len()
-                ),
-            )
-        } else if !down.is_empty() {
-            (
-                "partial-outage",
-                format!(
-                    "routing groups {down:?} have no primary (a majority of their replicas is \
-                     down): their users cannot register, publish or subscribe"
-                ),
-            )
-        } else if !short.is_empty() || !missing.is_empty() {
-            (
-                "degraded",
-                format!(
-                    "every group serves; servers down: {missing:?}; groups missing a \
-                     synchronized replica: {short:?}"
-                ),
-            )
-        } else {
-            (
-                "healthy",
-                "every server is up and every group fully replicated".to_string(),
-            )
-        };
+        let (state, reason) = fabric_state(&servers, &groups);
         PoolStatus {
             pool: self.pool.clone(),
-            state: state.to_string(),
+            state,
             reason,
             servers,
             groups,
@@ -405,6 +363,56 @@ impl PoolMember {
             classic_quorum: classic_quorum(self.servers.len()),
         }
     }
+}
+
+/// The pool's state and its reason, from its servers' health and its groups' state:
+/// `down` when no group serves, `partial-outage` when some do not, `degraded` when every
+/// group serves but a server or a synchronized replica is missing, else `healthy`.
+pub fn fabric_state(servers: &[ServerState], groups: &[GroupState]) -> (String, String) {
+    let down: Vec<u32> = groups.iter().filter(|g| !g.serving).map(|g| g.id).collect();
+    let short: Vec<u32> = groups
+        .iter()
+        .filter(|g| g.serving && g.healthy_replicas < g.placed_replicas)
+        .map(|g| g.id)
+        .collect();
+    let missing: Vec<&str> = servers
+        .iter()
+        .filter(|s| !s.healthy)
+        .map(|s| s.server.as_str())
+        .collect();
+    let (state, reason) = if down.len() == groups.len() && !groups.is_empty() {
+        (
+            "down",
+            format!(
+                "no routing group has a primary ({} of {} servers up): no user of the pool \
+                 can register; start the missing servers",
+                servers.iter().filter(|s| s.healthy).count(),
+                servers.len()
+            ),
+        )
+    } else if !down.is_empty() {
+        (
+            "partial-outage",
+            format!(
+                "routing groups {down:?} have no primary (a majority of their replicas is \
+                 down): their users cannot register, publish or subscribe"
+            ),
+        )
+    } else if !short.is_empty() || !missing.is_empty() {
+        (
+            "degraded",
+            format!(
+                "every group serves; servers down: {missing:?}; groups missing a \
+                 synchronized replica: {short:?}"
+            ),
+        )
+    } else {
+        (
+            "healthy",
+            "every server is up and every group fully replicated".to_string(),
+        )
+    };
+    (state.to_string(), reason)
 }
 
 async fn group_state(client: &StoreClient, placed: &Placement, limit: Duration) -> GroupState {
