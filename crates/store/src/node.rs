@@ -1600,14 +1600,25 @@ impl StoreNode {
             request: Some(random_id()),
             cmd: Command::RecordFailover(event),
         };
-        let id = match self.apply(env).await {
-            Ok(Applied {
-                outcome: Outcome::Recorded(id),
-                ..
-            }) => id,
-            other => {
-                tracing::warn!(store = %self.cfg.store, result = ?other, "could not record the failover");
-                return;
+        // Right after an election the first write can be refused (the new primary is still
+        // taking over, or a transfer under load moves on): try again, with the same request
+        // id so it is recorded once, while this replica is still the primary of that term.
+        let mut tries = 0;
+        let id = loop {
+            tries += 1;
+            match self.apply(env.clone()).await {
+                Ok(Applied {
+                    outcome: Outcome::Recorded(id),
+                    ..
+                }) => break id,
+                other => {
+                    let now = self.replica().status();
+                    if tries >= 50 || now.role != Role::Leader || now.term != st.term {
+                        tracing::warn!(store = %self.cfg.store, result = ?other, tries, "could not record the failover");
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         };
         // The record itself was the new primary's first committed write.
