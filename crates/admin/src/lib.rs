@@ -11,6 +11,7 @@
 //! | `GET /api/v1/registrations/{aor}` | the user's current bindings |
 //! | `GET /api/v1/presence/{aor}` | the user's publications and the subscriptions to it |
 //! | `GET /api/v1/pools/{pool}/status` | a front-end pool's fabric state (servers, routing groups) |
+//! | `POST /api/v1/pools/{pool}/groups/{id}/reset` `{accept_data_loss}` | recovers a group that lost its majority for good |
 //! | `POST /api/v1/server/drain` | this pool server moves its primaries away and takes no new clients |
 //! | `POST /api/v1/server/resume` | ends a drain |
 //! | `GET /metrics` | Prometheus text format |
@@ -144,6 +145,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/registrations/{aor}", get(registrations))
         .route("/api/v1/presence/{aor}", get(presence))
         .route("/api/v1/pools/{pool}/status", get(pool_status))
+        .route(
+            "/api/v1/pools/{pool}/groups/{id}/reset",
+            axum::routing::post(reset_group),
+        )
         .route("/api/v1/server/drain", axum::routing::post(drain))
         .route("/api/v1/server/resume", axum::routing::post(resume))
         .route("/api/v1/stores", get(list_stores))
@@ -526,6 +531,36 @@ async fn presence(
             .collect(),
         aor,
     }))
+}
+
+/// `POST /api/v1/pools/{pool}/groups/{id}/reset`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResetBody {
+    #[serde(default)]
+    pub accept_data_loss: bool,
+}
+
+async fn reset_group(
+    State(s): State<Arc<AdminState>>,
+    Path((pool, id)): Path<(String, String)>,
+    body: Body<ResetBody>,
+) -> Result<Json<frontend::pool::ResetReport>, Failure> {
+    let Json(req) =
+        body.map_err(|_| bad_request("expected a JSON body {\"accept_data_loss\": bool}"))?;
+    let id: u32 = id
+        .parse()
+        .map_err(|_| bad_request(format!("group {id:?} is not a group number")))?;
+    use frontend::pool::ResetRefusal;
+    match s.pool(&pool)?.reset_group(id, req.accept_data_loss).await {
+        Ok(report) => Ok(Json(report)),
+        Err(e @ ResetRefusal::NoSuchGroup(_)) => Err(Failure(StatusCode::NOT_FOUND, e.to_string())),
+        Err(e @ (ResetRefusal::Serving(_) | ResetRefusal::NoReplica(_))) => {
+            Err(Failure(StatusCode::CONFLICT, e.to_string()))
+        }
+        Err(e @ ResetRefusal::Failed(_)) => {
+            Err(Failure(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+        }
+    }
 }
 
 /// `POST /api/v1/server/drain`: every primary this server holds — routing groups and

@@ -24,6 +24,10 @@ use store::client::StoreClient;
 use store::node::StoreNode;
 use store::pool::RpcPool;
 
+/// A group's primary serves while a quorum acknowledged it this recently (heartbeats go
+/// every 100 ms; an election follows within a second of silence).
+const LEASE_FRESH_MS: u64 = 1_000;
+
 /// The rpc service a pool server answers to say it is up (and whether it drains).
 pub const HEALTH: &str = "frontend/health";
 
@@ -194,6 +198,47 @@ pub struct DrainReport {
     pub took_ms: u64,
 }
 
+/// What `pool reset-group` found, and did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetReport {
+    pub group: u32,
+    pub name: String,
+    /// The replicas that answered.
+    pub answering: Vec<String>,
+    /// The replicas that did not (lost, or down).
+    pub missing: Vec<String>,
+    /// The most advanced answering replica: the group's only member once reset.
+    pub chosen: String,
+    /// What it lacks, as far as it knows (its forced-service report).
+    pub loss: store::proto::ForceReport,
+    /// The reset was done (with `--accept-data-loss`); otherwise this is what it would do.
+    pub done: bool,
+    /// What to do next.
+    pub next: String,
+}
+
+/// Why `pool reset-group` did nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResetRefusal {
+    NoSuchGroup(String),
+    /// The group serves: nothing to reset.
+    Serving(String),
+    /// No replica answers: there is nothing to reset from.
+    NoReplica(String),
+    Failed(String),
+}
+
+impl std::fmt::Display for ResetRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResetRefusal::NoSuchGroup(m)
+            | ResetRefusal::Serving(m)
+            | ResetRefusal::NoReplica(m)
+            | ResetRefusal::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
 /// One server as the pool sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerState {
@@ -299,6 +344,111 @@ impl PoolMember {
             took_ms: started.elapsed().as_millis() as u64,
             ..DrainReport::default()
         }
+    }
+
+    /// `pool reset-group`: recovers a group that lost the majority of its replicas for good.
+    /// Its most advanced answering replica becomes the group's only member (a new generation,
+    /// as a store's forced service), after stating what it lacks; the replicas that come back
+    /// later are reseeded from it with `store add-replica`. Without `accept_data_loss`, only
+    /// says what it would do and lose.
+    pub async fn reset_group(
+        &self,
+        group: u32,
+        accept_data_loss: bool,
+    ) -> Result<ResetReport, ResetRefusal> {
+        let Some(client) = self.clients.get(group as usize) else {
+            return Err(ResetRefusal::NoSuchGroup(format!(
+                "pool {} has groups 0 to {}, not {group}",
+                self.pool,
+                self.clients.len().saturating_sub(1)
+            )));
+        };
+        let placed = placement(&self.servers, self.clients.len() as u32, &BTreeSet::new());
+        let Some(place) = placed.get(group as usize) else {
+            return Err(ResetRefusal::NoSuchGroup(format!("no group {group}")));
+        };
+        let limit = Duration::from_secs(2);
+        let state = group_state(client, place, limit).await;
+        if state.serving {
+            return Err(ResetRefusal::Serving(format!(
+                "group {group} serves (primary {}): there is nothing to reset. reset-group is \
+                 for a group that lost the majority of its replicas for good",
+                state.primary.unwrap_or_default()
+            )));
+        }
+        let ask = |addr: String, confirm: bool| {
+            let client = client.clone();
+            async move {
+                let bytes = client
+                    .ask(
+                        &addr,
+                        "force",
+                        store::proto::encode(&store::proto::ForceRequest { confirm }),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                store::proto::decode::<store::proto::Reply<store::proto::ForceReport>>(
+                    &bytes,
+                    "force report",
+                )
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+            }
+        };
+        let mut answering = Vec::new();
+        let mut missing = Vec::new();
+        for r in client.replicas() {
+            match ask(r.addr.clone(), false).await {
+                Ok(report) => answering.push((r.clone(), report)),
+                Err(_) => missing.push(r.server.clone()),
+            }
+        }
+        let Some((chosen, preview)) = answering
+            .iter()
+            .max_by_key(|(_, rep)| rep.last_applied)
+            .cloned()
+        else {
+            return Err(ResetRefusal::NoReplica(format!(
+                "no replica of group {group} answers ({}): start one of their servers. If all \
+                 of them are lost for good, the group can only start empty: stop those servers, \
+                 remove their pools/{}/rg{group} directories and start them; the group's users \
+                 register again",
+                missing.join(", "),
+                self.pool
+            )));
+        };
+        let loss = if accept_data_loss {
+            ask(chosen.addr.clone(), true)
+                .await
+                .map_err(ResetRefusal::Failed)?
+        } else {
+            preview
+        };
+        let next = if missing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "when {} {} back, add {} again: {}",
+                missing.join(" and "),
+                if missing.len() == 1 { "is" } else { "are" },
+                if missing.len() == 1 { "it" } else { "them" },
+                missing
+                    .iter()
+                    .map(|m| format!("`tandem store add-replica {} --server {m}`", client.store()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        Ok(ResetReport {
+            group,
+            name: client.store().to_string(),
+            answering: answering.iter().map(|(r, _)| r.server.clone()).collect(),
+            missing,
+            chosen: chosen.server.clone(),
+            done: accept_data_loss && loss.forced,
+            loss,
+            next,
+        })
     }
 
     /// Ends a drain: the server takes clients again and its replicas campaign again.
@@ -456,9 +606,18 @@ async fn group_state(client: &StoreClient, placed: &Placement, limit: Duration) 
     st.term = status.term;
     st.last_failover = status.failovers.first().cloned();
     st.primary = status.primary.clone();
-    st.serving = status.primary.is_some() && status.primary.as_deref() == Some(&status.reported_by);
+    let answers =
+        status.primary.is_some() && status.primary.as_deref() == Some(&status.reported_by);
+    // A primary that lost its majority still calls itself primary, but takes no write: its
+    // lease (a quorum's last acknowledgement) must be fresh.
+    let lease_fresh = status.lease_age_ms.is_some_and(|a| a < LEASE_FRESH_MS);
+    st.serving = answers && lease_fresh;
     if !st.serving {
         st.reason = Some(match &status.primary {
+            Some(p) if answers => format!(
+                "its primary {p} has not heard from a majority of its replicas for {} ms",
+                status.lease_age_ms.unwrap_or(0)
+            ),
             Some(p) => format!("its primary {p} does not answer"),
             None => "no primary: a majority of its replicas is down".to_string(),
         });

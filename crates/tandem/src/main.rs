@@ -144,6 +144,15 @@ pub enum PoolCommand {
     /// pool's state (healthy, degraded, partial-outage, down) with the reason. Exits 2 when
     /// some group is not serving.
     Status { name: String },
+    /// Recovers a routing group that lost the majority of its replicas for good: its most
+    /// advanced surviving replica becomes the only member, after stating what it lacks.
+    /// Without --accept-data-loss, only says what it would do and lose (and exits 2).
+    ResetGroup {
+        name: String,
+        group: u32,
+        #[arg(long)]
+        accept_data_loss: bool,
+    },
 }
 
 #[derive(Subcommand)]

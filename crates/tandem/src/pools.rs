@@ -130,6 +130,55 @@ pub fn run(target: &AdminTarget, command: PoolCommand) -> anyhow::Result<ExitCod
                 _ => ExitCode::from(2),
             })
         }
+        PoolCommand::ResetGroup {
+            name,
+            group,
+            accept_data_loss,
+        } => {
+            let r = admin.ok(
+                "POST",
+                &format!("/api/v1/pools/{name}/groups/{group}/reset"),
+                Some(serde_json::json!({ "accept_data_loss": accept_data_loss })),
+            )?;
+            if target.json {
+                println!("{r}");
+            } else {
+                let loss = &r["loss"];
+                println!(
+                    "group {} ({}): replicas answering {}, missing {}",
+                    text(&r, "group"),
+                    text(&r, "name"),
+                    r["answering"],
+                    r["missing"]
+                );
+                println!(
+                    "{} {} holds everything up to position {}; it lacks {} committed \
+                     transactions ({}) as far as it knows, and anything committed after its last \
+                     contact with the primary",
+                    if r["done"].as_bool() == Some(true) {
+                        "reset: the group serves again from"
+                    } else {
+                        "would reset the group to"
+                    },
+                    text(&r, "chosen"),
+                    text(loss, "last_applied"),
+                    text(loss, "lost_transactions"),
+                    text(loss, "lost_positions"),
+                );
+                if r["done"].as_bool() != Some(true) {
+                    println!("nothing changed: run again with --accept-data-loss to reset it");
+                }
+                let next = text(&r, "next");
+                if !next.is_empty() && next != "-" {
+                    println!("{next}");
+                }
+            }
+            Ok(if r["done"].as_bool() == Some(true) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
     }
 }
 

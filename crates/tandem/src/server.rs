@@ -696,6 +696,11 @@ async fn serve(
                 let member =
                     open_pool_member(topology, pool_cfg, me, data, server, rpc_pool, rpc_config)
                         .await?;
+                // The groups are replica sets like a store's: `tandem store status|failover|
+                // add-replica|…` work on them by name (pool1.rg3).
+                for c in &member.clients {
+                    clients.insert(c.store().to_string(), c.clone());
+                }
                 frontend::Frontend::start_in_pool(config, store.clone(), member, server).await
             }
             _ => frontend::Frontend::start(config, store.clone()).await,

@@ -252,3 +252,119 @@ fn a_rolling_restart_with_drain_fails_no_request() {
     let lost = lost(&pool, "fe1", &ops);
     assert!(lost.is_empty(), "acknowledged changes lost: {lost:?}");
 }
+
+/// `kill -9` of two of three servers stops every group (each has two of its three replicas on
+/// them) and the pool reports `down`. `pool reset-group` states what the surviving replica
+/// lacks and changes nothing without `--accept-data-loss`; with it the group serves again
+/// from fe1 alone, with what was acknowledged before; once fe2 is back, `store add-replica`
+/// reseeds fe2's old replica from it.
+#[test]
+fn reset_group_recovers_a_group_that_lost_its_majority() {
+    let pool = PoolLab::start(EXE.as_ref(), TMP, "pool_reset", 3, 3, 30);
+    pool.wait_status("fe1", "a healthy pool", |s| s["state"] == "healthy");
+    let g = frontend::pool::group_of(&format!("sip:user0001@{DOMAIN}"), 3);
+    let mut before = Vec::new();
+    for i in 1..=30 {
+        let user = format!("user{i:04}");
+        if frontend::pool::group_of(&format!("sip:{user}@{DOMAIN}"), 3) != g {
+            continue;
+        }
+        let mut ua = Ua::udp(pool.sip("fe1"), &user, "pw", DOMAIN);
+        assert_eq!(ua.register(600).status, 200);
+        before.push((user, ua.contact()));
+    }
+    pool.signal("fe2", nix::sys::signal::Signal::SIGKILL);
+    pool.signal("fe3", nix::sys::signal::Signal::SIGKILL);
+    let st = pool.wait_status("fe1", "the pool down", |s| s["state"] == "down");
+    assert_eq!(st["servers_up"], 1, "{st}");
+
+    // Without the flag: what it would do, and nothing changes.
+    let group = g.to_string();
+    let out = pool.cli("fe1", &["pool", "reset-group", "pool1", &group]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text.contains("would reset the group to fe1") && text.contains("nothing changed"),
+        "{text}"
+    );
+    assert_eq!(pool.status("fe1")["state"], "down");
+
+    let out = pool.cli(
+        "fe1",
+        &[
+            "pool",
+            "reset-group",
+            "pool1",
+            &group,
+            "--accept-data-loss",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["done"], true, "{report}");
+    assert_eq!(report["chosen"], "fe1", "{report}");
+    assert_eq!(
+        report["missing"],
+        serde_json::json!(["fe2", "fe3"]),
+        "{report}"
+    );
+    assert!(
+        report["next"]
+            .as_str()
+            .unwrap()
+            .contains("store add-replica"),
+        "{report}"
+    );
+    let st = pool.wait_status("fe1", "the reset group serving", |s| {
+        s["groups"][g as usize]["serving"] == true
+    });
+    assert_eq!(
+        st["state"], "partial-outage",
+        "the other groups still have no majority: {st}"
+    );
+    // What was acknowledged before is there, unless the report says it was lost.
+    if report["loss"]["lost_transactions"] == 0 {
+        for (user, contact) in &before {
+            let bound = pool.contacts("fe1", user);
+            assert!(
+                bound
+                    .iter()
+                    .any(|c| c.split(';').next() == contact.split(';').next()),
+                "{user} lost its registration: {bound:?}"
+            );
+        }
+    }
+    let mut ua = Ua::udp(pool.sip("fe1"), &before[0].0, "pw", DOMAIN);
+    assert_eq!(ua.register(600).status, 200, "the group takes writes again");
+
+    // fe2 comes back: the other groups have their majority again; the reset group takes
+    // fe2's replica back once told to.
+    pool.restart("fe2");
+    let out = pool.cli(
+        "fe1",
+        &[
+            "store",
+            "add-replica",
+            &format!("pool1.rg{g}"),
+            "--server",
+            "fe2",
+            "--commit",
+            "sync",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let st = pool.wait_status("fe1", "every group serving with fe2", |s| {
+        all_serving(s)
+            && s["groups"][g as usize]["replicas"]
+                .as_array()
+                .is_some_and(|r| {
+                    r.iter()
+                        .any(|r| r["server"] == "fe2" && r["synchronized"] == true)
+                })
+    });
+    assert_eq!(st["state"], "degraded", "fe3 is still down: {st}");
+    for (user, _) in &before {
+        assert!(!pool.contacts("fe2", user).is_empty(), "{user} through fe2");
+    }
+}
