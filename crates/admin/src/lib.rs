@@ -12,6 +12,7 @@
 //! | `GET /api/v1/presence/{aor}` | the user's publications and the subscriptions to it |
 //! | `GET /api/v1/pools/{pool}/status` | a front-end pool's fabric state (servers, routing groups) |
 //! | `POST /api/v1/pools/{pool}/groups/{id}/reset` `{accept_data_loss}` | recovers a group that lost its majority for good |
+//! | `POST /api/v1/pools/{pool}/start` `{wait_s}` | waits for every group to have a primary; says what is missing |
 //! | `POST /api/v1/server/drain` | this pool server moves its primaries away and takes no new clients |
 //! | `POST /api/v1/server/resume` | ends a drain |
 //! | `GET /metrics` | Prometheus text format |
@@ -148,6 +149,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route(
             "/api/v1/pools/{pool}/groups/{id}/reset",
             axum::routing::post(reset_group),
+        )
+        .route(
+            "/api/v1/pools/{pool}/start",
+            axum::routing::post(pool_start),
         )
         .route("/api/v1/server/drain", axum::routing::post(drain))
         .route("/api/v1/server/resume", axum::routing::post(resume))
@@ -531,6 +536,30 @@ async fn presence(
             .collect(),
         aor,
     }))
+}
+
+/// `POST /api/v1/pools/{pool}/start`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartBody {
+    #[serde(default)]
+    pub wait_s: u64,
+}
+
+async fn pool_start(
+    State(s): State<Arc<AdminState>>,
+    Path(pool): Path<String>,
+    body: Body<StartBody>,
+) -> Result<Json<frontend::pool::StartReport>, Failure> {
+    let Json(req) = body.map_err(|_| bad_request("expected a JSON body {\"wait_s\": seconds}"))?;
+    if req.wait_s > 600 {
+        return Err(bad_request("wait_s is at most 600"));
+    }
+    let member = s.pool(&pool)?;
+    Ok(Json(
+        member
+            .start(std::time::Duration::from_secs(req.wait_s))
+            .await,
+    ))
 }
 
 /// `POST /api/v1/pools/{pool}/groups/{id}/reset`.

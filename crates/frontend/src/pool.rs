@@ -198,6 +198,57 @@ pub struct DrainReport {
     pub took_ms: u64,
 }
 
+/// What `pool start` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartReport {
+    pub pool: String,
+    /// Every group has a primary with a fresh lease.
+    pub started: bool,
+    pub took_ms: u64,
+    pub servers_up: Vec<String>,
+    pub servers_down: Vec<String>,
+    /// Groups without a majority of their replicas up.
+    pub groups_without_quorum: Vec<u32>,
+    /// Servers to start so that every group has a majority (the fewest this finds).
+    pub start_these: Vec<String>,
+    pub message: String,
+    /// The pool's state when the wait ended.
+    pub status: PoolStatus,
+}
+
+/// The servers to start so that every group has a majority of its replicas up, found
+/// greedily (the server completing the most groups first): at most the fewest plus a little.
+pub fn servers_for_quorum(placed: &[Placement], up: &BTreeSet<String>) -> Vec<String> {
+    let mut up = up.clone();
+    let mut chosen = Vec::new();
+    loop {
+        let short: Vec<&Placement> = placed
+            .iter()
+            .filter(|p| {
+                p.replicas.iter().filter(|r| up.contains(*r)).count() * 2 <= p.replicas.len()
+            })
+            .collect();
+        if short.is_empty() {
+            return chosen;
+        }
+        let mut gain: BTreeMap<&String, usize> = BTreeMap::new();
+        for p in &short {
+            for r in p.replicas.iter().filter(|r| !up.contains(*r)) {
+                *gain.entry(r).or_default() += 1;
+            }
+        }
+        let Some((best, _)) = gain
+            .into_iter()
+            .max_by_key(|(s, n)| (*n, std::cmp::Reverse(*s)))
+        else {
+            return chosen;
+        };
+        let best = best.clone();
+        up.insert(best.clone());
+        chosen.push(best);
+    }
+}
+
 /// What `pool reset-group` found, and did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResetReport {
@@ -451,6 +502,82 @@ impl PoolMember {
         })
     }
 
+    /// `pool start`: waits (up to `wait`) until every group has a primary, as the pool's
+    /// servers come up; when they do not all, says which servers are down, which groups lack
+    /// a majority, and which servers to start for every group to have one. The servers
+    /// themselves are started by whatever runs them (a service manager, `tandem lab`).
+    pub async fn start(&self, wait: Duration) -> StartReport {
+        let started = std::time::Instant::now();
+        let mut status = self.status().await;
+        while !status.groups.iter().all(|g| g.serving) && started.elapsed() < wait {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            status = self.status().await;
+        }
+        let up: BTreeSet<String> = status
+            .servers
+            .iter()
+            .filter(|s| s.healthy)
+            .map(|s| s.server.clone())
+            .collect();
+        let down: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|s| !up.contains(*s))
+            .cloned()
+            .collect();
+        let placed = placement(&self.servers, self.clients.len() as u32, &BTreeSet::new());
+        let without: Vec<u32> = placed
+            .iter()
+            .filter(|p| {
+                p.replicas.iter().filter(|r| up.contains(*r)).count() * 2 <= p.replicas.len()
+            })
+            .map(|p| p.group)
+            .collect();
+        let start_these = servers_for_quorum(&placed, &up);
+        let ok = status.groups.iter().all(|g| g.serving);
+        let message = if ok {
+            format!(
+                "pool {} serves: every group has a primary ({} of {} servers up)",
+                self.pool,
+                up.len(),
+                self.servers.len()
+            )
+        } else if start_these.is_empty() {
+            format!(
+                "every group has a majority of its servers up, but groups {:?} have no primary \
+                 yet: they are electing or catching up; wait, then see `pool status`",
+                status
+                    .groups
+                    .iter()
+                    .filter(|g| !g.serving)
+                    .map(|g| g.id)
+                    .collect::<Vec<_>>()
+            )
+        } else {
+            format!(
+                "pool {} cannot serve every user: {} of {} servers are up, and groups {without:?} \
+                 lack a majority of their replicas. Start {} more: {}. If a server is lost for \
+                 good, `pool reset-group` recovers a group from what remains",
+                self.pool,
+                up.len(),
+                self.servers.len(),
+                start_these.len(),
+                start_these.join(", ")
+            )
+        };
+        StartReport {
+            pool: self.pool.clone(),
+            started: ok,
+            took_ms: started.elapsed().as_millis() as u64,
+            servers_up: up.into_iter().collect(),
+            servers_down: down,
+            groups_without_quorum: without,
+            start_these,
+            message,
+            status,
+        }
+    }
+
     /// Ends a drain: the server takes clients again and its replicas campaign again.
     pub fn resume(&self) {
         for (_, node) in &self.local {
@@ -674,6 +801,23 @@ mod tests {
             counts.iter().all(|&c| (800..1200).contains(&c)),
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn the_servers_to_start_give_every_group_a_majority() {
+        let s = servers(5);
+        let p = placement(&s, 10, &BTreeSet::new());
+        let up: BTreeSet<String> = ["fe1".to_string()].into();
+        let start = servers_for_quorum(&p, &up);
+        let mut after = up.clone();
+        after.extend(start.iter().cloned());
+        for g in &p {
+            let n = g.replicas.iter().filter(|r| after.contains(*r)).count();
+            assert!(n * 2 > g.replicas.len(), "{g:?} with {after:?}");
+        }
+        // From one server of five, two more are not enough for all groups, four are.
+        assert!((3..=4).contains(&start.len()), "{start:?}");
+        assert!(servers_for_quorum(&p, &s.iter().cloned().collect()).is_empty());
     }
 
     #[test]

@@ -144,6 +144,14 @@ pub enum PoolCommand {
     /// pool's state (healthy, degraded, partial-outage, down) with the reason. Exits 2 when
     /// some group is not serving.
     Status { name: String },
+    /// Waits (up to --wait seconds) until every routing group of the pool has a primary, as
+    /// its servers start; when they do not, says which servers are down, which groups lack a
+    /// majority and which servers to start. Exits 2 if the pool does not serve everyone.
+    Start {
+        name: String,
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
     /// Recovers a routing group that lost the majority of its replicas for good: its most
     /// advanced surviving replica becomes the only member, after stating what it lacks.
     /// Without --accept-data-loss, only says what it would do and lose (and exits 2).

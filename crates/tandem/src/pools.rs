@@ -130,6 +130,23 @@ pub fn run(target: &AdminTarget, command: PoolCommand) -> anyhow::Result<ExitCod
                 _ => ExitCode::from(2),
             })
         }
+        PoolCommand::Start { name, wait } => {
+            let r = admin.ok(
+                "POST",
+                &format!("/api/v1/pools/{name}/start"),
+                Some(serde_json::json!({ "wait_s": wait })),
+            )?;
+            if target.json {
+                println!("{r}");
+            } else {
+                println!("{}", text(&r, "message"));
+            }
+            Ok(if r["started"].as_bool() == Some(true) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
         PoolCommand::ResetGroup {
             name,
             group,

@@ -277,6 +277,14 @@ fn reset_group_recovers_a_group_that_lost_its_majority() {
     pool.signal("fe3", nix::sys::signal::Signal::SIGKILL);
     let st = pool.wait_status("fe1", "the pool down", |s| s["state"] == "down");
     assert_eq!(st["servers_up"], 1, "{st}");
+    // `pool start` says what is missing for every group to have a majority.
+    let out = pool.cli("fe1", &["pool", "start", "pool1", "--wait", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("1 of 3 servers are up") && text.contains("Start 1 more: fe2"),
+        "{text}"
+    );
 
     // Without the flag: what it would do, and nothing changes.
     let group = g.to_string();
@@ -364,6 +372,8 @@ fn reset_group_recovers_a_group_that_lost_its_majority() {
                 })
     });
     assert_eq!(st["state"], "degraded", "fe3 is still down: {st}");
+    let out = pool.cli("fe1", &["pool", "start", "pool1", "--wait", "30"]);
+    assert!(out.status.success(), "{out:?}");
     for (user, _) in &before {
         assert!(!pool.contacts("fe2", user).is_empty(), "{user} through fe2");
     }
