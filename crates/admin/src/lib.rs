@@ -654,7 +654,20 @@ async fn pool_status(
     Path(pool): Path<String>,
 ) -> Result<Json<frontend::pool::PoolStatus>, Failure> {
     let member = s.pool(&pool)?;
-    Ok(Json(member.status().await))
+    let mut status = member.status().await;
+    if status.groups.iter().any(|g| !g.serving) {
+        // Which users cannot sign in now: the pool's store knows them all.
+        if let Ok(store) = s.store() {
+            match store.users(frontend::now_ms()).await {
+                Ok(users) => {
+                    let aors: Vec<String> = users.into_iter().map(|u| u.aor).collect();
+                    status.affected_users = Some(member.affected(&status, &aors));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list the users a pool outage affects"),
+            }
+        }
+    }
+    Ok(Json(status))
 }
 
 impl From<store::proto::Refusal> for Failure {

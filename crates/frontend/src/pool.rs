@@ -348,6 +348,18 @@ pub struct PoolStatus {
     /// does not stop on it: each group serves while a majority of its replicas is up).
     pub servers_up: u32,
     pub classic_quorum: u32,
+    /// When some groups do not serve: their users (from the pool's store), who cannot
+    /// register, publish or subscribe now.
+    #[serde(default)]
+    pub affected_users: Option<AffectedUsers>,
+}
+
+/// The users of the groups that do not serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AffectedUsers {
+    pub count: usize,
+    /// The first of them, by address (at most 100).
+    pub first: Vec<String>,
 }
 
 /// Skype for Business's pool-level quorum: the servers that must run for a pool of `n`
@@ -502,6 +514,25 @@ impl PoolMember {
         })
     }
 
+    /// Of `users` (addresses of record), those whose group does not serve in `status`.
+    pub fn affected(&self, status: &PoolStatus, users: &[String]) -> AffectedUsers {
+        let down: BTreeSet<u32> = status
+            .groups
+            .iter()
+            .filter(|g| !g.serving)
+            .map(|g| g.id)
+            .collect();
+        let mut affected: Vec<&String> = users
+            .iter()
+            .filter(|u| down.contains(&self.group_of(u)))
+            .collect();
+        affected.sort();
+        AffectedUsers {
+            count: affected.len(),
+            first: affected.into_iter().take(100).cloned().collect(),
+        }
+    }
+
     /// `pool start`: waits (up to `wait`) until every group has a primary, as the pool's
     /// servers come up; when they do not all, says which servers are down, which groups lack
     /// a majority, and which servers to start for every group to have one. The servers
@@ -638,6 +669,7 @@ impl PoolMember {
             groups,
             servers_up,
             classic_quorum: classic_quorum(self.servers.len()),
+            affected_users: None,
         }
     }
 }

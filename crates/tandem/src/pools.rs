@@ -209,6 +209,26 @@ fn print_status(st: &Value) {
         text(st, "classic_quorum"),
     );
     println!("{}", text(st, "reason"));
+    let affected = &st["affected_users"];
+    if affected.is_object() {
+        let first: Vec<&str> = affected["first"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u.as_str())
+            .take(10)
+            .collect();
+        println!(
+            "users who cannot register, publish or subscribe now: {} ({}{})",
+            text(affected, "count"),
+            first.join(", "),
+            if affected["count"].as_u64().unwrap_or(0) > first.len() as u64 {
+                ", …"
+            } else {
+                ""
+            }
+        );
+    }
     let servers: Vec<Vec<String>> = st["servers"]
         .as_array()
         .map(|a| {

@@ -7,7 +7,7 @@
 use sip::Method;
 use std::time::{Duration, Instant};
 use testkit::DOMAIN;
-use testkit::pool::{PoolLab, PoolLoad, lost};
+use testkit::pool::{PoolLab, PoolLoad, StoreOn, lost};
 use testkit::ua::Ua;
 
 const EXE: &str = env!("CARGO_BIN_EXE_tandem");
@@ -260,7 +260,9 @@ fn a_rolling_restart_with_drain_fails_no_request() {
 /// reseeds fe2's old replica from it.
 #[test]
 fn reset_group_recovers_a_group_that_lost_its_majority() {
-    let pool = PoolLab::start(EXE.as_ref(), TMP, "pool_reset", 3, 3, 30);
+    // The pool's store on a back-end server: the users can still sign in once their group is
+    // back (a store on the pool's servers would have lost its majority too).
+    let pool = PoolLab::start_with(EXE.as_ref(), TMP, "pool_reset", 3, 3, 30, StoreOn::Backend);
     pool.wait_status("fe1", "a healthy pool", |s| s["state"] == "healthy");
     let g = frontend::pool::group_of(&format!("sip:user0001@{DOMAIN}"), 3);
     let mut before = Vec::new();
@@ -330,6 +332,20 @@ fn reset_group_recovers_a_group_that_lost_its_majority() {
     assert_eq!(
         st["state"], "partial-outage",
         "the other groups still have no majority: {st}"
+    );
+    // The status names the users the outage affects: those of the other groups.
+    let affected = &st["affected_users"];
+    let expected = (1..=30)
+        .filter(|i| frontend::pool::group_of(&format!("sip:user{i:04}@{DOMAIN}"), 3) != g)
+        .count();
+    assert_eq!(affected["count"], expected, "{st}");
+    assert!(
+        affected["first"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| frontend::pool::group_of(u.as_str().unwrap(), 3) != g),
+        "{affected}"
     );
     // What was acknowledged before is there, unless the report says it was lost.
     if report["loss"]["lost_transactions"] == 0 {

@@ -14,16 +14,33 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Where a pool lab's store lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOn {
+    /// An availability group of three synchronous replicas on the pool's first three servers
+    /// (fewer if the pool has fewer), as the enterprise example has it.
+    Pool,
+    /// An availability group of one replica on a back-end server `be1`, which outlives the
+    /// loss of any of the pool's servers.
+    Backend,
+}
+
 /// A pool topology on 127.0.0.1: `servers` front ends `fe1`… in pool `pool1` with `groups`
-/// routing groups; store `store` an availability group of three synchronous replicas on the
-/// first three servers (fewer if the pool has fewer), with a listener.
-pub fn pool_topology(servers: usize, groups: u32) -> String {
+/// routing groups; its store `store` (with a listener) where `store_on` says.
+pub fn pool_topology(servers: usize, groups: u32, store_on: StoreOn) -> String {
     let mut t =
         format!("name = \"pool-test\"\nsip_domain = \"{DOMAIN}\"\n[[site]]\nname = \"dc1\"\n");
     for i in 1..=servers {
         let sip = free_port("127.0.0.1");
         t.push_str(&format!(
             "[[server]]\nname = \"fe{i}\"\nsite = \"dc1\"\nsip_udp = \"127.0.0.1:{sip}\"\nsip_tcp = \"127.0.0.1:{sip}\"\nrpc = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
+            free_port("127.0.0.1"),
+            free_port("127.0.0.1")
+        ));
+    }
+    if store_on == StoreOn::Backend {
+        t.push_str(&format!(
+            "[[server]]\nname = \"be1\"\nsite = \"dc1\"\nrpc = \"127.0.0.1:{}\"\nadmin = \"127.0.0.1:{}\"\n",
             free_port("127.0.0.1"),
             free_port("127.0.0.1")
         ));
@@ -35,6 +52,10 @@ pub fn pool_topology(servers: usize, groups: u32) -> String {
         names.join(", "),
         free_port("127.0.0.1")
     ));
+    if store_on == StoreOn::Backend {
+        t.push_str("[[store.replica]]\nserver = \"be1\"\nrole = \"primary\"\n");
+        return t;
+    }
     for i in 1..=servers.min(3) {
         if i == 1 {
             t.push_str("[[store.replica]]\nserver = \"fe1\"\nrole = \"primary\"\n");
@@ -59,7 +80,8 @@ pub struct PoolLab {
 }
 
 impl PoolLab {
-    /// Starts a lab of [`pool_topology`] with `users` users whose password is "pw".
+    /// Starts a lab of [`pool_topology`] (the store on the pool's servers) with `users` users
+    /// whose password is "pw".
     pub fn start(
         exe: &Path,
         tmp: &str,
@@ -68,9 +90,23 @@ impl PoolLab {
         groups: u32,
         users: usize,
     ) -> PoolLab {
+        PoolLab::start_with(exe, tmp, name, servers, groups, users, StoreOn::Pool)
+    }
+
+    /// [`PoolLab::start`] with the store where `store_on` says.
+    pub fn start_with(
+        exe: &Path,
+        tmp: &str,
+        name: &str,
+        servers: usize,
+        groups: u32,
+        users: usize,
+        store_on: StoreOn,
+    ) -> PoolLab {
         let dir = test_dir(tmp, name);
         let topology = dir.join("topology.toml");
-        std::fs::write(&topology, pool_topology(servers, groups)).expect("write the topology");
+        std::fs::write(&topology, pool_topology(servers, groups, store_on))
+            .expect("write the topology");
         let lab = Lab::up(
             exe,
             &topology,
