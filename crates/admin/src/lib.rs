@@ -287,6 +287,13 @@ impl AdminState {
         }
     }
 
+    /// Tells the other servers of this server's pool that `aor`'s account changed.
+    async fn forget_user_in_pool(&self, aor: &str) {
+        if let Some(pool) = self.frontend.as_ref().and_then(|f| f.pool.as_ref()) {
+            pool.forget_user_everywhere(aor).await;
+        }
+    }
+
     /// The store holding `aor`'s registrations, presence and subscriptions: its routing
     /// group when this server is a front end of a pool with groups, else the user store.
     fn data_store(&self, aor: &str) -> Result<&Store, Failure> {
@@ -424,6 +431,7 @@ async fn remove_user(
             now_ms: frontend::now_ms(),
         })
         .await?;
+    s.forget_user_in_pool(&aor).await;
     if let Some(f) = s.frontend.as_ref().filter(|f| f.pool.is_some()) {
         // Its registrations, presence and subscriptions live in its routing group; watchers
         // hear that it is gone.
@@ -461,11 +469,12 @@ async fn set_password(
     let (ha1_md5, ha1_sha256) = s.ha1s(&username, &new.password)?;
     s.store()?
         .apply(Command::SetPassword {
-            aor,
+            aor: aor.clone(),
             ha1_md5,
             ha1_sha256,
         })
         .await?;
+    s.forget_user_in_pool(&aor).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

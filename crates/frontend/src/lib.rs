@@ -60,6 +60,14 @@ impl Frontend {
             async move { Ok(bytes::Bytes::from(vec![u8::from(pool.is_draining())])) }
         });
         let core = fe.core.clone();
+        rpc.handle(pool::FORGET_USER, move |req: rpc::Request| {
+            let core = core.clone();
+            async move {
+                core.store.forget_user(&String::from_utf8_lossy(&req.body));
+                Ok(bytes::Bytes::new())
+            }
+        });
+        let core = fe.core.clone();
         rpc.handle(pool::DELIVER, move |req: rpc::Request| {
             let core = core.clone();
             async move { Ok(bytes::Bytes::from(deliver_for_peer(&core, &req.body).await)) }

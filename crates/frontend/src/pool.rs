@@ -28,6 +28,10 @@ use store::pool::RpcPool;
 /// every 100 ms; an election follows within a second of silence).
 const LEASE_FRESH_MS: u64 = 1_000;
 
+/// The rpc service through which a server tells the others of its pool that a user's account
+/// changed, so they stop trusting their cached copy.
+pub const FORGET_USER: &str = "frontend/forget-user";
+
 /// The rpc service a pool server answers to say it is up (and whether it drains).
 pub const HEALTH: &str = "frontend/health";
 
@@ -141,6 +145,27 @@ impl PoolMember {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Tells every other server of the pool that `aor`'s account changed (a password, a
+    /// removal), so none goes on authenticating with its cached copy for the cache's 10 s.
+    /// Best effort: a server that does not answer is down, and reads the user again anyway
+    /// within the cache's lifetime.
+    pub async fn forget_user_everywhere(&self, aor: &str) {
+        let calls = self
+            .peers
+            .iter()
+            .filter(|(server, _)| **server != self.me)
+            .map(|(server, addr)| {
+                let rpc = self.rpc.clone();
+                let body = aor.as_bytes().to_vec();
+                async move {
+                    if let Err(e) = rpc.call(addr, FORGET_USER, body, Duration::from_secs(2)).await {
+                        tracing::debug!(%server, error = %e, "could not tell a server of a changed user");
+                    }
+                }
+            });
+        futures::future::join_all(calls).await;
     }
 
     /// Asks `server` to deliver a request to a client it holds.

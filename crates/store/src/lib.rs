@@ -144,6 +144,11 @@ impl Store {
         result
     }
 
+    /// Forgets a cached user: another server changed it (the next request reads it again).
+    pub fn forget_user(&self, aor: &str) {
+        self.users.invalidate(aor);
+    }
+
     /// Runs a query on the engine.
     pub async fn query(&self, q: Query) -> Result<QueryResult, StoreError> {
         match &self.engine {

@@ -44,6 +44,25 @@ fn any_server_serves_every_user_of_the_pool() {
     assert_eq!(alice.register(600).status, 200);
     assert_eq!(bob.register(600).status, 200);
     assert_eq!(carol.register(600).status, 200);
+    // A password changed through fe1 is in force on fe3 at once, although fe3 has just
+    // authenticated bob with the old one (its cached copy is forgotten, not aged out).
+    let (code, body) = testkit::admin_call(
+        &pool.admin("fe1"),
+        Some(&pool.token),
+        "PUT",
+        "/api/v1/users/user0002/password",
+        Some(serde_json::json!({"password": "new-pw"})),
+    );
+    assert_eq!(code, 204, "{body}");
+    let mut old = Ua::udp(pool.sip("fe3"), "user0002", "pw", DOMAIN);
+    assert_ne!(
+        old.register(600).status,
+        200,
+        "the old password still works on fe3"
+    );
+    let mut renewed = Ua::udp(pool.sip("fe3"), "user0002", "new-pw", DOMAIN);
+    assert_eq!(renewed.register(600).status, 200);
+    assert_eq!(renewed.register(0).status, 200);
     // Bob's binding is in his group, whichever server reads it.
     for via in ["fe1", "fe2", "fe3"] {
         assert_eq!(
