@@ -1129,18 +1129,7 @@ async fn store_force(
             req.to
         )));
     };
-    let bytes = client
-        .ask(
-            &target.addr,
-            "force",
-            store::proto::encode(&store::proto::ForceRequest {
-                confirm: req.confirm,
-            }),
-        )
-        .await?;
-    let reply: store::proto::Reply<store::proto::ForceReport> =
-        store::proto::decode(&bytes, "force report")?;
-    Ok(Json(reply?))
+    Ok(Json(client.force(&target.addr, req.confirm).await?))
 }
 
 /// `POST /api/v1/stores/{name}/mirroring`: `{"safety": ..., "witness": ...}`.

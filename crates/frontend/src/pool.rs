@@ -467,20 +467,10 @@ impl PoolMember {
         let ask = |addr: String, confirm: bool| {
             let client = client.clone();
             async move {
-                let bytes = client
-                    .ask(
-                        &addr,
-                        "force",
-                        store::proto::encode(&store::proto::ForceRequest { confirm }),
-                    )
+                client
+                    .force(&addr, confirm)
                     .await
-                    .map_err(|e| e.to_string())?;
-                store::proto::decode::<store::proto::Reply<store::proto::ForceReport>>(
-                    &bytes,
-                    "force report",
-                )
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())
             }
         };
         let mut answering = Vec::new();

@@ -221,6 +221,14 @@ impl StoreClient {
             .map_err(|e| Refusal::Unavailable(format!("{addr}: {e}")))
     }
 
+    /// Forced service on the replica at `addr` (`confirm`), or only the loss it would imply.
+    pub async fn force(&self, addr: &str, confirm: bool) -> Reply<ForceReport> {
+        let bytes = self
+            .ask(addr, "force", encode(&ForceRequest { confirm }))
+            .await?;
+        decode::<Reply<ForceReport>>(&bytes, "force report")?
+    }
+
     /// The replicas' addresses.
     pub fn replicas(&self) -> &[Endpoint] {
         &self.address.replicas

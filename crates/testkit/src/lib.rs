@@ -372,13 +372,7 @@ impl Server {
     pub fn contacts(&self, user: &str) -> Vec<String> {
         let (status, body) = self.admin("GET", &format!("/api/v1/registrations/{user}"), None);
         assert_eq!(status, 200, "{body}");
-        body.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|b| b["contact"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+        contacts_of(&body)
     }
 
     /// A UDP user agent for `user` pointed at this server.
@@ -439,6 +433,17 @@ pub fn admin_call(
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
     };
     (status, json)
+}
+
+/// The contact URIs of a `GET /api/v1/registrations/{aor}` answer.
+pub fn contacts_of(body: &serde_json::Value) -> Vec<String> {
+    body.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b["contact"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A fresh directory `base/name` for one test (kept for post-mortems, emptied first). Pass

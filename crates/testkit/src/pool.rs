@@ -242,13 +242,7 @@ impl PoolLab {
     pub fn contacts(&self, via: &str, user: &str) -> Vec<String> {
         let (code, body) = self.call(via, "GET", &format!("/api/v1/registrations/{user}"));
         assert_eq!(code, 200, "{body}");
-        body.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|b| b["contact"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+        crate::contacts_of(&body)
     }
 
     /// `user`'s presence as server `via` reads it from the user's group: the entity tags of

@@ -144,13 +144,7 @@ impl ReplicatedLab {
             None,
         );
         assert_eq!(code, 200, "{body}");
-        body.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|b| b["contact"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
+        crate::contacts_of(&body)
     }
 
     /// Acknowledged registrations that are not bound now.
