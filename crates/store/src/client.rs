@@ -88,7 +88,8 @@ impl StoreClient {
         let started = tokio::time::Instant::now();
         let end = started + self.deadline;
         let mut last = Refusal::Unavailable("no replica answered".into());
-        // What each attempt met, for the warning a slow call leaves.
+        // What the attempts met (failed ones, and all once the call is slow), for the warning a
+        // slow call leaves.
         let mut trail: Vec<String> = Vec::new();
         let mut waits = 0u32;
         let slow = |trail: &[String], waits: u32| {
@@ -117,7 +118,11 @@ impl StoreClient {
                     .pool
                     .call(&addr, &service, body.clone(), self.attempt)
                     .await;
-                if trail.len() < 64 {
+                // Kept only once the call is slow or an attempt fails, so that the common call
+                // (one quick answer) formats nothing.
+                if trail.len() < 64
+                    && (answer.is_err() || started.elapsed() > Duration::from_millis(100))
+                {
                     trail.push(format!(
                         "{t}..{} ms {addr}: {}",
                         started.elapsed().as_millis(),
