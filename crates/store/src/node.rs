@@ -10,6 +10,8 @@ use crate::proto::*;
 use crate::replicated::{SqliteMachine, decode_outcome, encode_command};
 use crate::sqlite::Readers;
 use crate::witness::{NodeMachine, WitnessMachine};
+/// Replication timing defaults, for nodes configured outside the topology (routing groups).
+pub use replica::{DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS};
 use replica::{Member, Replica, ReplicaConfig, Role, WriteError, node_id};
 use rpc::{RemoteError, Request, RpcServer};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -126,6 +128,8 @@ pub struct StoreNode {
     pool: RpcPool,
     /// Held while the node changes generation (forced service, reseed, fence): one at a time.
     transition: tokio::sync::Mutex<()>,
+    /// [`StoreNode::close`] ran: the background work ends and the services are gone.
+    closed: AtomicBool,
 }
 
 /// The replica group's name in service names for a generation.
@@ -236,6 +240,7 @@ impl StoreNode {
             high_safety: AtomicBool::new(high_safety),
             pool,
             transition: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
         });
         node.serve(rpc);
         tokio::spawn(node.clone().bootstrap());
@@ -598,15 +603,22 @@ impl StoreNode {
                     .and_then(|p| p.last_ack_ms_ago)
                     .is_some_and(|ms| ms < 2 * election)
             };
-            // Holds everything, and is still there to say so.
-            let synchronized = is_leader && lag_entries == 0 && healthy;
-            let lag_ms = if synchronized {
+            let lag_ms = if lag_entries == 0 && healthy {
                 0
             } else {
                 // Never seen caught up since this node became primary: behind all that time.
                 let since = caught.get(&id).copied().unwrap_or(leader_since);
                 now.saturating_sub(since)
             };
+            // Connected, and held everything the primary had within the last election timeout
+            // (the watch samples every 50 ms): under load a follower is always an entry or two
+            // behind the primary's newest, which is in flight, not missing.
+            let synchronized = is_leader
+                && healthy
+                && (lag_entries == 0
+                    || caught.get(&id).is_some_and(|t| {
+                        now.saturating_sub(*t) < self.cfg.election_timeout_min_ms
+                    }));
             let mirroring = self.cfg.mode == "mirroring";
             let role = if s.as_ref().is_some_and(|s| s.witness) {
                 "witness"
@@ -623,6 +635,8 @@ impl StoreNode {
                 commit: if voter { "sync".into() } else { "async".into() },
                 failover: match s.as_ref() {
                     Some(s) if s.automatic && voter => "automatic".into(),
+                    // A routing group's replica moved to a server outside its first placement.
+                    None if voter && self.cfg.mode == "routing-group" => "automatic".into(),
                     _ => "manual".into(),
                 },
                 readable: s.as_ref().is_some_and(|s| s.readable),
@@ -699,7 +713,7 @@ impl StoreNode {
     }
 
     /// A planned failover: hands the primary role to a synchronized sync replica.
-    async fn planned_failover(&self, req: FailoverRequest) -> Reply<StoreStatus> {
+    pub async fn planned_failover(&self, req: FailoverRequest) -> Reply<StoreStatus> {
         let st = self.replica().status();
         if st.role != Role::Leader {
             return Err(self.not_primary());
@@ -868,8 +882,9 @@ impl StoreNode {
         }
     }
 
-    /// Membership changes on the primary.
-    async fn change_member(&self, op: &str, c: MemberChange) -> Reply<StoreStatus> {
+    /// Membership changes on the primary: `op` is `add-replica`, `remove-replica` or
+    /// `set-commit`.
+    pub async fn change_member(&self, op: &str, c: MemberChange) -> Reply<StoreStatus> {
         let st = self.replica().status();
         if st.role != Role::Leader {
             return Err(self.not_primary());
@@ -1457,6 +1472,9 @@ impl StoreNode {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
             let now = now_ms();
             let due = self
                 .watch
@@ -1652,6 +1670,25 @@ impl StoreNode {
     pub async fn shutdown(&self) {
         self.release_listener().await;
         self.replica().shutdown().await;
+    }
+
+    /// Takes this replica out of service for good (a routing group's replica that moved to
+    /// another server): its rpc services go, its background work ends, its replica stops.
+    /// The caller removes its directory.
+    pub async fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let rpc = self.watch.lock().ok().and_then(|w| w.rpc.clone());
+        if let Some(rpc) = rpc {
+            let generation = self.generation.load(Ordering::SeqCst);
+            rpc.unhandle(&format!("raft/{}/", group(&self.cfg.store, generation)));
+            rpc.unhandle(&format!("store/{}/", self.cfg.store));
+        }
+        self.shutdown().await;
+    }
+
+    /// The directory holding this replica.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.cfg.dir
     }
 }
 

@@ -69,11 +69,12 @@ pub struct ReplicaStatus {
     /// `automatic` or `manual`.
     pub failover: String,
     pub readable: bool,
-    /// Holds every committed transaction (its log matches the primary's).
+    /// Connected to the primary, and held everything the primary had within the last
+    /// election timeout: behind by no more than what is in flight.
     pub synchronized: bool,
     /// Log positions behind the primary.
     pub lag_entries: u64,
-    /// How long ago it last held everything the primary had (0 when synchronized).
+    /// How long ago it last held everything the primary had (0 when it holds it now).
     pub lag_ms: u64,
     /// It answered the primary recently.
     pub healthy: bool,
