@@ -16,6 +16,7 @@ pub mod pidf;
 pub mod pool;
 mod presence;
 mod registrar;
+pub mod replace;
 mod transport;
 
 pub use crate::core::{Config, Core, now_ms};
@@ -54,11 +55,38 @@ impl Frontend {
         pool: Arc<pool::PoolMember>,
         rpc: &rpc::RpcServer,
     ) -> std::io::Result<Frontend> {
-        let fe = Frontend::start_with(config, store, Some(pool.clone())).await?;
+        let mut fe = Frontend::start_with(config, store, Some(pool.clone())).await?;
+        let p = pool.clone();
         rpc.handle(pool::HEALTH, move |_req: rpc::Request| {
-            let pool = pool.clone();
-            async move { Ok(bytes::Bytes::from(vec![u8::from(pool.is_draining())])) }
+            let p = p.clone();
+            async move {
+                let health = postcard::to_stdvec(&p.health()).unwrap_or_default();
+                Ok(bytes::Bytes::from(health))
+            }
         });
+        let p = pool.clone();
+        rpc.handle(replace::HOST_GROUP, move |req: rpc::Request| {
+            let p = p.clone();
+            async move {
+                let g = group_in(&req.body, &p)?;
+                p.host(g)
+                    .await
+                    .map(|_| bytes::Bytes::new())
+                    .map_err(|e| rpc::RemoteError::new("cannot-host", e.to_string()))
+            }
+        });
+        let p = pool.clone();
+        rpc.handle(replace::UNHOST_GROUP, move |req: rpc::Request| {
+            let p = p.clone();
+            async move {
+                let g = group_in(&req.body, &p)?;
+                p.unhost(g)
+                    .await
+                    .map(|_| bytes::Bytes::new())
+                    .map_err(|e| rpc::RemoteError::new("cannot-unhost", e))
+            }
+        });
+        fe.tasks.push(tokio::spawn(pool.clone().run_placement()));
         let core = fe.core.clone();
         rpc.handle(pool::FORGET_USER, move |req: rpc::Request| {
             let core = core.clone();
@@ -90,12 +118,7 @@ impl Frontend {
             tokio::spawn(run_expiry(core.clone(), core.store.clone())),
         ];
         if let Some(pool) = &core.pool {
-            for (g, node) in &pool.local {
-                if let Some(store) = pool.groups.get(*g as usize) {
-                    let (core, node, store) = (core.clone(), node.clone(), store.clone());
-                    tasks.push(tokio::spawn(run_group_expiry(core, node, store)));
-                }
-            }
+            tasks.push(tokio::spawn(run_group_expiry(core.clone(), pool.clone())));
         }
         if let Some(l) = listener {
             receivers.push(tokio::spawn(transport::run_tcp_listener(core.clone(), l)));
@@ -182,16 +205,35 @@ async fn sweep(core: &Arc<Core>, store: &Store) {
     }
 }
 
-/// Expiry in a routing group this server holds a replica of: swept while this replica is the
-/// group's primary, so each group is swept by one server.
-async fn run_group_expiry(core: Arc<Core>, node: Arc<store::node::StoreNode>, store: Store) {
+/// Expiry in the routing groups this server holds a replica of: each swept while this
+/// server's replica is the group's primary, so each group is swept by one server.
+async fn run_group_expiry(core: Arc<Core>, pool: Arc<pool::PoolMember>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
-        if node.is_primary() {
-            sweep(&core, &store).await;
+        for (g, node) in pool.local() {
+            if node.is_primary()
+                && let Some(store) = pool.groups.get(g as usize)
+            {
+                sweep(&core, store).await;
+            }
         }
+    }
+}
+
+/// The group id in a `host-group`/`unhost-group` request, checked against the pool.
+fn group_in(body: &[u8], pool: &pool::PoolMember) -> Result<u32, rpc::RemoteError> {
+    match postcard::from_bytes::<u32>(body) {
+        Ok(g) if (g as usize) < pool.groups.len() => Ok(g),
+        Ok(g) => Err(rpc::RemoteError::new(
+            "no-such-group",
+            format!("pool {} has no routing group {g}", pool.pool),
+        )),
+        Err(e) => Err(rpc::RemoteError::new(
+            "bad-request",
+            format!("a group id that does not decode: {e}"),
+        )),
     }
 }
 

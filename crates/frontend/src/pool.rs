@@ -13,11 +13,13 @@
 //! same replication, failover records and status as an availability group's.
 
 use crate::core::SendFailure;
+use rpc::RpcServer;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use store::Store;
 use store::client::StoreClient;
@@ -111,6 +113,23 @@ pub enum DeliverReply {
     Unreachable(String),
 }
 
+/// What a server needs to take its part in a pool (from the topology).
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    pub pool: String,
+    /// This server.
+    pub me: String,
+    /// The pool's servers, in topology order.
+    pub servers: Vec<String>,
+    /// Every pool server's rpc address, this one's included.
+    pub peers: BTreeMap<String, String>,
+    pub routing_groups: u32,
+    /// `<data>/pools/<pool>`: a directory `rg<N>` per group replica this server holds.
+    pub dir: PathBuf,
+    /// A server down this long has its replicas moved to other servers (`None`: never).
+    pub replace_after: Option<Duration>,
+}
+
 /// A front end's part of its pool.
 pub struct PoolMember {
     pub pool: String,
@@ -122,16 +141,211 @@ pub struct PoolMember {
     pub groups: Vec<Store>,
     /// The same, as replica-set clients (status, planned failovers).
     pub clients: Vec<StoreClient>,
-    /// The group replicas this server holds.
-    pub local: Vec<(u32, Arc<StoreNode>)>,
+    /// The group replicas this server holds, by group: its place in the placement, and any
+    /// it took over from a lost server (see `replace`).
+    local: Mutex<BTreeMap<u32, Arc<StoreNode>>>,
     /// Every pool server's rpc address, this one's included.
     pub peers: BTreeMap<String, String>,
     pub rpc: RpcPool,
     /// `server drain`: this server moves its primaries away and takes no new clients.
     pub draining: AtomicBool,
+    pub(crate) spec: PoolSpec,
+    rpc_server: RpcServer,
+    rpc_config: rpc::ServerConfig,
+    /// Serializes opening and closing replicas.
+    hosting: tokio::sync::Mutex<()>,
+    /// The other servers' health as this one last saw it (see `replace`).
+    pub(crate) fabric: Mutex<crate::replace::Fabric>,
 }
 
 impl PoolMember {
+    /// Opens this server's part of a pool: a client of every routing group (any pool server
+    /// may hold a group's primary, its placed replicas first), and the replicas this server
+    /// holds — those the placement gives it, and any other group with a directory here (a
+    /// replica it took over, or held before a change) until its group's primary closes it.
+    pub async fn open(
+        spec: PoolSpec,
+        rpc_server: &RpcServer,
+        rpc: RpcPool,
+        rpc_config: rpc::ServerConfig,
+    ) -> std::io::Result<Arc<PoolMember>> {
+        let placed = placement(&spec.servers, spec.routing_groups, &BTreeSet::new());
+        let mut groups = Vec::new();
+        let mut clients = Vec::new();
+        for p in &placed {
+            let mut order: Vec<&String> = p.replicas.iter().collect();
+            order.extend(spec.servers.iter().filter(|s| !p.replicas.contains(s)));
+            let address = store::client::StoreAddress {
+                store: group_name(&spec.pool, p.group),
+                listener: None,
+                replicas: order
+                    .into_iter()
+                    .map(|server| store::proto::Endpoint {
+                        server: server.clone(),
+                        addr: spec.peers.get(server).cloned().unwrap_or_default(),
+                    })
+                    .collect(),
+            };
+            let client = StoreClient::new(address, rpc.clone());
+            groups.push(Store::remote(client.clone()));
+            clients.push(client);
+        }
+        let member = Arc::new(PoolMember {
+            pool: spec.pool.clone(),
+            me: spec.me.clone(),
+            servers: spec.servers.clone(),
+            groups,
+            clients,
+            local: Mutex::default(),
+            peers: spec.peers.clone(),
+            rpc,
+            draining: AtomicBool::new(false),
+            spec,
+            rpc_server: rpc_server.clone(),
+            rpc_config,
+            hosting: tokio::sync::Mutex::new(()),
+            fabric: Mutex::default(),
+        });
+        // A group already started on another server (this server is new to the pool, or
+        // lost its disk) is never started again here: its primary adds this replica.
+        member.poll_health().await;
+        let started_elsewhere: BTreeSet<u32> = {
+            let fabric = member.fabric.lock().unwrap_or_else(|e| e.into_inner());
+            fabric.started.values().flatten().copied().collect()
+        };
+        for p in &placed {
+            if p.replicas.contains(&member.me) || member.group_dir(p.group).exists() {
+                member
+                    .open_replica(p.group, !started_elsewhere.contains(&p.group))
+                    .await?;
+            }
+        }
+        tracing::info!(pool = %member.pool, groups = placed.len(), replicas_here = member.local().len(), "routing groups open");
+        Ok(member)
+    }
+
+    /// The group replicas this server holds now.
+    pub fn local(&self) -> Vec<(u32, Arc<StoreNode>)> {
+        let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        local.iter().map(|(g, n)| (*g, n.clone())).collect()
+    }
+
+    /// This server's replica of `group`, if it holds one.
+    pub fn replica_of(&self, group: u32) -> Option<Arc<StoreNode>> {
+        let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        local.get(&group).cloned()
+    }
+
+    fn group_dir(&self, group: u32) -> PathBuf {
+        self.spec.dir.join(format!("rg{group}"))
+    }
+
+    /// Opens (or finds open) this server's replica of `group`, which waits to be added by
+    /// the group's primary and serves from then on.
+    pub async fn host(&self, group: u32) -> std::io::Result<Arc<StoreNode>> {
+        self.open_replica(group, false).await
+    }
+
+    /// Opens (or finds open) this server's replica of `group`. With `may_start`, the group's
+    /// first placed server starts the group if it does not exist yet.
+    async fn open_replica(&self, group: u32, may_start: bool) -> std::io::Result<Arc<StoreNode>> {
+        let _one = self.hosting.lock().await;
+        if let Some(node) = self.replica_of(group) {
+            return Ok(node);
+        }
+        let placed = placement(&self.servers, self.spec.routing_groups, &BTreeSet::new());
+        let Some(p) = placed.get(group as usize) else {
+            return Err(std::io::Error::other(format!(
+                "pool {} has no routing group {group}",
+                self.pool
+            )));
+        };
+        let mut servers = p.replicas.clone();
+        if !servers.contains(&self.me) {
+            servers.push(self.me.clone());
+        }
+        let members = servers
+            .iter()
+            .map(|server| store::node::MemberSpec {
+                server: server.clone(),
+                addr: self.peers.get(server).cloned().unwrap_or_default(),
+                sync: true,
+                automatic: true,
+                readable: false,
+                witness: false,
+            })
+            .collect();
+        let cfg = store::node::NodeConfig {
+            store: group_name(&self.pool, group),
+            mode: "routing-group".into(),
+            me: self.me.clone(),
+            members,
+            initial_primary: if may_start {
+                p.primary().to_string()
+            } else {
+                String::new()
+            },
+            dir: self.group_dir(group),
+            listener: None,
+            rpc_server: self.rpc_config.clone(),
+            heartbeat_ms: store::node::DEFAULT_HEARTBEAT_MS,
+            election_timeout_min_ms: store::node::DEFAULT_ELECTION_TIMEOUT_MS.0,
+            election_timeout_max_ms: store::node::DEFAULT_ELECTION_TIMEOUT_MS.1,
+            high_safety_mirroring: false,
+            users_elsewhere: true,
+        };
+        let node = StoreNode::open(cfg, &self.rpc_server, self.rpc.clone())
+            .await
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "cannot open routing group {}: {e}",
+                    group_name(&self.pool, group)
+                ))
+            })?;
+        if self.is_draining() {
+            node.replica().set_elect(false);
+        }
+        self.local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group, node.clone());
+        Ok(node)
+    }
+
+    /// Closes this server's replica of `group` and removes its data: the group's primary
+    /// took it out of the group (it moved to a server the placement prefers). Refused while
+    /// this replica leads the group.
+    pub async fn unhost(&self, group: u32) -> Result<bool, String> {
+        let _one = self.hosting.lock().await;
+        let Some(node) = self.replica_of(group) else {
+            return Ok(false);
+        };
+        if node.is_primary() {
+            return Err(format!(
+                "{} leads {}: hand the group to another replica first",
+                self.me,
+                node.name()
+            ));
+        }
+        node.close().await;
+        self.local
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&group);
+        // Renamed first, so that a crash halfway leaves no directory that looks like a replica.
+        let dir = self.group_dir(group);
+        let gone = self.spec.dir.join(format!("rg{group}.removed"));
+        let _ = std::fs::remove_dir_all(&gone);
+        std::fs::rename(&dir, &gone)
+            .and_then(|()| std::fs::File::open(&self.spec.dir)?.sync_all())
+            .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
+        if let Err(e) = std::fs::remove_dir_all(&gone) {
+            tracing::warn!(dir = %gone.display(), error = %e, "cannot delete a closed replica's data");
+        }
+        tracing::info!(group = %node.name(), "closed this server's replica: the group lives on other servers");
+        Ok(true)
+    }
+
     /// The group of `aor`.
     pub fn group_of(&self, aor: &str) -> u32 {
         group_of(aor, self.groups.len() as u32)
@@ -412,7 +626,8 @@ impl PoolMember {
         self.draining.store(true, Ordering::SeqCst);
         let mut moved = Vec::new();
         let mut failed = Vec::new();
-        for (g, node) in &self.local {
+        let local = self.local();
+        for (g, node) in &local {
             let was_primary = node.is_primary();
             match node.step_down().await {
                 Ok(Some(to)) if was_primary && to != self.me => moved.push((*g, to)),
@@ -423,7 +638,7 @@ impl PoolMember {
                 Err(e) => failed.push((*g, e.to_string())),
             }
         }
-        let still_primary = self.local.iter().filter(|(_, n)| n.is_primary()).count() as u32;
+        let still_primary = local.iter().filter(|(_, n)| n.is_primary()).count() as u32;
         DrainReport {
             server: self.me.clone(),
             moved,
@@ -475,7 +690,24 @@ impl PoolMember {
         };
         let mut answering = Vec::new();
         let mut missing = Vec::new();
-        for r in client.replicas() {
+        // The servers that may hold a copy: those the group was placed on, and any that says
+        // it holds one (a replica moved there).
+        self.poll_health().await;
+        let holders: BTreeSet<String> = {
+            let fabric = self.fabric.lock().unwrap_or_else(|e| e.into_inner());
+            fabric
+                .holds
+                .iter()
+                .filter(|(_, groups)| groups.contains(&group))
+                .map(|(s, _)| s.clone())
+                .collect()
+        };
+        let mine = self.replica_of(group).is_some();
+        for r in client.replicas().iter().filter(|r| {
+            place.replicas.contains(&r.server)
+                || holders.contains(&r.server)
+                || (mine && r.server == self.me)
+        }) {
             match ask(r.addr.clone(), false).await {
                 Ok(report) => answering.push((r.clone(), report)),
                 Err(_) => missing.push(r.server.clone()),
@@ -626,7 +858,7 @@ impl PoolMember {
 
     /// Ends a drain: the server takes clients again and its replicas campaign again.
     pub fn resume(&self) {
-        for (_, node) in &self.local {
+        for (_, node) in self.local() {
             node.resume_elections();
         }
         self.draining.store(false, Ordering::SeqCst);
@@ -641,15 +873,20 @@ impl PoolMember {
             let addr = self.peers.get(server).cloned().unwrap_or_default();
             let rpc = self.rpc.clone();
             async move {
-                let answer = rpc.call(&addr, HEALTH, Vec::new(), limit).await;
-                let draining = answer.as_ref().is_ok_and(|b| b.first() == Some(&1));
-                (server.clone(), answer.is_ok(), draining)
+                let answer = rpc
+                    .call(&addr, HEALTH, Vec::new(), limit)
+                    .await
+                    .ok()
+                    .and_then(|b| postcard::from_bytes::<crate::replace::Health>(&b).ok());
+                let draining = answer.as_ref().is_some_and(|h| h.draining);
+                (server.clone(), answer.is_some(), draining)
             }
         });
         for (server, healthy, draining) in futures::future::join_all(asks).await {
             health.insert(server, (healthy, draining));
         }
-        let placed = placement(&self.servers, self.clients.len() as u32, &BTreeSet::new());
+        // Where the groups should be now: without the servers lost long enough to be replaced.
+        let placed = placement(&self.servers, self.clients.len() as u32, &self.lost());
         let groups = futures::future::join_all(
             self.clients
                 .iter()
@@ -670,7 +907,18 @@ impl PoolMember {
                         .iter()
                         .filter(|g| g.primary.as_deref() == Some(s))
                         .count() as u32,
-                    replicas: placed.iter().filter(|p| p.replicas.contains(s)).count() as u32,
+                    // Where the replicas are: as each group's primary says, else as placed.
+                    replicas: groups
+                        .iter()
+                        .zip(&placed)
+                        .filter(|(g, p)| {
+                            if g.replicas.is_empty() {
+                                p.replicas.contains(s)
+                            } else {
+                                g.replicas.iter().any(|r| r.server == *s)
+                            }
+                        })
+                        .count() as u32,
                 }
             })
             .collect();
@@ -763,6 +1011,20 @@ async fn group_state(client: &StoreClient, placed: &Placement, limit: Duration) 
             return st;
         }
     };
+    // A replica that is not a member yet (opened to be added) knows no primary: another may.
+    if status.primary.is_none() {
+        for r in client.replicas() {
+            if let Ok(bytes) = c.ask(&r.addr, "status", Vec::new()).await
+                && let Ok(Ok(s)) = store::proto::decode::<
+                    store::proto::Reply<store::proto::StoreStatus>,
+                >(&bytes, "status")
+                && s.primary.is_some()
+            {
+                status = s;
+                break;
+            }
+        }
+    }
     // A secondary's view names the primary; the primary's own has the replicas' progress.
     if let Some(p) = status.primary.clone()
         && p != status.reported_by

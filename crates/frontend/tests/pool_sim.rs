@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
 
 use frontend::pool::{GroupState, Placement, REPLICAS, ServerState, fabric_state, placement};
+use frontend::replace::{MemberView, Step, next_step};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// splitmix64: a tiny, well-known generator, so a seed replays exactly.
@@ -332,5 +333,243 @@ fn two_of_five_down_stop_only_the_groups_on_both() {
             let neighbours = (b - a) == 1 || (b - a) == 4;
             assert_eq!(stopped, if neighbours { 8 } else { 4 }, "{a} {b}");
         }
+    }
+}
+
+/// One routing group as the re-placement simulation sees it.
+struct SimGroup {
+    id: u32,
+    voters: BTreeSet<String>,
+    /// Servers holding every acknowledged write of the group.
+    data: BTreeSet<String>,
+    /// Servers with a copy of the group on disk (members, and copies left to close).
+    holders: BTreeSet<String>,
+    primary: Option<String>,
+}
+
+fn majority(n: usize) -> usize {
+    n / 2 + 1
+}
+
+impl SimGroup {
+    fn up_voters(&self, up: &BTreeSet<String>) -> usize {
+        self.voters.iter().filter(|v| up.contains(*v)).count()
+    }
+
+    /// Raft's election, as far as the controller cares: a majority of voters up elects an up
+    /// voter that holds every acknowledged write; without a majority, no primary.
+    fn elect(&mut self, up: &BTreeSet<String>, seed: u64) {
+        if self.up_voters(up) < majority(self.voters.len()) {
+            self.primary = None;
+            return;
+        }
+        if let Some(p) = &self.primary
+            && up.contains(p)
+            && self.voters.contains(p)
+        {
+            return;
+        }
+        let candidate = self
+            .voters
+            .iter()
+            .find(|v| up.contains(*v) && self.data.contains(*v))
+            .cloned();
+        assert!(
+            candidate.is_some(),
+            "seed {seed}: group {} has a majority up but no up voter holds every acknowledged write",
+            self.id
+        );
+        self.primary = candidate;
+    }
+
+    /// A write acknowledged by the primary: every up voter holds everything from then on.
+    fn write(&mut self, up: &BTreeSet<String>) {
+        if self.primary.is_some() {
+            self.data = self
+                .voters
+                .iter()
+                .filter(|v| up.contains(*v))
+                .cloned()
+                .collect();
+        }
+    }
+
+    fn check(&self, seed: u64, what: &str) {
+        let holding = self.data.intersection(&self.voters).count();
+        assert!(
+            holding >= majority(self.voters.len()),
+            "seed {seed}: after {what}, group {} could elect a primary missing acknowledged writes: voters {:?}, holding {:?}",
+            self.id,
+            self.voters,
+            self.data
+        );
+        assert!(
+            self.voters.is_subset(&self.holders),
+            "seed {seed}: after {what}, a member's copy of group {} was closed",
+            self.id
+        );
+        assert!(
+            self.voters.len() <= REPLICAS + 1,
+            "seed {seed}: group {} grew to {:?}",
+            self.id,
+            self.voters
+        );
+    }
+
+    /// One controller round: the primary takes `next_step` and the world carries it out.
+    fn control(&mut self, want: &[String], up: &BTreeSet<String>, seed: u64) -> Step {
+        let Some(me) = self.primary.clone() else {
+            return Step::Settled;
+        };
+        let members: Vec<MemberView> = self
+            .voters
+            .iter()
+            .map(|v| MemberView {
+                server: v.clone(),
+                voter: true,
+                synchronized: up.contains(v) && self.data.contains(v),
+            })
+            .collect();
+        let seen: BTreeSet<String> = self.holders.intersection(up).cloned().collect();
+        let step = next_step(&me, &members, want, &seen);
+        match &step {
+            Step::Add(s) if up.contains(s) => {
+                // A snapshot seeds it with everything committed.
+                self.voters.insert(s.clone());
+                self.holders.insert(s.clone());
+                self.data.insert(s.clone());
+            }
+            Step::Remove(s) => {
+                let mut after = self.voters.clone();
+                after.remove(s);
+                if after.iter().filter(|v| up.contains(*v)).count() >= majority(after.len()) {
+                    self.voters = after;
+                    if up.contains(s) {
+                        self.holders.remove(s);
+                    }
+                }
+            }
+            Step::HandOff(to) if up.contains(to) && self.data.contains(to) => {
+                self.primary = Some(to.clone());
+            }
+            Step::Unhost(s) => {
+                assert!(
+                    !self.voters.contains(s),
+                    "seed {seed}: a member was told to close its copy"
+                );
+                if up.contains(s) {
+                    self.holders.remove(s);
+                }
+            }
+            _ => {}
+        }
+        step
+    }
+}
+
+fn run_replacement(seed: u64) {
+    let mut rng = Rng(seed);
+    let n = 3 + rng.below(6);
+    let servers: Vec<String> = (1..=n).map(|i| format!("fe{i}")).collect();
+    let groups = 1 + rng.below(8) as u32;
+    let start = placement(&servers, groups, &BTreeSet::new());
+    let mut up: BTreeSet<String> = servers.iter().cloned().collect();
+    let mut lost: BTreeSet<String> = BTreeSet::new();
+    let mut sim: Vec<SimGroup> = start
+        .iter()
+        .map(|p| {
+            let set: BTreeSet<String> = p.replicas.iter().cloned().collect();
+            SimGroup {
+                id: p.group,
+                voters: set.clone(),
+                data: set.clone(),
+                holders: set,
+                primary: p.replicas.first().cloned(),
+            }
+        })
+        .collect();
+    for round in 0..300 {
+        match rng.below(10) {
+            0 => {
+                if let Some(s) = rng.pick(&up).cloned() {
+                    up.remove(&s);
+                }
+            }
+            1 => {
+                let down: BTreeSet<String> = servers
+                    .iter()
+                    .filter(|s| !up.contains(*s))
+                    .cloned()
+                    .collect();
+                if let Some(s) = rng.pick(&down).cloned() {
+                    up.insert(s.clone());
+                    lost.remove(&s);
+                }
+            }
+            2 => {
+                // Down past `replace_after_s`.
+                let down: BTreeSet<String> = servers
+                    .iter()
+                    .filter(|s| !up.contains(*s) && !lost.contains(*s))
+                    .cloned()
+                    .collect();
+                if let Some(s) = rng.pick(&down).cloned() {
+                    lost.insert(s);
+                }
+            }
+            _ => {}
+        }
+        let want = placement(&servers, groups, &lost);
+        for g in &mut sim {
+            g.elect(&up, seed);
+            g.write(&up);
+            g.check(seed, &format!("round {round}'s events"));
+            g.control(&want[g.id as usize].replicas, &up, seed);
+            g.elect(&up, seed);
+            g.check(seed, &format!("round {round}'s step"));
+        }
+    }
+    // Every server comes back: every group returns to its first placement, and no copy is
+    // left behind.
+    up = servers.iter().cloned().collect();
+    lost.clear();
+    for g in &mut sim {
+        let want = &start[g.id as usize].replicas;
+        let mut settled = false;
+        for _ in 0..40 {
+            g.elect(&up, seed);
+            g.write(&up);
+            if g.control(want, &up, seed) == Step::Settled {
+                settled = true;
+                break;
+            }
+            g.check(seed, "recovery");
+        }
+        assert!(settled, "seed {seed}: group {} does not settle", g.id);
+        let want: BTreeSet<String> = want.iter().cloned().collect();
+        assert_eq!(g.voters, want, "seed {seed}: group {}", g.id);
+        assert_eq!(g.holders, want, "seed {seed}: group {} left copies", g.id);
+    }
+}
+
+/// Re-placement (`frontend::replace::next_step`) under random crashes, restarts and losses:
+/// no step lets a group elect a primary that misses an acknowledged write, no step closes a
+/// member's copy, a group never holds more than one replica beyond its three, and once every
+/// server is back each group is on its first placement with no copy left behind.
+#[test]
+fn replacement_keeps_every_acknowledged_write_and_converges() {
+    if let Some(seed) = std::env::var("POOL_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        run_replacement(seed);
+        return;
+    }
+    let seeds: u64 = std::env::var("POOL_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000);
+    for seed in 0..seeds {
+        run_replacement(seed);
     }
 }

@@ -289,8 +289,8 @@ fn cluster_config(
     })
 }
 
-/// A front end's part of its pool: a client of every routing group, and the replicas of the
-/// groups the placement gives this server (under `<data>/pools/<pool>/rg<N>`).
+/// A front end's part of its pool: a client of every routing group, and the replicas this
+/// server holds (under `<data>/pools/<pool>/rg<N>`).
 async fn open_pool_member(
     topology: &Topology,
     pool: &topology::Pool,
@@ -311,79 +311,19 @@ async fn open_pool_member(
         };
         peers.insert(name.clone(), addr.to_string());
     }
-    let placement = frontend::pool::placement(
-        &pool.servers,
-        pool.routing_groups,
-        &std::collections::BTreeSet::new(),
-    );
-    let mut groups = Vec::new();
-    let mut clients = Vec::new();
-    let mut local = Vec::new();
-    for p in &placement {
-        let name = frontend::pool::group_name(&pool.name, p.group);
-        let members: Vec<store::node::MemberSpec> = p
-            .replicas
-            .iter()
-            .map(|server| store::node::MemberSpec {
-                server: server.clone(),
-                addr: peers.get(server).cloned().unwrap_or_default(),
-                sync: true,
-                automatic: true,
-                readable: false,
-                witness: false,
-            })
-            .collect();
-        let address = store::client::StoreAddress {
-            store: name.clone(),
-            listener: None,
-            replicas: members
-                .iter()
-                .map(|m| store::proto::Endpoint {
-                    server: m.server.clone(),
-                    addr: m.addr.clone(),
-                })
-                .collect(),
-        };
-        let client = store::client::StoreClient::new(address, rpc_pool.clone());
-        groups.push(store::Store::remote(client.clone()));
-        clients.push(client);
-        if p.replicas.contains(&me.name) {
-            let cfg = store::node::NodeConfig {
-                store: name.clone(),
-                mode: "routing-group".into(),
-                me: me.name.clone(),
-                members,
-                initial_primary: p.primary().to_string(),
-                dir: data
-                    .join("pools")
-                    .join(&pool.name)
-                    .join(format!("rg{}", p.group)),
-                listener: None,
-                rpc_server: rpc_config.clone(),
-                heartbeat_ms: replica::DEFAULT_HEARTBEAT_MS,
-                election_timeout_min_ms: replica::DEFAULT_ELECTION_TIMEOUT_MS.0,
-                election_timeout_max_ms: replica::DEFAULT_ELECTION_TIMEOUT_MS.1,
-                high_safety_mirroring: false,
-                users_elsewhere: true,
-            };
-            let node = store::node::StoreNode::open(cfg, rpc, rpc_pool.clone())
-                .await
-                .with_context(|| format!("cannot open routing group {name}"))?;
-            local.push((p.group, node));
-        }
-    }
-    tracing::info!(pool = %pool.name, groups = placement.len(), replicas_here = local.len(), "routing groups open");
-    Ok(Arc::new(frontend::pool::PoolMember {
+    let spec = frontend::pool::PoolSpec {
         pool: pool.name.clone(),
         me: me.name.clone(),
         servers: pool.servers.clone(),
-        groups,
-        clients,
-        local,
         peers,
-        rpc: rpc_pool.clone(),
-        draining: std::sync::atomic::AtomicBool::new(false),
-    }))
+        routing_groups: pool.routing_groups,
+        dir: data.join("pools").join(&pool.name),
+        replace_after: (pool.replace_after_s > 0)
+            .then(|| Duration::from_secs(u64::from(pool.replace_after_s))),
+    };
+    frontend::pool::PoolMember::open(spec, rpc, rpc_pool.clone(), rpc_config.clone())
+        .await
+        .with_context(|| format!("cannot open this server's part of pool {}", pool.name))
 }
 
 async fn serve(
@@ -781,7 +721,7 @@ async fn serve(
         fe.shutdown(Duration::from_secs(10)).await;
     }
     if let Some(pool) = pool_member {
-        for (_, node) in &pool.local {
+        for (_, node) in pool.local() {
             node.shutdown().await;
         }
     }

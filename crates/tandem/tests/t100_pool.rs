@@ -413,3 +413,223 @@ fn reset_group_recovers_a_group_that_lost_its_majority() {
         assert!(!pool.contacts("fe2", user).is_empty(), "{user} through fe2");
     }
 }
+
+/// The servers holding each group's replicas, as the pool status from `via` reports them.
+fn replicas_of(st: &serde_json::Value) -> Vec<std::collections::BTreeSet<String>> {
+    st["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            g["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["server"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// Every group serves with three healthy, synchronized replicas, none on `gone`.
+fn fully_replicated_without(st: &serde_json::Value, gone: &[&str]) -> bool {
+    all_serving(st)
+        && st["groups"].as_array().unwrap().iter().all(|g| {
+            let r = g["replicas"].as_array().unwrap();
+            r.len() == 3
+                && r.iter().all(|r| {
+                    r["healthy"] == true
+                        && r["synchronized"] == true
+                        && !gone.contains(&r["server"].as_str().unwrap_or(""))
+                })
+        })
+}
+
+/// A 4-server pool loses fe4 for good (`kill -9`): past `replace_after_s`, each of its groups
+/// gets a third replica on another server, seeded by snapshot, so a second `kill -9` (fe3)
+/// stops no group — any two of the pool's servers can fail one after the other. Nothing
+/// acknowledged is lost. When both come back, every group returns to its first placement
+/// and the stand-in replicas are closed and their data removed.
+#[test]
+fn a_lost_server_is_replaced_so_a_second_loss_stops_no_group() {
+    const USERS: usize = 2000;
+    const GROUPS: u32 = 8;
+    let topology = testkit::pool::pool_topology(4, GROUPS, StoreOn::Backend).replace(
+        &format!("routing_groups = {GROUPS}\n"),
+        &format!("routing_groups = {GROUPS}\nreplace_after_s = 2\n"),
+    );
+    assert!(topology.contains("replace_after_s = 2"), "{topology}");
+    let pool = PoolLab::start_topology(EXE.as_ref(), TMP, "pool_replace", &topology, USERS);
+    pool.wait_status("fe1", "a healthy pool", |s| s["state"] == "healthy");
+    let names = ["fe1", "fe2", "fe3", "fe4"];
+    let first: Vec<std::collections::BTreeSet<String>> = frontend::pool::placement(
+        &names.map(String::from),
+        GROUPS,
+        &std::collections::BTreeSet::new(),
+    )
+    .into_iter()
+    .map(|p| p.replicas.into_iter().collect())
+    .collect();
+    let load = PoolLoad::start(names.map(|s| pool.sip(s)).to_vec(), 4, USERS);
+    assert!(
+        load.wait_for(200, Duration::from_secs(60)),
+        "the load did not start"
+    );
+    let killed_at = Instant::now();
+    pool.signal("fe4", nix::sys::signal::Signal::SIGKILL);
+    let st = pool.wait_status("fe1", "every group on 3 servers without fe4", |s| {
+        fully_replicated_without(s, &["fe4"])
+    });
+    let replaced = killed_at.elapsed();
+    assert_eq!(st["state"], "degraded", "fe4 is still down: {st}");
+    let before = load.done();
+    assert!(
+        load.wait_for(before + 200, Duration::from_secs(60)),
+        "the load did not go on after the re-placement"
+    );
+    let second_at = Instant::now();
+    pool.signal("fe3", nix::sys::signal::Signal::SIGKILL);
+    pool.wait_status(
+        "fe1",
+        "every group serving without fe3 and fe4",
+        all_serving,
+    );
+    let recovered = second_at.elapsed();
+    let before = load.done();
+    assert!(
+        load.wait_for(before + 200, Duration::from_secs(60)),
+        "the load did not go on after the second kill"
+    );
+    let ops = load.stop();
+    let acked = ops.iter().filter(|o| o.status == 200).count();
+    eprintln!(
+        "re-placement: fe4 killed, every group on 3 servers again after {replaced:?}; fe3 \
+         killed, every group serving after {recovered:?}; {acked} acknowledged of {} requests",
+        ops.len()
+    );
+    let lost = lost(&pool, "fe1", &ops);
+    assert!(lost.is_empty(), "acknowledged changes lost: {lost:?}");
+    // Both come back: the groups return to their first placement, and the stand-ins go.
+    pool.restart("fe3");
+    pool.restart("fe4");
+    let st = pool.wait_status("fe1", "every group back on its first placement", |s| {
+        s["state"] == "healthy" && replicas_of(s) == first
+    });
+    for (g, servers) in first.iter().enumerate() {
+        for name in names {
+            let dir = pool
+                .lab
+                .data
+                .join(name)
+                .join("pools/pool1")
+                .join(format!("rg{g}"));
+            wait_until(
+                &format!("{} only where group {g} is placed", dir.display()),
+                || dir.exists() == servers.contains(name),
+            );
+        }
+    }
+    assert!(fully_replicated_without(&st, &[]), "{st}");
+}
+
+/// A server added to the pool's topology (fe4) is started, then the three others are
+/// restarted one by one with the new topology under load: while the servers run different
+/// lists, nothing moves; once all run the new one, the groups move to the 4-server placement
+/// (fe4 taking its share, seeded by snapshot), no group is started twice, and nothing
+/// acknowledged is lost.
+#[test]
+fn a_server_added_to_the_topology_takes_its_share() {
+    const USERS: usize = 2000;
+    const GROUPS: u32 = 8;
+    let pool = PoolLab::start_with(
+        EXE.as_ref(),
+        TMP,
+        "pool_add",
+        3,
+        GROUPS,
+        USERS,
+        StoreOn::Backend,
+    );
+    pool.wait_status("fe1", "a healthy pool", |s| s["state"] == "healthy");
+    let old = ["fe1", "fe2", "fe3"];
+    let load = PoolLoad::start(old.map(|s| pool.sip(s)).to_vec(), 3, USERS);
+    assert!(
+        load.wait_for(200, Duration::from_secs(60)),
+        "the load did not start"
+    );
+    // The new topology: fe4 declared and listed in the pool.
+    let text = std::fs::read_to_string(&pool.topology).unwrap();
+    let sip = testkit::free_port("127.0.0.1");
+    let admin4: std::net::SocketAddr = format!("127.0.0.1:{}", testkit::free_port("127.0.0.1"))
+        .parse()
+        .unwrap();
+    let fe4 = format!(
+        "[[server]]\nname = \"fe4\"\nsite = \"dc1\"\nsip_udp = \"127.0.0.1:{sip}\"\nsip_tcp = \"127.0.0.1:{sip}\"\nrpc = \"127.0.0.1:{}\"\nadmin = \"{admin4}\"\n",
+        testkit::free_port("127.0.0.1"),
+    );
+    let listed = "servers = [\"fe1\", \"fe2\", \"fe3\"]";
+    assert!(text.contains(listed) && text.contains("[[pool]]"), "{text}");
+    let changed = text
+        .replace(listed, "servers = [\"fe1\", \"fe2\", \"fe3\", \"fe4\"]")
+        .replacen("[[pool]]", &format!("{fe4}[[pool]]"), 1);
+    std::fs::write(&pool.topology, &changed).unwrap();
+    pool.restart("fe4");
+    // fe4 runs the new list, the others the old one: no group moves.
+    let status4 = || {
+        testkit::admin_call(
+            &admin4,
+            Some(&pool.token),
+            "GET",
+            "/api/v1/pools/pool1/status",
+            None,
+        )
+    };
+    wait_until("fe4 seeing every group serving", || {
+        let (code, st) = status4();
+        code == 200 && all_serving(&st)
+    });
+    // A few rounds of fe4's re-placement (every 500 ms) go by: nothing may move.
+    let seen = Instant::now();
+    while seen.elapsed() < Duration::from_secs(2) {
+        let (_, st) = status4();
+        assert!(
+            replicas_of(&st).iter().all(|r| !r.contains("fe4")),
+            "a group moved before every server ran the new topology: {st}"
+        );
+    }
+    for name in old {
+        pool.signal(name, nix::sys::signal::Signal::SIGTERM);
+        pool.wait_exit(name);
+        pool.restart(name);
+        pool.wait_status(
+            name,
+            &format!("every group serving after {name}'s restart"),
+            all_serving,
+        );
+    }
+    let names = ["fe1", "fe2", "fe3", "fe4"];
+    let want: Vec<std::collections::BTreeSet<String>> = frontend::pool::placement(
+        &names.map(String::from),
+        GROUPS,
+        &std::collections::BTreeSet::new(),
+    )
+    .into_iter()
+    .map(|p| p.replicas.into_iter().collect())
+    .collect();
+    let st = pool.wait_status("fe1", "every group on the 4-server placement", |s| {
+        s["state"] == "healthy" && replicas_of(s) == want
+    });
+    let before = load.done();
+    assert!(
+        load.wait_for(before + 200, Duration::from_secs(60)),
+        "the load did not go on"
+    );
+    let ops = load.stop();
+    let acked = ops.iter().filter(|o| o.status == 200).count();
+    eprintln!(
+        "topology change: {acked} acknowledged of {} requests; {st}",
+        ops.len()
+    );
+    let lost = lost(&pool, "fe1", &ops);
+    assert!(lost.is_empty(), "acknowledged changes lost: {lost:?}");
+}

@@ -103,10 +103,15 @@ impl PoolLab {
         users: usize,
         store_on: StoreOn,
     ) -> PoolLab {
+        let topology = pool_topology(servers, groups, store_on);
+        PoolLab::start_topology(exe, tmp, name, &topology, users)
+    }
+
+    /// A lab of the pool topology `text` (a [`pool_topology`], perhaps edited).
+    pub fn start_topology(exe: &Path, tmp: &str, name: &str, text: &str, users: usize) -> PoolLab {
         let dir = test_dir(tmp, name);
         let topology = dir.join("topology.toml");
-        std::fs::write(&topology, pool_topology(servers, groups, store_on))
-            .expect("write the topology");
+        std::fs::write(&topology, text).expect("write the topology");
         let lab = Lab::up(
             exe,
             &topology,

@@ -37,6 +37,7 @@ pub const RULES: &[&str] = &[
     "pool-fields",
     "pool-membership",
     "routing-groups",
+    "replace-after",
     "frontend-needs-sip",
     "needs-rpc",
     "server-no-role",

@@ -149,6 +149,9 @@ pub struct Pool {
     pub store: String,
     /// Number of routing groups (front-end pools; 0 for a chat pool).
     pub routing_groups: u32,
+    /// A front-end server down this long has its routing-group replicas moved to other
+    /// servers of the pool (0: never; default 60).
+    pub replace_after_s: u32,
 }
 
 /// The HA mode of a store.

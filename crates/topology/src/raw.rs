@@ -80,6 +80,8 @@ pub(crate) struct RawPool {
     pub store: Opt<String>,
     /// Signed so that 0 and negative values get the `routing-groups` rule, not `syntax`.
     pub routing_groups: Opt<i64>,
+    /// Signed for the same reason.
+    pub replace_after_s: Opt<i64>,
 }
 
 #[derive(Deserialize)]

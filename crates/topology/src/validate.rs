@@ -503,6 +503,19 @@ impl<'t> Checker<'t, '_> {
                 "set `routing_groups` between 1 and 1024, or remove it for the default of 16",
             );
         }
+        if let Some(after) = &p.replace_after_s
+            && !(0..=604_800).contains(after.get_ref())
+        {
+            self.rep.error(
+                after.span(),
+                "replace-after",
+                format!(
+                    "{owner} replaces a lost server's replicas after {} s; the range is 0 (never) to 604800 (a week)",
+                    after.get_ref()
+                ),
+                "set `replace_after_s` between 0 and 604800, or remove it for the default of 60",
+            );
+        }
     }
 
     fn chat_pool(&mut self, table: &'t Spanned<RawPool>, owner: &str) {
@@ -518,6 +531,12 @@ impl<'t> Checker<'t, '_> {
         self.forbid(
             p.routing_groups.as_ref().map(Spanned::span),
             "routing_groups",
+            owner,
+            kind,
+        );
+        self.forbid(
+            p.replace_after_s.as_ref().map(Spanned::span),
+            "replace_after_s",
             owner,
             kind,
         );
@@ -1349,6 +1368,9 @@ fn build(raw: &RawTopology) -> Topology {
                         routing_groups: val(&p.routing_groups)
                             .and_then(|g| u32::try_from(*g).ok())
                             .unwrap_or(16),
+                        replace_after_s: val(&p.replace_after_s)
+                            .and_then(|s| u32::try_from(*s).ok())
+                            .unwrap_or(60),
                     },
                     PoolKind::PersistentChat => {
                         let (active, idle) = (list(&p.active), list(&p.idle));
@@ -1361,6 +1383,7 @@ fn build(raw: &RawTopology) -> Topology {
                             idle,
                             store,
                             routing_groups: 0,
+                            replace_after_s: 0,
                         }
                     }
                 }

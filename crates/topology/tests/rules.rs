@@ -340,6 +340,20 @@ fn routing_groups() {
 }
 
 #[test]
+fn replace_after() {
+    for (value, bad) in [("-1", true), ("604801", true), ("0", false), ("30", false)] {
+        let snippet = format!(
+            "[[pool]]\nname = \"pool1\"\nkind = \"frontend\"\nsite = \"dc1\"\nservers = [\"fe1\"]\nstore = \"store1\"\nreplace_after_s = {value}\n"
+        );
+        let mut expected = vec![("duplicate-name", 2), ("pool-membership", 5)];
+        if bad {
+            expected.push(("replace-after", 7));
+        }
+        assert_eq!(problems(&snippet), expected, "replace_after_s = {value}");
+    }
+}
+
+#[test]
 fn frontend_needs_sip() {
     let snippet = r#"[[server]]
 name = "fe3"
