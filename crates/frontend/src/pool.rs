@@ -37,7 +37,8 @@ pub const FORGET_USER: &str = "frontend/forget-user";
 /// The rpc service a pool server answers to say it is up (and whether it drains).
 pub const HEALTH: &str = "frontend/health";
 
-/// Replicas of each routing group (fewer only in a pool of fewer servers).
+/// Replicas of each routing group by default (fewer only in a pool of fewer servers); a
+/// pool may ask for 5 (`group_replicas`), so that any two servers may fail at once.
 pub const REPLICAS: usize = 3;
 
 /// The rpc service through which a server delivers a request to a client it holds.
@@ -82,13 +83,23 @@ impl Placement {
 /// server of that group's ranking — a different one for each of the three groups a server
 /// shares a ranking window with, so its load spreads — and groups without it do not move.
 pub fn placement(servers: &[String], groups: u32, out: &BTreeSet<String>) -> Vec<Placement> {
+    placement_of(servers, groups, REPLICAS, out)
+}
+
+/// [`placement`] with `replicas` replicas per group.
+pub fn placement_of(
+    servers: &[String],
+    groups: u32,
+    replicas: usize,
+    out: &BTreeSet<String>,
+) -> Vec<Placement> {
     let n = servers.len();
     (0..groups)
         .map(|g| {
             let replicas = (0..n)
                 .map(|k| &servers[(g as usize + k) % n])
                 .filter(|s| !out.contains(*s))
-                .take(REPLICAS)
+                .take(replicas)
                 .cloned()
                 .collect();
             Placement { group: g, replicas }
@@ -124,6 +135,8 @@ pub struct PoolSpec {
     /// Every pool server's rpc address, this one's included.
     pub peers: BTreeMap<String, String>,
     pub routing_groups: u32,
+    /// Replicas of each group (3, or 5 to survive two servers failing at once).
+    pub group_replicas: usize,
     /// `<data>/pools/<pool>`: a directory `rg<N>` per group replica this server holds.
     pub dir: PathBuf,
     /// A server down this long has its replicas moved to other servers (`None`: never).
@@ -169,7 +182,12 @@ impl PoolMember {
         rpc: RpcPool,
         rpc_config: rpc::ServerConfig,
     ) -> std::io::Result<Arc<PoolMember>> {
-        let placed = placement(&spec.servers, spec.routing_groups, &BTreeSet::new());
+        let placed = placement_of(
+            &spec.servers,
+            spec.routing_groups,
+            spec.group_replicas,
+            &BTreeSet::new(),
+        );
         let mut groups = Vec::new();
         let mut clients = Vec::new();
         for p in &placed {
@@ -224,6 +242,16 @@ impl PoolMember {
         Ok(member)
     }
 
+    /// Where this pool's groups live, leaving out the servers in `out`.
+    pub fn placement(&self, out: &BTreeSet<String>) -> Vec<Placement> {
+        placement_of(
+            &self.servers,
+            self.spec.routing_groups,
+            self.spec.group_replicas,
+            out,
+        )
+    }
+
     /// The group replicas this server holds now.
     pub fn local(&self) -> Vec<(u32, Arc<StoreNode>)> {
         let local = self.local.lock().unwrap_or_else(|e| e.into_inner());
@@ -253,7 +281,7 @@ impl PoolMember {
         if let Some(node) = self.replica_of(group) {
             return Ok(node);
         }
-        let placed = placement(&self.servers, self.spec.routing_groups, &BTreeSet::new());
+        let placed = self.placement(&BTreeSet::new());
         let Some(p) = placed.get(group as usize) else {
             return Err(std::io::Error::other(format!(
                 "pool {} has no routing group {group}",
@@ -666,7 +694,7 @@ impl PoolMember {
                 self.clients.len().saturating_sub(1)
             )));
         };
-        let placed = placement(&self.servers, self.clients.len() as u32, &BTreeSet::new());
+        let placed = self.placement(&BTreeSet::new());
         let Some(place) = placed.get(group as usize) else {
             return Err(ResetRefusal::NoSuchGroup(format!("no group {group}")));
         };
@@ -803,7 +831,7 @@ impl PoolMember {
             .filter(|s| !up.contains(*s))
             .cloned()
             .collect();
-        let placed = placement(&self.servers, self.clients.len() as u32, &BTreeSet::new());
+        let placed = self.placement(&BTreeSet::new());
         let without: Vec<u32> = placed
             .iter()
             .filter(|p| {
@@ -886,7 +914,7 @@ impl PoolMember {
             health.insert(server, (healthy, draining));
         }
         // Where the groups should be now: without the servers lost long enough to be replaced.
-        let placed = placement(&self.servers, self.clients.len() as u32, &self.lost());
+        let placed = self.placement(&self.lost());
         let groups = futures::future::join_all(
             self.clients
                 .iter()

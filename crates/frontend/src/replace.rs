@@ -14,7 +14,7 @@
 //! is a synchronized voter, so the group never has fewer live, synchronized voters than it
 //! had before the step.
 
-use crate::pool::{HEALTH, PoolMember, placement};
+use crate::pool::{HEALTH, PoolMember};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -261,7 +261,7 @@ impl PoolMember {
                 continue;
             }
             waiting = false;
-            let want = placement(&self.servers, self.spec.routing_groups, &self.lost());
+            let want = self.placement(&self.lost());
             for (g, node) in self.local() {
                 if !node.is_primary() {
                     continue;

@@ -6,7 +6,9 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
 
-use frontend::pool::{GroupState, Placement, REPLICAS, ServerState, fabric_state, placement};
+use frontend::pool::{
+    GroupState, Placement, REPLICAS, ServerState, fabric_state, placement, placement_of,
+};
 use frontend::replace::{MemberView, Step, next_step};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -339,6 +341,8 @@ fn two_of_five_down_stop_only_the_groups_on_both() {
 /// One routing group as the re-placement simulation sees it.
 struct SimGroup {
     id: u32,
+    /// Replicas the group should have.
+    size: usize,
     voters: BTreeSet<String>,
     /// Servers holding every acknowledged write of the group.
     data: BTreeSet<String>,
@@ -409,7 +413,7 @@ impl SimGroup {
             self.id
         );
         assert!(
-            self.voters.len() <= REPLICAS + 1,
+            self.voters.len() <= self.size + 1,
             "seed {seed}: group {} grew to {:?}",
             self.id,
             self.voters
@@ -472,7 +476,12 @@ fn run_replacement(seed: u64) {
     let n = 3 + rng.below(6);
     let servers: Vec<String> = (1..=n).map(|i| format!("fe{i}")).collect();
     let groups = 1 + rng.below(8) as u32;
-    let start = placement(&servers, groups, &BTreeSet::new());
+    let size = if n >= 5 && rng.below(2) == 0 {
+        5
+    } else {
+        REPLICAS
+    };
+    let start = placement_of(&servers, groups, size, &BTreeSet::new());
     let mut up: BTreeSet<String> = servers.iter().cloned().collect();
     let mut lost: BTreeSet<String> = BTreeSet::new();
     let mut sim: Vec<SimGroup> = start
@@ -481,6 +490,7 @@ fn run_replacement(seed: u64) {
             let set: BTreeSet<String> = p.replicas.iter().cloned().collect();
             SimGroup {
                 id: p.group,
+                size,
                 voters: set.clone(),
                 data: set.clone(),
                 holders: set,
@@ -519,7 +529,7 @@ fn run_replacement(seed: u64) {
             }
             _ => {}
         }
-        let want = placement(&servers, groups, &lost);
+        let want = placement_of(&servers, groups, size, &lost);
         for g in &mut sim {
             g.elect(&up, seed);
             g.write(&up);
@@ -554,7 +564,7 @@ fn run_replacement(seed: u64) {
 
 /// Re-placement (`frontend::replace::next_step`) under random crashes, restarts and losses:
 /// no step lets a group elect a primary that misses an acknowledged write, no step closes a
-/// member's copy, a group never holds more than one replica beyond its three, and once every
+/// member's copy, a group never holds more than one replica beyond its 3 (or 5), and once every
 /// server is back each group is on its first placement with no copy left behind.
 #[test]
 fn replacement_keeps_every_acknowledged_write_and_converges() {
@@ -571,5 +581,25 @@ fn replacement_keeps_every_acknowledged_write_and_converges() {
         .unwrap_or(1_000);
     for seed in 0..seeds {
         run_replacement(seed);
+    }
+}
+
+/// With `group_replicas = 5`, any two of a five-server pool down at once leave every group
+/// with a majority.
+#[test]
+fn five_replicas_survive_any_two_of_five_down() {
+    let servers: Vec<String> = (1..=5).map(|i| format!("fe{i}")).collect();
+    let p = placement_of(&servers, 20, 5, &BTreeSet::new());
+    for a in 0..5 {
+        for b in (a + 1)..5 {
+            for g in &p {
+                let up = g
+                    .replicas
+                    .iter()
+                    .filter(|r| **r != servers[a] && **r != servers[b])
+                    .count();
+                assert!(up * 2 > g.replicas.len(), "{g:?} without {a} and {b}");
+            }
+        }
     }
 }

@@ -317,6 +317,7 @@ async fn open_pool_member(
         servers: pool.servers.clone(),
         peers,
         routing_groups: pool.routing_groups,
+        group_replicas: pool.group_replicas as usize,
         dir: data.join("pools").join(&pool.name),
         replace_after: (pool.replace_after_s > 0)
             .then(|| Duration::from_secs(u64::from(pool.replace_after_s))),

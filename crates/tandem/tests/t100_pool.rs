@@ -633,3 +633,50 @@ fn a_server_added_to_the_topology_takes_its_share() {
     let lost = lost(&pool, "fe1", &ops);
     assert!(lost.is_empty(), "acknowledged changes lost: {lost:?}");
 }
+
+/// A 5-server pool with `group_replicas = 5`: `kill -9` of two servers at the same moment,
+/// under load, stops no group for longer than an election, and loses nothing acknowledged.
+#[test]
+fn five_replicas_survive_two_servers_killed_at_once() {
+    const USERS: usize = 2000;
+    const GROUPS: u32 = 5;
+    let topology = testkit::pool::pool_topology(5, GROUPS, StoreOn::Backend).replace(
+        &format!("routing_groups = {GROUPS}\n"),
+        &format!("routing_groups = {GROUPS}\ngroup_replicas = 5\n"),
+    );
+    assert!(topology.contains("group_replicas = 5"), "{topology}");
+    let pool = PoolLab::start_topology(EXE.as_ref(), TMP, "pool_five", &topology, USERS);
+    let st = pool.wait_status("fe1", "a healthy pool", |s| s["state"] == "healthy");
+    for g in st["groups"].as_array().unwrap() {
+        assert_eq!(g["replicas"].as_array().unwrap().len(), 5, "{g}");
+    }
+    let names = ["fe1", "fe2", "fe3", "fe4", "fe5"];
+    let load = PoolLoad::start(names.map(|s| pool.sip(s)).to_vec(), 5, USERS);
+    assert!(
+        load.wait_for(200, Duration::from_secs(60)),
+        "the load did not start"
+    );
+    let killed_at = Instant::now();
+    pool.signal("fe4", nix::sys::signal::Signal::SIGKILL);
+    pool.signal("fe5", nix::sys::signal::Signal::SIGKILL);
+    pool.wait_status(
+        "fe1",
+        "every group serving without fe4 and fe5",
+        all_serving,
+    );
+    let recovered = killed_at.elapsed();
+    let before = load.done();
+    assert!(
+        load.wait_for(before + 300, Duration::from_secs(60)),
+        "the load did not go on after the kills"
+    );
+    let ops = load.stop();
+    let acked = ops.iter().filter(|o| o.status == 200).count();
+    eprintln!(
+        "two of five killed at once: every group serving after {recovered:?}; {acked} \
+         acknowledged of {} requests",
+        ops.len()
+    );
+    let lost = lost(&pool, "fe1", &ops);
+    assert!(lost.is_empty(), "acknowledged changes lost: {lost:?}");
+}

@@ -38,6 +38,7 @@ pub const RULES: &[&str] = &[
     "pool-membership",
     "routing-groups",
     "replace-after",
+    "group-replicas",
     "frontend-needs-sip",
     "needs-rpc",
     "server-no-role",

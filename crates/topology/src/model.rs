@@ -152,6 +152,9 @@ pub struct Pool {
     /// A front-end server down this long has its routing-group replicas moved to other
     /// servers of the pool (0: never; default 60).
     pub replace_after_s: u32,
+    /// Replicas of each routing group: 3 (default), or 5 so that any two servers of the pool
+    /// may fail at once (front-end pools of 5 or more servers).
+    pub group_replicas: u32,
 }
 
 /// The HA mode of a store.

@@ -82,6 +82,7 @@ pub(crate) struct RawPool {
     pub routing_groups: Opt<i64>,
     /// Signed for the same reason.
     pub replace_after_s: Opt<i64>,
+    pub group_replicas: Opt<i64>,
 }
 
 #[derive(Deserialize)]

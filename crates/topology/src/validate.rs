@@ -516,6 +516,25 @@ impl<'t> Checker<'t, '_> {
                 "set `replace_after_s` between 0 and 604800, or remove it for the default of 60",
             );
         }
+        if let Some(r) = &p.group_replicas {
+            let servers = p.servers.as_ref().map_or(0, |s| s.get_ref().len()) as i64;
+            let value = *r.get_ref();
+            if value != 3 && value != 5 {
+                self.rep.error(
+                    r.span(),
+                    "group-replicas",
+                    format!("{owner} asks for {value} replicas per routing group; Tandem places 3 or 5"),
+                    "set `group_replicas = 3` (any one server may fail at once) or `5` (any two), or remove it for 3",
+                );
+            } else if value > servers {
+                self.rep.error(
+                    r.span(),
+                    "group-replicas",
+                    format!("{owner} asks for {value} replicas per routing group but has {servers} servers"),
+                    "add servers to the pool, or set `group_replicas = 3`",
+                );
+            }
+        }
     }
 
     fn chat_pool(&mut self, table: &'t Spanned<RawPool>, owner: &str) {
@@ -537,6 +556,12 @@ impl<'t> Checker<'t, '_> {
         self.forbid(
             p.replace_after_s.as_ref().map(Spanned::span),
             "replace_after_s",
+            owner,
+            kind,
+        );
+        self.forbid(
+            p.group_replicas.as_ref().map(Spanned::span),
+            "group_replicas",
             owner,
             kind,
         );
@@ -1371,6 +1396,9 @@ fn build(raw: &RawTopology) -> Topology {
                         replace_after_s: val(&p.replace_after_s)
                             .and_then(|s| u32::try_from(*s).ok())
                             .unwrap_or(60),
+                        group_replicas: val(&p.group_replicas)
+                            .and_then(|r| u32::try_from(*r).ok())
+                            .unwrap_or(3),
                     },
                     PoolKind::PersistentChat => {
                         let (active, idle) = (list(&p.active), list(&p.idle));
@@ -1384,6 +1412,7 @@ fn build(raw: &RawTopology) -> Topology {
                             store,
                             routing_groups: 0,
                             replace_after_s: 0,
+                            group_replicas: 0,
                         }
                     }
                 }

@@ -354,6 +354,22 @@ fn replace_after() {
 }
 
 #[test]
+fn group_replicas() {
+    for (value, bad) in [("4", true), ("5", true), ("3", false)] {
+        let snippet = format!(
+            "[[pool]]\nname = \"pool1\"\nkind = \"frontend\"\nsite = \"dc1\"\nservers = [\"fe1\", \"fe2\", \"fe3\"]\nstore = \"store1\"\ngroup_replicas = {value}\n"
+        );
+        let got = problems(&snippet);
+        assert_eq!(
+            got.iter()
+                .any(|(rule, line)| *rule == "group-replicas" && *line == 7),
+            bad,
+            "group_replicas = {value}: {got:?}"
+        );
+    }
+}
+
+#[test]
 fn frontend_needs_sip() {
     let snippet = r#"[[server]]
 name = "fe3"
