@@ -831,7 +831,23 @@ impl PoolMember {
             .filter(|s| !up.contains(*s))
             .cloned()
             .collect();
-        let placed = self.placement(&BTreeSet::new());
+        // Where each group's replicas are: as a replica of it reports its membership (moved
+        // groups are elsewhere than first placed), else the first placement.
+        let placed: Vec<Placement> = self
+            .placement(&BTreeSet::new())
+            .into_iter()
+            .zip(&status.groups)
+            .map(|(p, g)| {
+                if g.replicas.is_empty() {
+                    p
+                } else {
+                    Placement {
+                        group: p.group,
+                        replicas: g.replicas.iter().map(|r| r.server.clone()).collect(),
+                    }
+                }
+            })
+            .collect();
         let without: Vec<u32> = placed
             .iter()
             .filter(|p| {
