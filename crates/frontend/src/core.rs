@@ -287,11 +287,12 @@ impl Core {
         };
         match event {
             ServerEvent::New => {}
-            ServerEvent::Absorbed { .. } => {
+            ServerEvent::Absorbed { age_ms } => {
                 self.metrics.retransmissions.fetch_add(1, Ordering::Relaxed);
                 // The client is retransmitting while we work: a 100 Trying quiets it (and later
-                // retransmissions get the 100 again until the final response).
-                if !peer.reliable() && req.method != Method::Invite {
+                // retransmissions get the 100 again until the final response), once RFC 4320
+                // allows one.
+                if trying_due(&req.method, peer.reliable(), age_ms) {
                     let trying = req.response(100, None);
                     self.respond(&key, &peer, trying).await;
                 }
@@ -508,4 +509,28 @@ pub(crate) fn contact_addr(contact: &str) -> Option<SocketAddr> {
     let uri = sip::Uri::parse(contact).ok()?;
     let ip: std::net::IpAddr = uri.host.parse().ok()?;
     Some(SocketAddr::new(ip, uri.port.unwrap_or(5060)))
+}
+
+/// Whether a retransmitted request still being worked on gets a `100 Trying`: only a
+/// non-INVITE over UDP (INVITE has its own rules; reliable transports never
+/// retransmit), and only once the client's Timer E has reached T2 (RFC 4320 §4.1: an earlier
+/// 100 to a non-INVITE is forbidden — clients would stop retransmitting while the request is
+/// merely slow, and some, such as SIPp scenarios, do not expect one at all).
+pub(crate) fn trying_due(method: &Method, reliable: bool, age_ms: u64) -> bool {
+    *method != Method::Invite && !reliable && age_ms >= sip::transaction::T2_MS
+}
+
+#[cfg(test)]
+mod trying_tests {
+    use super::trying_due;
+    use sip::Method;
+
+    #[test]
+    fn a_slow_non_invite_gets_100_trying_only_after_t2() {
+        assert!(!trying_due(&Method::Register, false, 500));
+        assert!(!trying_due(&Method::Message, false, 3_999));
+        assert!(trying_due(&Method::Register, false, 4_000));
+        assert!(!trying_due(&Method::Register, true, 10_000));
+        assert!(!trying_due(&Method::Invite, false, 10_000));
+    }
 }
