@@ -465,13 +465,22 @@ fn earlier_result(
         |r| r.get(0),
     )
     .optional()?;
-    match stored {
-        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            StoreError::Storage(format!("stored result of a request is unreadable: {e}"))
-        }),
-        None => Ok(None),
-    }
+    let Some(bytes) = stored else {
+        return Ok(None);
+    };
+    let decoded = match bytes.split_first() {
+        Some((&POSTCARD_RESULT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        // Written by an earlier version, as JSON.
+        _ => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+    };
+    decoded
+        .map(Some)
+        .map_err(|e| StoreError::Storage(format!("stored result of a request is unreadable: {e}")))
 }
+
+/// The first byte of a remembered result in postcard (JSON, which earlier versions wrote,
+/// never starts with it).
+const POSTCARD_RESULT: u8 = 0;
 
 /// Remembers a request's outcome (refusals included: a retry must be refused the same way).
 /// Storage failures are not remembered: the whole batch fails with them.
@@ -483,7 +492,8 @@ fn remember_result(
     if matches!(result, Err(e) if e.is_storage()) {
         return Ok(());
     }
-    let bytes = serde_json::to_vec(result)
+    let mut bytes = vec![POSTCARD_RESULT];
+    postcard::to_io(result, &mut bytes)
         .map_err(|e| StoreError::Storage(format!("cannot encode a result: {e}")))?;
     exec(
         conn,

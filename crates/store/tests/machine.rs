@@ -54,6 +54,34 @@ fn a_retried_request_is_applied_once() {
     }
 }
 
+/// A result remembered by an earlier version (as JSON) still answers a retry after an upgrade.
+#[test]
+fn a_result_remembered_as_json_still_answers_a_retry() {
+    let c = db();
+    let earlier: Result<Applied, StoreError> = Err(StoreError::Exists("sip:b@example.com".into()));
+    c.execute(
+        "INSERT INTO requests (id, result) VALUES (?1, ?2)",
+        rusqlite::params![
+            9u128.to_be_bytes().to_vec(),
+            serde_json::to_vec(&earlier).unwrap()
+        ],
+    )
+    .unwrap();
+    let retry = Envelope {
+        request: Some(9),
+        cmd: add("sip:b@example.com"),
+    };
+    let r = apply_batch(&c, [&retry].into_iter()).unwrap();
+    assert!(
+        matches!(&r[0], Err(StoreError::Exists(a)) if a == "sip:b@example.com"),
+        "the retry gets the remembered refusal and is not applied: {r:?}"
+    );
+    match query(&c, &Query::Users { now_ms: 0 }).unwrap() {
+        QueryResult::Users(u) => assert!(u.is_empty(), "{u:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A failover is recorded, then completed with its first write; RTO comes from the record.
 #[test]
 fn failovers_are_recorded_with_rpo_and_rto() {
