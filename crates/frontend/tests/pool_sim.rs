@@ -293,8 +293,8 @@ fn run(seed: u64) {
     }
 }
 
-#[test]
-fn placement_and_quorum_hold_under_server_loss_and_return() {
+/// Runs `run` on `POOL_SIM_SEED` alone if set, else on seeds 0 to `POOL_SIM_SEEDS` (1,000).
+fn each_seed(run: fn(u64)) {
     if let Some(seed) = std::env::var("POOL_SIM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -309,6 +309,11 @@ fn placement_and_quorum_hold_under_server_loss_and_return() {
     for seed in 0..seeds {
         run(seed);
     }
+}
+
+#[test]
+fn placement_and_quorum_hold_under_server_loss_and_return() {
+    each_seed(run);
 }
 
 /// In a pool of five, any one server down leaves every group serving; two down stop exactly
@@ -568,20 +573,7 @@ fn run_replacement(seed: u64) {
 /// server is back each group is on its first placement with no copy left behind.
 #[test]
 fn replacement_keeps_every_acknowledged_write_and_converges() {
-    if let Some(seed) = std::env::var("POOL_SIM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        run_replacement(seed);
-        return;
-    }
-    let seeds: u64 = std::env::var("POOL_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000);
-    for seed in 0..seeds {
-        run_replacement(seed);
-    }
+    each_seed(run_replacement);
 }
 
 /// With `group_replicas = 5`, any two of a five-server pool down at once leave every group

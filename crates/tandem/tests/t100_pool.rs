@@ -414,6 +414,19 @@ fn reset_group_recovers_a_group_that_lost_its_majority() {
     }
 }
 
+/// Waits until the load has done `more` requests since now (it goes on after a failure),
+/// then stops it: its requests, and how many were acknowledged.
+fn go_on_then_stop(load: PoolLoad, more: usize, after: &str) -> (Vec<testkit::pool::Op>, usize) {
+    let before = load.done();
+    assert!(
+        load.wait_for(before + more, Duration::from_secs(60)),
+        "the load did not go on after {after}"
+    );
+    let ops = load.stop();
+    let acked = ops.iter().filter(|o| o.status == 200).count();
+    (ops, acked)
+}
+
 /// The servers holding each group's replicas, as the pool status from `via` reports them.
 fn replicas_of(st: &serde_json::Value) -> Vec<std::collections::BTreeSet<String>> {
     st["groups"]
@@ -495,13 +508,7 @@ fn a_lost_server_is_replaced_so_a_second_loss_stops_no_group() {
         all_serving,
     );
     let recovered = second_at.elapsed();
-    let before = load.done();
-    assert!(
-        load.wait_for(before + 200, Duration::from_secs(60)),
-        "the load did not go on after the second kill"
-    );
-    let ops = load.stop();
-    let acked = ops.iter().filter(|o| o.status == 200).count();
+    let (ops, acked) = go_on_then_stop(load, 200, "the second kill");
     eprintln!(
         "re-placement: fe4 killed, every group on 3 servers again after {replaced:?}; fe3 \
          killed, every group serving after {recovered:?}; {acked} acknowledged of {} requests",
@@ -619,13 +626,7 @@ fn a_server_added_to_the_topology_takes_its_share() {
     let st = pool.wait_status("fe1", "every group on the 4-server placement", |s| {
         s["state"] == "healthy" && replicas_of(s) == want
     });
-    let before = load.done();
-    assert!(
-        load.wait_for(before + 200, Duration::from_secs(60)),
-        "the load did not go on"
-    );
-    let ops = load.stop();
-    let acked = ops.iter().filter(|o| o.status == 200).count();
+    let (ops, acked) = go_on_then_stop(load, 200, "the topology change");
     eprintln!(
         "topology change: {acked} acknowledged of {} requests; {st}",
         ops.len()
@@ -665,13 +666,7 @@ fn five_replicas_survive_two_servers_killed_at_once() {
         all_serving,
     );
     let recovered = killed_at.elapsed();
-    let before = load.done();
-    assert!(
-        load.wait_for(before + 300, Duration::from_secs(60)),
-        "the load did not go on after the kills"
-    );
-    let ops = load.stop();
-    let acked = ops.iter().filter(|o| o.status == 200).count();
+    let (ops, acked) = go_on_then_stop(load, 300, "the kills");
     eprintln!(
         "two of five killed at once: every group serving after {recovered:?}; {acked} \
          acknowledged of {} requests",
