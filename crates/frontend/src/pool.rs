@@ -566,8 +566,12 @@ pub struct ServerState {
     pub draining: bool,
     /// Groups it is the primary of.
     pub primaries: u32,
-    /// Groups it holds a replica of (by placement).
+    /// Groups it holds a replica of.
     pub replicas: u32,
+    /// Down for longer than the pool's `replace_after_s`: its groups' replicas move to
+    /// other servers.
+    #[serde(default)]
+    pub lost: bool,
 }
 
 /// One replica of a routing group, as the group's primary reports it.
@@ -930,7 +934,8 @@ impl PoolMember {
             health.insert(server, (healthy, draining));
         }
         // Where the groups should be now: without the servers lost long enough to be replaced.
-        let placed = self.placement(&self.lost());
+        let lost = self.lost();
+        let placed = self.placement(&lost);
         let groups = futures::future::join_all(
             self.clients
                 .iter()
@@ -947,6 +952,7 @@ impl PoolMember {
                     server: s.clone(),
                     healthy,
                     draining,
+                    lost: lost.contains(s),
                     primaries: groups
                         .iter()
                         .filter(|g| g.primary.as_deref() == Some(s))

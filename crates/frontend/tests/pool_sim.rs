@@ -181,6 +181,7 @@ fn check_quorum(w: &World, p: &[Placement], seed: u64) -> usize {
             draining: false,
             primaries: 0,
             replicas: 0,
+            lost: false,
         })
         .collect();
     let serving = groups.iter().filter(|g| g.serving).count();

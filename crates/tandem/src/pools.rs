@@ -236,7 +236,11 @@ fn print_status(st: &Value) {
                 .map(|s| {
                     vec![
                         text(s, "server"),
-                        yes_no(s, "healthy", "up", "DOWN"),
+                        if s["lost"] == true {
+                            "LOST (replicas moved)".to_string()
+                        } else {
+                            yes_no(s, "healthy", "up", "DOWN")
+                        },
                         yes_no(s, "draining", "draining", "-"),
                         text(s, "primaries"),
                         text(s, "replicas"),

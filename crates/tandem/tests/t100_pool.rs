@@ -495,6 +495,11 @@ fn a_lost_server_is_replaced_so_a_second_loss_stops_no_group() {
     });
     let replaced = killed_at.elapsed();
     assert_eq!(st["state"], "degraded", "fe4 is still down: {st}");
+    let fe4 = &st["servers"].as_array().unwrap()[3];
+    assert!(
+        fe4["server"] == "fe4" && fe4["lost"] == true && fe4["replicas"] == 0,
+        "fe4 is reported lost, holding nothing: {fe4}"
+    );
     let before = load.done();
     assert!(
         load.wait_for(before + 200, Duration::from_secs(60)),
