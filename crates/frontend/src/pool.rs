@@ -770,7 +770,8 @@ impl PoolMember {
             String::new()
         } else {
             format!(
-                "when {} {} back, add {} again: {}",
+                "when {} {} back, the group's primary adds {} again by itself (reseeded from \
+                 the surviving replica); to do it at once: {}",
                 missing.join(" and "),
                 if missing.len() == 1 { "is" } else { "are" },
                 if missing.len() == 1 { "it" } else { "them" },

@@ -86,11 +86,13 @@ pub enum Step {
 }
 
 /// The next step for a group led by `me`, with `members` (the primary's view), `want` (the
-/// placement without the lost servers) and `holders` (servers known to hold a copy).
+/// placement without the lost servers), `down` (servers that do not answer now) and
+/// `holders` (servers known to hold a copy).
 ///
 /// 1. An unwanted replica that is behind or gone holds nothing the group counts on: it goes
 ///    first (the synchronized replicas stay, and a smaller group needs no more of them).
-/// 2. A missing wanted replica is added, while the group is no larger than it should be.
+/// 2. A missing wanted replica on a server that answers is added, while the group is no
+///    larger than it should be.
 /// 3. A wanted learner (an add cut short) is made to vote.
 /// 4. An unwanted synchronized replica goes once every wanted replica votes and holds
 ///    everything, or to make room for a missing one — and only while the synchronized
@@ -100,6 +102,7 @@ pub fn next_step(
     me: &str,
     members: &[MemberView],
     want: &[String],
+    down: &BTreeSet<String>,
     holders: &BTreeSet<String>,
 ) -> Step {
     let member = |s: &str| members.iter().find(|m| m.server == s);
@@ -109,7 +112,9 @@ pub fn next_step(
         return Step::Remove(x.server.clone());
     }
     if members.len() <= want.len()
-        && let Some(s) = want.iter().find(|s| member(s).is_none())
+        && let Some(s) = want
+            .iter()
+            .find(|s| member(s).is_none() && !down.contains(*s))
     {
         return Step::Add(s.clone());
     }
@@ -279,16 +284,18 @@ impl PoolMember {
         let Ok(status) = node.status().await else {
             return;
         };
-        let holders: BTreeSet<String> = {
+        let (down, holders): (BTreeSet<String>, BTreeSet<String>) = {
             let fabric = self.fabric.lock().unwrap_or_else(|e| e.into_inner());
-            fabric
+            let down: BTreeSet<String> = fabric.down_since.keys().cloned().collect();
+            let holders = fabric
                 .holds
                 .iter()
-                .filter(|(s, groups)| groups.contains(&g) && !fabric.down_since.contains_key(*s))
+                .filter(|(s, groups)| groups.contains(&g) && !down.contains(*s))
                 .map(|(s, _)| s.clone())
-                .collect()
+                .collect();
+            (down, holders)
         };
-        let step = next_step(&self.me, &members_of(&status), want, &holders);
+        let step = next_step(&self.me, &members_of(&status), want, &down, &holders);
         let group = node.name().to_string();
         let change = |server: &str, commit: Option<&str>| MemberChange {
             server: server.to_string(),
@@ -382,16 +389,16 @@ mod tests {
         let want = names(&["a", "b", "d"]);
         let none = BTreeSet::new();
         assert_eq!(
-            next_step("a", &members, &want, &none),
+            next_step("a", &members, &want, &none, &none),
             Step::Remove("c".into())
         );
         let members = [m("a", true, true), m("b", true, true)];
         assert_eq!(
-            next_step("a", &members, &want, &none),
+            next_step("a", &members, &want, &none, &none),
             Step::Add("d".into())
         );
         let members = [m("a", true, true), m("b", true, true), m("d", true, false)];
-        assert_eq!(next_step("a", &members, &want, &none), Step::Settled);
+        assert_eq!(next_step("a", &members, &want, &none, &none), Step::Settled);
     }
 
     #[test]
@@ -400,7 +407,7 @@ mod tests {
         let none = BTreeSet::new();
         let members = [m("a", true, true), m("b", true, true), m("d", true, true)];
         assert_eq!(
-            next_step("a", &members, &want, &none),
+            next_step("a", &members, &want, &none, &none),
             Step::Add("c".into())
         );
         let members = [
@@ -410,7 +417,7 @@ mod tests {
             m("c", true, false),
         ];
         // c is still catching up: d stays.
-        assert_eq!(next_step("a", &members, &want, &none), Step::Settled);
+        assert_eq!(next_step("a", &members, &want, &none, &none), Step::Settled);
         let members = [
             m("a", true, true),
             m("b", true, true),
@@ -418,8 +425,24 @@ mod tests {
             m("c", true, true),
         ];
         assert_eq!(
-            next_step("a", &members, &want, &none),
+            next_step("a", &members, &want, &none, &none),
             Step::Remove("d".into())
+        );
+    }
+
+    #[test]
+    fn a_wanted_server_that_is_down_is_passed_over() {
+        let want = names(&["c", "a", "b"]);
+        let members = [m("a", true, true)];
+        let down = BTreeSet::from(["c".to_string()]);
+        let none = BTreeSet::new();
+        assert_eq!(
+            next_step("a", &members, &want, &down, &none),
+            Step::Add("b".into())
+        );
+        assert_eq!(
+            next_step("a", &members, &want, &none, &none),
+            Step::Add("c".into())
         );
     }
 
@@ -429,7 +452,7 @@ mod tests {
         let want = names(&["a", "b", "c"]);
         let none = BTreeSet::new();
         assert_eq!(
-            next_step("d", &members, &want, &none),
+            next_step("d", &members, &want, &none, &none),
             Step::Add("c".into())
         );
         let members = [
@@ -439,22 +462,22 @@ mod tests {
             m("d", true, true),
         ];
         assert_eq!(
-            next_step("d", &members, &want, &none),
+            next_step("d", &members, &want, &none, &none),
             Step::HandOff("a".into())
         );
         assert_eq!(
-            next_step("a", &members, &want, &none),
+            next_step("a", &members, &want, &none, &none),
             Step::Remove("d".into())
         );
         let members = [m("a", true, true), m("b", true, true), m("c", true, true)];
         let holders = BTreeSet::from(["d".to_string()]);
         assert_eq!(
-            next_step("a", &members, &want, &holders),
+            next_step("a", &members, &want, &none, &holders),
             Step::Unhost("d".into())
         );
         let learner = [m("a", true, true), m("b", true, true), m("c", false, true)];
         assert_eq!(
-            next_step("a", &learner, &want, &none),
+            next_step("a", &learner, &want, &none, &none),
             Step::Promote("c".into())
         );
     }

@@ -441,7 +441,14 @@ impl SimGroup {
             })
             .collect();
         let seen: BTreeSet<String> = self.holders.intersection(up).cloned().collect();
-        let step = next_step(&me, &members, want, &seen);
+        let down: BTreeSet<String> = self
+            .voters
+            .iter()
+            .chain(want)
+            .filter(|s| !up.contains(*s))
+            .cloned()
+            .collect();
+        let step = next_step(&me, &members, want, &down, &seen);
         match &step {
             Step::Add(s) if up.contains(s) => {
                 // A snapshot seeds it with everything committed.

@@ -275,8 +275,8 @@ fn a_rolling_restart_with_drain_fails_no_request() {
 /// `kill -9` of two of three servers stops every group (each has two of its three replicas on
 /// them) and the pool reports `down`. `pool reset-group` states what the surviving replica
 /// lacks and changes nothing without `--accept-data-loss`; with it the group serves again
-/// from fe1 alone, with what was acknowledged before; once fe2 is back, `store add-replica`
-/// reseeds fe2's old replica from it.
+/// from fe1 alone, with what was acknowledged before; once fe2 is back, the group's primary
+/// adds fe2's old replica again by itself, reseeded from fe1.
 #[test]
 fn reset_group_recovers_a_group_that_lost_its_majority() {
     // The pool's store on a back-end server: the users can still sign in once their group is
@@ -381,22 +381,9 @@ fn reset_group_recovers_a_group_that_lost_its_majority() {
     let mut ua = Ua::udp(pool.sip("fe1"), &before[0].0, "pw", DOMAIN);
     assert_eq!(ua.register(600).status, 200, "the group takes writes again");
 
-    // fe2 comes back: the other groups have their majority again; the reset group takes
-    // fe2's replica back once told to.
+    // fe2 comes back: the other groups have their majority again, and the reset group's
+    // primary takes fe2's replica back by itself, reseeded from fe1.
     pool.restart("fe2");
-    let out = pool.cli(
-        "fe1",
-        &[
-            "store",
-            "add-replica",
-            &format!("pool1.rg{g}"),
-            "--server",
-            "fe2",
-            "--commit",
-            "sync",
-        ],
-    );
-    assert!(out.status.success(), "{out:?}");
     let st = pool.wait_status("fe1", "every group serving with fe2", |s| {
         all_serving(s)
             && s["groups"][g as usize]["replicas"]
