@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::proto::{FailoverRequest, MemberChange, StoreStatus};
+use store::proto::{FailoverRequest, MemberChange, ReplicaStatus};
 
 /// The rpc service through which a group's primary asks a server to open a replica of the
 /// group (empty, waiting to be added); the body is the group id.
@@ -154,10 +154,9 @@ pub fn next_step(
     Step::Settled
 }
 
-/// The members of a group from its primary's status.
-pub fn members_of(status: &StoreStatus) -> Vec<MemberView> {
-    status
-        .replicas
+/// The members of a group from its primary's rows of `store status`.
+pub fn members_of(replicas: &[ReplicaStatus]) -> Vec<MemberView> {
+    replicas
         .iter()
         .map(|r| MemberView {
             server: r.server.clone(),
@@ -281,9 +280,7 @@ impl PoolMember {
 
     /// Takes one step toward `want` for group `g`, which this server leads.
     async fn reconcile(&self, g: u32, node: &store::node::StoreNode, want: &[String]) {
-        let Ok(status) = node.status().await else {
-            return;
-        };
+        let replicas = node.replicas();
         let (down, holders): (BTreeSet<String>, BTreeSet<String>) = {
             let fabric = self.fabric.lock().unwrap_or_else(|e| e.into_inner());
             let down: BTreeSet<String> = fabric.down_since.keys().cloned().collect();
@@ -295,7 +292,7 @@ impl PoolMember {
                 .collect();
             (down, holders)
         };
-        let step = next_step(&self.me, &members_of(&status), want, &down, &holders);
+        let step = next_step(&self.me, &members_of(&replicas), want, &down, &holders);
         let group = node.name().to_string();
         let change = |server: &str, commit: Option<&str>| MemberChange {
             server: server.to_string(),

@@ -567,8 +567,13 @@ impl StoreNode {
     }
 
     /// This replica's view of the store: complete on the primary, partial elsewhere.
-    pub async fn status(&self) -> Reply<StoreStatus> {
-        let st = self.replica().status();
+    /// The replicas' rows of `store status`, from memory alone (complete on the primary):
+    /// what the pool's re-placement looks at every round.
+    pub fn replicas(&self) -> Vec<ReplicaStatus> {
+        self.replica_rows(&self.replica().status())
+    }
+
+    fn replica_rows(&self, st: &replica::Status) -> Vec<ReplicaStatus> {
         let is_leader = st.role == Role::Leader;
         let now = now_ms();
         let leader_since = self.watch.lock().map(|w| w.leader_since_ms).unwrap_or(0);
@@ -653,6 +658,13 @@ impl StoreNode {
         for (id, m) in &st.learners {
             push(*id, m, false);
         }
+        replicas
+    }
+
+    pub async fn status(&self) -> Reply<StoreStatus> {
+        let st = self.replica().status();
+        let is_leader = st.role == Role::Leader;
+        let replicas = self.replica_rows(&st);
         let mirroring = self.mirroring_status(&replicas, is_leader);
         let failovers = match &self.readers {
             Some(r) => r
