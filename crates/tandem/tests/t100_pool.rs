@@ -414,6 +414,17 @@ fn go_on_then_stop(load: PoolLoad, more: usize, after: &str) -> (Vec<testkit::po
     (ops, acked)
 }
 
+/// A pool lab of `servers` servers (its store on a back-end server) whose pool section has
+/// `line` added, e.g. `replace_after_s = 2`.
+fn pool_with(name: &str, servers: usize, groups: u32, line: &str, users: usize) -> PoolLab {
+    let topology = testkit::pool::pool_topology(servers, groups, StoreOn::Backend).replace(
+        &format!("routing_groups = {groups}\n"),
+        &format!("routing_groups = {groups}\n{line}\n"),
+    );
+    assert!(topology.contains(line), "{topology}");
+    PoolLab::start_topology(EXE.as_ref(), TMP, name, &topology, users)
+}
+
 /// The servers holding each group's replicas, as the pool status from `via` reports them.
 fn replicas_of(st: &serde_json::Value) -> Vec<std::collections::BTreeSet<String>> {
     st["groups"]
@@ -454,12 +465,7 @@ fn fully_replicated_without(st: &serde_json::Value, gone: &[&str]) -> bool {
 fn a_lost_server_is_replaced_so_a_second_loss_stops_no_group() {
     const USERS: usize = 2000;
     const GROUPS: u32 = 8;
-    let topology = testkit::pool::pool_topology(4, GROUPS, StoreOn::Backend).replace(
-        &format!("routing_groups = {GROUPS}\n"),
-        &format!("routing_groups = {GROUPS}\nreplace_after_s = 2\n"),
-    );
-    assert!(topology.contains("replace_after_s = 2"), "{topology}");
-    let pool = PoolLab::start_topology(EXE.as_ref(), TMP, "pool_replace", &topology, USERS);
+    let pool = pool_with("pool_replace", 4, GROUPS, "replace_after_s = 2", USERS);
     pool.wait_status("fe1", "a healthy pool", |s| s["state"] == "healthy");
     let names = ["fe1", "fe2", "fe3", "fe4"];
     let first: Vec<std::collections::BTreeSet<String>> = frontend::pool::placement(
@@ -633,12 +639,7 @@ fn a_server_added_to_the_topology_takes_its_share() {
 fn five_replicas_survive_two_servers_killed_at_once() {
     const USERS: usize = 2000;
     const GROUPS: u32 = 5;
-    let topology = testkit::pool::pool_topology(5, GROUPS, StoreOn::Backend).replace(
-        &format!("routing_groups = {GROUPS}\n"),
-        &format!("routing_groups = {GROUPS}\ngroup_replicas = 5\n"),
-    );
-    assert!(topology.contains("group_replicas = 5"), "{topology}");
-    let pool = PoolLab::start_topology(EXE.as_ref(), TMP, "pool_five", &topology, USERS);
+    let pool = pool_with("pool_five", 5, GROUPS, "group_replicas = 5", USERS);
     let st = pool.wait_status("fe1", "a healthy pool", |s| s["state"] == "healthy");
     for g in st["groups"].as_array().unwrap() {
         assert_eq!(g["replicas"].as_array().unwrap().len(), 5, "{g}");
