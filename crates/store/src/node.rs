@@ -91,6 +91,8 @@ struct Watch {
     last_leader: Option<(u64, u64)>,
     /// The last term this node recorded a failover for (as the new primary).
     recorded_term: u64,
+    /// The term whose failover record is being written now.
+    recording: Option<u64>,
     /// A planned transfer to this node: when it was asked (unix ms) and from whom.
     planned: Option<(u64, String)>,
     /// Per member, the last time (unix ms) it held everything the primary had.
@@ -803,6 +805,12 @@ impl StoreNode {
                 "the target is {} transactions behind; wait until it is synchronized",
                 last - matched
             )));
+        }
+        // A primary handed the role a moment ago records that failover first: once it is
+        // not the primary any more it cannot, and the history would miss a failover.
+        let recorded_by = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.failover_unrecorded(st.term) && tokio::time::Instant::now() < recorded_by {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Held until the mirror leads, so that `keep_mirroring_shape` here does not demote
         // the mirror on its way in.
@@ -1556,6 +1564,7 @@ impl StoreNode {
                         if let Some((prev_id, _)) = w.last_leader.take() {
                             let planned = w.planned.take();
                             record = Some((prev_id, planned));
+                            w.recording = Some(st.term);
                         }
                     }
                 }
@@ -1580,6 +1589,31 @@ impl StoreNode {
         prev_id: u64,
         planned: Option<(u64, String)>,
         st: replica::Status,
+    ) {
+        self.write_failover_record(prev_id, planned, &st).await;
+        if let Ok(mut w) = self.watch.lock()
+            && w.recording == Some(st.term)
+        {
+            w.recording = None;
+        }
+    }
+
+    /// Whether this primary has yet to record how it became primary (a failover to it
+    /// that the watch noticed but whose record is not written, or not decided yet).
+    fn failover_unrecorded(&self, term: u64) -> bool {
+        self.watch
+            .lock()
+            .map(|w| {
+                w.recording == Some(term) || (w.last_leader.is_some() && w.recorded_term < term)
+            })
+            .unwrap_or(false)
+    }
+
+    async fn write_failover_record(
+        &self,
+        prev_id: u64,
+        planned: Option<(u64, String)>,
+        st: &replica::Status,
     ) {
         let decided_ms = now_ms();
         let from_server = self.endpoint(prev_id).map(|e| e.server);
