@@ -335,9 +335,11 @@ impl ClusterNode {
             store: self.cfg.store.clone(),
             mode: "failover-cluster".into(),
             reported_by: self.cfg.me.clone(),
+            // A witness leads only to hand leadership to a node: it never owns.
             primary: st
                 .leader
-                .and_then(|id| st.voters.get(&id).map(|m| m.server.clone())),
+                .and_then(|id| st.voters.get(&id).map(|m| m.server.clone()))
+                .filter(|s| !self.cfg.members.iter().any(|m| &m.server == s && m.witness)),
             // The fencing token of the owner.
             term: owned.as_ref().map_or(st.term, |o| o.token),
             lease_age_ms: st.quorum_ack_ms_ago,

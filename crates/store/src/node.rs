@@ -679,7 +679,13 @@ impl StoreNode {
             store: self.cfg.store.clone(),
             mode: self.cfg.mode.clone(),
             reported_by: self.cfg.me.clone(),
-            primary: st.leader.and_then(|id| self.endpoint(id)).map(|e| e.server),
+            // A witness leads only for the moment it takes to hand the role to the mirror: it
+            // is never the primary.
+            primary: st
+                .leader
+                .and_then(|id| self.endpoint(id))
+                .map(|e| e.server)
+                .filter(|s| !self.is_witness(s)),
             term: st.term,
             lease_age_ms: st.quorum_ack_ms_ago,
             last_log_index: st.last_log_index,

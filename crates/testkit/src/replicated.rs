@@ -96,8 +96,17 @@ impl ReplicatedLab {
                 "/api/v1/stores/store/status",
                 None,
             );
-            if code == 200 && pred(&body) {
-                return body;
+            if code == 200 {
+                // Whatever else is going on, a witness is never named the primary.
+                let primary = body["primary"].as_str();
+                let witness = body["replicas"].as_array().is_some_and(|rs| {
+                    rs.iter()
+                        .any(|r| r["role"] == "witness" && r["server"].as_str() == primary)
+                });
+                assert!(!witness, "a witness named the primary: {body}");
+                if pred(&body) {
+                    return body;
+                }
             }
             assert!(Instant::now() < end, "no {what} within 60 s: {body}");
             std::thread::sleep(Duration::from_millis(50));
