@@ -18,9 +18,12 @@
 # Needs: sipp (sip-tester), kamailio, python3, a release build (done here).
 set -euo pipefail
 
+# SIPp's socket buffers (its default, 64 KiB, drops answers that come in bursts; the same
+# for both sides).
+SIPP_BUFFER=${SIPP_BUFFER:-4194304}
 DURATION=${DURATION:-5}
 USERS=${USERS:-6000}
-RATES=${RATES:-"600 1200 2400 3600 4800 6000 7200 8400 9600 12000"}
+RATES=${RATES:-"600 1200 2400 3600 4800 6000 7200 8400 9600 10800 12000 14400"}
 KILLS=${KILLS:-10}
 GROUPS_N=${GROUPS_N:-16}
 LIMIT_MS=2000
@@ -163,7 +166,7 @@ step() { # name rate scenario csv_prefix targets...
     local file=$csv
     [ -f "$csv-$i.csv" ] && file="$csv-$i.csv"
     timeout $((DURATION * 4 + 30)) sipp -sf "$scenario" -inf "$file" -r "$each" -m "$calls" -l $((each * 3)) \
-      -i 127.0.0.1 -p "$(port_of "${targets[$i]}")" "${targets[$i]}" -recv_timeout 5000 -nostdin \
+      -i 127.0.0.1 -p "$(port_of "${targets[$i]}")" "${targets[$i]}" -recv_timeout 5000 -buff_size "$SIPP_BUFFER" -nostdin \
       -trace_stat -stf "$work/stat-$i.csv" -trace_err -error_file "$work/errors-${name// /-}-$rate-$i.log" \
       > "$work/sipp-$i.out" 2>&1 &
     sp+=($!)

@@ -14,6 +14,9 @@
 # Needs: sipp (sip-tester), kamailio, a release build (done here).
 set -euo pipefail
 
+# SIPp's socket buffers (its default, 64 KiB, drops answers that come in bursts; the same
+# for both sides).
+SIPP_BUFFER=${SIPP_BUFFER:-4194304}
 DURATION=${DURATION:-5}
 USERS=${USERS:-5000}
 RATES=${RATES:-"1000 2000 4000 6000 7000 8000 9000 10000 11000 12000 14000 16000"}
@@ -111,7 +114,7 @@ step() { # name target scenario csv rate [extra sipp args]
   start=$(date +%s.%N)
   set +e
   timeout $((DURATION * 4 + 30)) sipp -sf "$scenario" -inf "$csv" -r "$rate" -m "$calls" -l $((rate * 3)) \
-    -i 127.0.0.1 -p "$SIPP_PORT" "$target" -recv_timeout 5000 -nostdin -trace_stat -stf "$work/stat.csv" \
+    -i 127.0.0.1 -p "$SIPP_PORT" "$target" -recv_timeout 5000 -buff_size "$SIPP_BUFFER" -nostdin -trace_stat -stf "$work/stat.csv" \
     -trace_err -error_file "$work/errors-${name// /-}-$rate.log" "$@" \
     > "$work/sipp.out" 2>&1
   rc=$?

@@ -87,6 +87,8 @@ pub fn is_udp_outbound(flow: &str) -> bool {
             .is_some_and(|s| s.ends_with('/'))
 }
 
+/// The UDP receive buffer asked for: some 4,000 requests of a burst.
+const UDP_RECEIVE_BUFFER: usize = 8 << 20;
 /// Bytes queued per connection before the writer applies back-pressure.
 const CONN_QUEUE: usize = 1024;
 /// Time to establish an outbound connection.
@@ -102,7 +104,11 @@ impl Transports {
         max_connections: usize,
     ) -> std::io::Result<(Transports, Option<TcpListener>)> {
         let udp_socket = match udp {
-            Some(a) => Some(Arc::new(UdpSocket::bind(a).await?)),
+            Some(a) => {
+                let sock = UdpSocket::bind(a).await?;
+                widen_receive_buffer(&sock);
+                Some(Arc::new(sock))
+            }
             None => None,
         };
         let listener = match tcp {
@@ -223,6 +229,25 @@ impl Transports {
         if let Ok(mut conns) = self.conns.lock() {
             conns.remove(&id);
         }
+    }
+}
+
+/// Asks for a UDP receive buffer of [`UDP_RECEIVE_BUFFER`] bytes. Under load, requests arrive
+/// in bursts while the runtime is busy elsewhere; the default (about 200 KiB, some 100
+/// datagrams) overflows, and each dropped request costs the client a 500 ms retransmission.
+/// The kernel caps the size at `net.core.rmem_max`; the size granted is logged.
+fn widen_receive_buffer(sock: &UdpSocket) {
+    let s = socket2::SockRef::from(sock);
+    if let Err(e) = s.set_recv_buffer_size(UDP_RECEIVE_BUFFER) {
+        tracing::warn!(error = %e, "could not widen the UDP receive buffer");
+    }
+    match s.recv_buffer_size() {
+        Ok(n) if n < UDP_RECEIVE_BUFFER => tracing::info!(
+            granted = n,
+            asked = UDP_RECEIVE_BUFFER,
+            "UDP receive buffer capped by net.core.rmem_max"
+        ),
+        _ => {}
     }
 }
 

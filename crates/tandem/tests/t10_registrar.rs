@@ -540,3 +540,47 @@ fn presence_requires_authentication_and_valid_pidf() {
         "the refused PUBLISH changed nothing"
     );
 }
+
+/// A burst of requests that arrives faster than the server answers is queued, not dropped:
+/// 3,000 OPTIONS sent back to back over UDP, each its own transaction, all get their 200. A
+/// dropped request costs a real client a 500 ms retransmission, and at a few thousand
+/// requests a second, bursts this size are ordinary.
+#[test]
+fn a_burst_of_udp_requests_is_answered_in_full() {
+    const N: usize = 3000;
+    let s = server("burst");
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // The client's own buffer holds the answers however fast they come.
+    socket2::SockRef::from(&sock)
+        .set_recv_buffer_size(8 << 20)
+        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let local = sock.local_addr().unwrap();
+    let reader = sock.try_clone().unwrap();
+    let answers = std::thread::spawn(move || {
+        let mut answered = std::collections::HashSet::new();
+        let mut buf = vec![0u8; 65_536];
+        while answered.len() < N {
+            let Ok(n) = reader.recv(&mut buf) else { break };
+            if let Ok(sip::Message::Response(r)) =
+                sip::parse_message(&buf[..n], &sip::Limits::default())
+                && r.status == 200
+            {
+                answered.insert(r.headers.get("Call-ID").unwrap_or_default().to_string());
+            }
+        }
+        answered.len()
+    });
+    for i in 0..N {
+        let options = format!(
+            "OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKburst{i}\r\nMax-Forwards: 70\r\nFrom: <sip:burst@example.com>;tag=b{i}\r\nTo: <sip:example.com>\r\nCall-ID: burst{i}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        sock.send_to(options.as_bytes(), s.sip).unwrap();
+    }
+    assert_eq!(
+        answers.join().unwrap(),
+        N,
+        "every request of the burst answered"
+    );
+}
