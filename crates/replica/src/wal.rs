@@ -4,7 +4,12 @@
 //!
 //! Layout of `dir`:
 //! - `seg-<first index, 20 digits>.log`: records `[len u32][crc32c u32][index u64][payload]`,
-//!   the checksum covering index and payload. A new segment starts past `SEGMENT_BYTES`.
+//!   the checksum covering index and payload, then zeros. A new segment starts past
+//!   `SEGMENT_BYTES`. The writer extends a segment with zeros ahead of its records
+//!   ([`PREALLOCATE_BYTES`] at a time), so an append overwrites bytes the file already has and
+//!   its `fdatasync` writes the data alone, not the inode's new size as well: on ext4 that
+//!   halves the time and CPU of the sync every commit waits for. A zero header cannot be a
+//!   record (the checksum of index 0 is not 0), so zeros to the end of the file end it.
 //! - `meta.json`: `{vote, committed, last_purged}` as opaque strings, written to a temporary
 //!   file, fsynced, renamed over the old one, and the directory fsynced.
 //!
@@ -27,6 +32,8 @@ pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// Largest record accepted (a record claiming more is corruption).
 pub const MAX_RECORD_BYTES: u32 = 256 * 1024 * 1024;
 const HEADER: usize = 4 + 4 + 8;
+/// Zeros written ahead of the records each time a segment runs out of them.
+pub const PREALLOCATE_BYTES: u64 = 1024 * 1024;
 
 /// What `meta.json` holds: opaque to the log, interpreted by the consensus layer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -132,6 +139,16 @@ fn read_segment(path: &Path, first: u64) -> io::Result<SegmentRead> {
     let mut offsets = Vec::new();
     let mut problem = None;
     while pos < data.len() {
+        let head = &data[pos..data.len().min(pos + HEADER)];
+        if head.iter().all(|b| *b == 0) {
+            // Zeros written ahead: the end, if nothing but zeros follows.
+            if !data[pos..].iter().all(|b| *b == 0) {
+                problem = Some(format!(
+                    "a zero record header at offset {pos} followed by data"
+                ));
+            }
+            break;
+        }
         if data.len() - pos < HEADER {
             problem = Some(format!(
                 "{} bytes of a record header at offset {pos}",
@@ -187,6 +204,8 @@ struct Writer {
     dir: PathBuf,
     segments: Vec<Segment>,
     file: Option<File>,
+    /// Bytes the open file has: its records, then zeros written ahead.
+    allocated: u64,
     /// fsync data and directories (off only in simulations).
     sync: bool,
 }
@@ -204,6 +223,13 @@ impl Writer {
         };
         if roll || self.file.is_none() {
             if roll {
+                // The segment left behind may hold records of this batch: they are made
+                // durable here, since the batch's flush syncs only the new segment.
+                if let Some(old) = &self.file
+                    && self.sync
+                {
+                    old.sync_data()?;
+                }
                 let path = self.dir.join(segment_name(next_index));
                 let f = OpenOptions::new()
                     .create(true)
@@ -221,9 +247,11 @@ impl Writer {
                     len: 0,
                 });
                 self.file = Some(f);
+                self.allocated = 0;
             } else if let Some(s) = self.segments.last() {
                 let mut f = OpenOptions::new().write(true).open(&s.path)?;
                 f.seek(SeekFrom::Start(s.len))?;
+                self.allocated = f.metadata()?.len();
                 self.file = Some(f);
             }
         }
@@ -232,24 +260,68 @@ impl Writer {
             .ok_or_else(|| io::Error::other("no open segment"))
     }
 
+    /// Writes a job's records (consecutive indexes), one write per segment they go to.
     fn append(&mut self, records: &[(u64, Vec<u8>)]) -> io::Result<()> {
+        let mut run = Vec::new();
+        let mut offsets = Vec::new();
         for (index, body) in records {
             let len = u32::try_from(body.len())
                 .map_err(|_| corrupt(format!("record {index} too large")))?;
+            let seg_len = self.segments.last().map_or(0, |s| s.len);
+            if !run.is_empty() && seg_len + run.len() as u64 >= SEGMENT_BYTES {
+                self.write_run(&mut run, &mut offsets)?;
+            }
+            if run.is_empty() {
+                // Opens the segment, or starts the next one.
+                self.current(*index)?;
+            }
             let mut h = crc32c::crc32c(&index.to_be_bytes());
             h = crc32c::crc32c_append(h, body);
-            let mut buf = Vec::with_capacity(HEADER + body.len());
-            buf.extend_from_slice(&len.to_be_bytes());
-            buf.extend_from_slice(&h.to_be_bytes());
-            buf.extend_from_slice(&index.to_be_bytes());
-            buf.extend_from_slice(body);
-            let file = self.current(*index)?;
-            file.write_all(&buf)?;
-            if let Some(seg) = self.segments.last_mut() {
-                seg.offsets.push((*index, seg.len));
-                seg.len += buf.len() as u64;
-            }
+            offsets.push((*index, run.len() as u64));
+            run.extend_from_slice(&len.to_be_bytes());
+            run.extend_from_slice(&h.to_be_bytes());
+            run.extend_from_slice(&index.to_be_bytes());
+            run.extend_from_slice(body);
         }
+        self.write_run(&mut run, &mut offsets)
+    }
+
+    /// Writes `run` (records whose offsets within it are `offsets`) at the end of the open
+    /// segment, and empties both.
+    fn write_run(&mut self, run: &mut Vec<u8>, offsets: &mut Vec<(u64, u64)>) -> io::Result<()> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let start = self.segments.last().map_or(0, |s| s.len);
+        self.write_ahead(start + run.len() as u64)?;
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no open segment"))?;
+        file.write_all(run)?;
+        if let Some(seg) = self.segments.last_mut() {
+            seg.offsets
+                .extend(offsets.drain(..).map(|(i, o)| (i, start + o)));
+            seg.len += run.len() as u64;
+        }
+        run.clear();
+        Ok(())
+    }
+
+    /// Extends the open segment with zeros so that it holds at least `end` bytes (and
+    /// [`PREALLOCATE_BYTES`] more); the next sync makes the new size durable once.
+    fn write_ahead(&mut self, end: u64) -> io::Result<()> {
+        if end <= self.allocated {
+            return Ok(());
+        }
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no open segment"))?;
+        let to = end + PREALLOCATE_BYTES;
+        let zeros = vec![0u8; (to - self.allocated) as usize];
+        std::os::unix::fs::FileExt::write_all_at(file, &zeros, self.allocated)?;
+        self.allocated = to;
         Ok(())
     }
 
@@ -429,6 +501,7 @@ impl Wal {
             dir: dir.to_path_buf(),
             segments,
             file: None,
+            allocated: 0,
             sync: options.sync,
         };
         let backend = if options.inline {
@@ -632,6 +705,61 @@ mod tests {
             .collect()
     }
 
+    /// Where the records of a segment end (zeros written ahead follow).
+    fn data_end(seg: &Path, first: u64) -> u64 {
+        read_segment(seg, first).unwrap().0.len
+    }
+
+    #[test]
+    fn zeros_written_ahead_end_a_segment_and_appends_overwrite_them() {
+        // A zero header is never a record: the checksum of index 0 is not 0.
+        assert_ne!(crc32c::crc32c(&0u64.to_be_bytes()), 0);
+        let d = dir("ahead");
+        let w = Wal::open(&d).unwrap();
+        append_sync(&w, (0..=9).map(|i| (i, vec![i as u8; 100])).collect());
+        let seg = d.join(segment_name(0));
+        let (len, end) = (std::fs::metadata(&seg).unwrap().len(), data_end(&seg, 0));
+        assert_eq!(end, 10 * (HEADER as u64 + 100));
+        assert!(len >= end + PREALLOCATE_BYTES, "{len} bytes on disk");
+        // The next append overwrites the zeros; the file does not grow.
+        append_sync(&w, vec![(10, vec![])]);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), len);
+        drop(w);
+        let w = Wal::open(&d).unwrap();
+        assert_eq!(bodies(&w), (0..=10).collect::<Vec<_>>());
+        append_sync(&w, vec![(11, b"after a reopen".to_vec())]);
+        drop(w);
+        let w = Wal::open(&d).unwrap();
+        assert_eq!(&*w.last().unwrap().unwrap().1, b"after a reopen");
+    }
+
+    #[test]
+    fn data_after_the_zeros_is_cut_at_the_tail_and_refused_earlier() {
+        let d = dir("after-zeros");
+        let w = Wal::open(&d).unwrap();
+        append_sync(&w, (1..=5).map(|i| (i, vec![5u8; 64])).collect());
+        drop(w);
+        // A later record's block reached the disk and an earlier one's did not: a crash
+        // before the sync. The records after the hole were never acknowledged.
+        let seg = d.join(segment_name(1));
+        let mut data = std::fs::read(&seg).unwrap();
+        let end = data_end(&seg, 1) as usize;
+        let third = 2 * (HEADER + 64);
+        data[third..third + HEADER + 64].fill(0);
+        std::fs::write(&seg, &data[..end + 4096]).unwrap();
+        let w = Wal::open(&d).unwrap();
+        assert_eq!(bodies(&w), vec![1, 2]);
+        append_sync(&w, (3..=5).map(|i| (i, vec![6u8; 64])).collect());
+        drop(w);
+        // The same in a segment followed by another is corruption.
+        std::fs::write(d.join(segment_name(100)), b"").unwrap();
+        let mut data = std::fs::read(&seg).unwrap();
+        data[2 * (HEADER + 64)..3 * (HEADER + 64)].fill(0);
+        std::fs::write(&seg, &data).unwrap();
+        let err = Wal::open(&d).err().expect("data after zeros must refuse to open");
+        assert!(err.to_string().contains("refusing to start"), "{err}");
+    }
+
     #[test]
     fn appended_records_survive_a_reopen() {
         let d = dir("reopen");
@@ -656,7 +784,7 @@ mod tests {
         drop(w);
         // Cut the last record in half, as a crash mid-write would.
         let seg = d.join(segment_name(1));
-        let len = std::fs::metadata(&seg).unwrap().len();
+        let len = data_end(&seg, 1);
         OpenOptions::new()
             .write(true)
             .open(&seg)
@@ -680,7 +808,7 @@ mod tests {
         drop(w);
         let seg = d.join(segment_name(1));
         let mut data = std::fs::read(&seg).unwrap();
-        let last = data.len() - 10;
+        let last = data_end(&seg, 1) as usize - 10;
         data[last] ^= 1;
         std::fs::write(&seg, &data).unwrap();
         let w = Wal::open(&d).unwrap();
