@@ -756,7 +756,9 @@ mod tests {
         let mut data = std::fs::read(&seg).unwrap();
         data[2 * (HEADER + 64)..3 * (HEADER + 64)].fill(0);
         std::fs::write(&seg, &data).unwrap();
-        let err = Wal::open(&d).err().expect("data after zeros must refuse to open");
+        let err = Wal::open(&d)
+            .err()
+            .expect("data after zeros must refuse to open");
         assert!(err.to_string().contains("refusing to start"), "{err}");
     }
 
