@@ -40,10 +40,13 @@ pub struct Store {
 
 /// Users read through `Store::user` (every authenticated request needs one), kept until a
 /// command through this handle changes them, or (for a store other servers also write) for
-/// `max_age` at most.
+/// `max_age` at most: each entry for a random part of it between a half and the whole, so
+/// that the users read in the same moment (a server's first seconds under load) are not all
+/// read again in the same moment, a wave of queries at the store's primary every `max_age`.
 #[derive(Default)]
 struct UserCache {
-    map: RwLock<HashMap<String, (User, std::time::Instant)>>,
+    /// Each user with the moment it must be read again (`None`: until changed).
+    map: RwLock<HashMap<String, (User, Option<std::time::Instant>)>>,
     max_age: Option<std::time::Duration>,
     /// Bumped by every change to users; a read that raced with a change is not cached.
     generation: AtomicU64,
@@ -52,11 +55,22 @@ struct UserCache {
 /// Most users kept in the cache.
 const USER_CACHE_MAX: usize = 1_000_000;
 
+/// A number in [0, 1), different at each call: the standard library's randomly keyed hasher
+/// over a counter (spreading cache expiries needs no better).
+fn random_fraction() -> f64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    (KEYS.get_or_init(Default::default).hash_one(n) >> 11) as f64 / (1u64 << 53) as f64
+}
+
 impl UserCache {
     fn get(&self, aor: &str) -> Option<User> {
         let map = self.map.read().ok()?;
-        let (user, at) = map.get(aor)?;
-        if self.max_age.is_some_and(|max| at.elapsed() > max) {
+        let (user, until) = map.get(aor)?;
+        if until.is_some_and(|t| std::time::Instant::now() >= t) {
             return None;
         }
         Some(user.clone())
@@ -67,7 +81,10 @@ impl UserCache {
             && self.generation.load(Ordering::Acquire) == generation
             && map.len() < USER_CACHE_MAX
         {
-            map.insert(user.aor.clone(), (user.clone(), std::time::Instant::now()));
+            let until = self
+                .max_age
+                .map(|max| std::time::Instant::now() + max.mul_f64(1.0 - random_fraction() / 2.0));
+            map.insert(user.aor.clone(), (user.clone(), until));
         }
     }
 
@@ -279,4 +296,52 @@ impl Store {
 /// A query answered with the wrong kind of result: a bug or a peer of another version.
 fn unexpected(result: &QueryResult) -> StoreError {
     StoreError::Storage(format!("unexpected query result {result:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Users read in the same moment are read again spread over the second half of the
+    /// cache's age limit, not all at once: a store's primary sees a trickle of reads instead
+    /// of a wave every 10 s.
+    #[test]
+    fn cached_users_expire_spread_over_the_second_half_of_max_age() {
+        let max = Duration::from_secs(10);
+        let cache = UserCache {
+            max_age: Some(max),
+            ..UserCache::default()
+        };
+        let before = Instant::now();
+        for i in 0..1000 {
+            let user = User {
+                aor: format!("sip:u{i}@example.com"),
+                username: format!("u{i}"),
+                realm: "example.com".into(),
+                ha1_md5: String::new(),
+                ha1_sha256: String::new(),
+                created_ms: 0,
+            };
+            cache.insert_if_current(&user, 0);
+        }
+        let after = Instant::now();
+        let map = cache.map.read().unwrap();
+        let untils: Vec<Instant> = map.values().map(|(_, u)| u.unwrap()).collect();
+        assert_eq!(untils.len(), 1000);
+        assert!(
+            untils
+                .iter()
+                .all(|u| *u >= before + max / 2 && *u <= after + max)
+        );
+        let (first, last) = (untils.iter().min().unwrap(), untils.iter().max().unwrap());
+        assert!(
+            *last - *first > Duration::from_secs(4),
+            "spread over {:?}",
+            *last - *first
+        );
+        // Every one is served from the cache until then.
+        assert!(cache.get("sip:u7@example.com").is_some());
+    }
 }
