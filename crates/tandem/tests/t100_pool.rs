@@ -456,6 +456,15 @@ fn fully_replicated_without(st: &serde_json::Value, gone: &[&str]) -> bool {
         })
 }
 
+/// Each group's servers in the placement of a pool of `names` with no server left out.
+fn first_placement(names: &[&str], groups: u32) -> Vec<std::collections::BTreeSet<String>> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    frontend::pool::placement(&names, groups, &std::collections::BTreeSet::new())
+        .into_iter()
+        .map(|p| p.replicas.into_iter().collect())
+        .collect()
+}
+
 /// A 4-server pool loses fe4 for good (`kill -9`): past `replace_after_s`, each of its groups
 /// gets a third replica on another server, seeded by snapshot, so a second `kill -9` (fe3)
 /// stops no group — any two of the pool's servers can fail one after the other. Nothing
@@ -468,14 +477,7 @@ fn a_lost_server_is_replaced_so_a_second_loss_stops_no_group() {
     let pool = pool_with("pool_replace", 4, GROUPS, "replace_after_s = 2", USERS);
     pool.wait_status("fe1", "a healthy pool", |s| s["state"] == "healthy");
     let names = ["fe1", "fe2", "fe3", "fe4"];
-    let first: Vec<std::collections::BTreeSet<String>> = frontend::pool::placement(
-        &names.map(String::from),
-        GROUPS,
-        &std::collections::BTreeSet::new(),
-    )
-    .into_iter()
-    .map(|p| p.replicas.into_iter().collect())
-    .collect();
+    let first = first_placement(&names, GROUPS);
     let load = PoolLoad::start(names.map(|s| pool.sip(s)).to_vec(), 4, USERS);
     assert!(
         load.wait_for(200, Duration::from_secs(60)),
@@ -613,14 +615,7 @@ fn a_server_added_to_the_topology_takes_its_share() {
         );
     }
     let names = ["fe1", "fe2", "fe3", "fe4"];
-    let want: Vec<std::collections::BTreeSet<String>> = frontend::pool::placement(
-        &names.map(String::from),
-        GROUPS,
-        &std::collections::BTreeSet::new(),
-    )
-    .into_iter()
-    .map(|p| p.replicas.into_iter().collect())
-    .collect();
+    let want = first_placement(&names, GROUPS);
     let st = pool.wait_status("fe1", "every group on the 4-server placement", |s| {
         s["state"] == "healthy" && replicas_of(s) == want
     });
