@@ -81,6 +81,15 @@ pub fn random_hex(n: usize) -> String {
     hex::encode(buf)
 }
 
+/// A random number below `n` (`n` > 0; a little biased, fine for spreading retries).
+fn random_below(n: u8) -> u8 {
+    let mut b = [0u8; 1];
+    if getrandom::fill(&mut b).is_err() {
+        return 0;
+    }
+    b[0] % n.max(1)
+}
+
 /// The front end's shared state.
 pub struct Core {
     pub config: Config,
@@ -99,6 +108,17 @@ pub struct Core {
     started: Instant,
     /// Requests being handled now (a graceful stop waits for them).
     pub(crate) inflight: std::sync::atomic::AtomicUsize,
+    /// New requests admitted and not yet answered (overload control's count).
+    pending_requests: std::sync::atomic::AtomicUsize,
+}
+
+/// A request admitted by overload control; dropping it frees its place.
+struct Admitted<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// How a request we sent ended without a final response.
@@ -136,6 +156,7 @@ impl Core {
             metrics: Metrics::default(),
             started: Instant::now(),
             inflight: std::sync::atomic::AtomicUsize::new(0),
+            pending_requests: std::sync::atomic::AtomicUsize::new(0),
             config,
             store,
             pool,
@@ -214,18 +235,23 @@ impl Core {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// A datagram arrived.
-    pub(crate) fn on_bytes(self: &Arc<Self>, bytes: &[u8], peer: Peer) {
+    /// A datagram arrived (the kernel received it at `arrived`).
+    pub(crate) fn on_bytes(self: &Arc<Self>, bytes: &[u8], peer: Peer, arrived: SystemTime) {
         let parsed = sip::parse_message(bytes, &self.config.limits);
-        self.on_parsed(parsed, peer);
+        self.on_parsed(parsed, peer, arrived);
     }
 
     /// A message was framed (datagram or stream).
-    pub(crate) fn on_parsed(self: &Arc<Self>, parsed: Result<Message, ParseError>, peer: Peer) {
+    pub(crate) fn on_parsed(
+        self: &Arc<Self>,
+        parsed: Result<Message, ParseError>,
+        peer: Peer,
+        arrived: SystemTime,
+    ) {
         match parsed {
             Ok(Message::Request(req)) => {
                 let core = self.clone();
-                tokio::spawn(async move { core.on_request(req, peer).await });
+                tokio::spawn(async move { core.on_request(req, peer, arrived).await });
             }
             Ok(Message::Response(resp)) => self.on_response(resp),
             Err(err) => {
@@ -250,14 +276,14 @@ impl Core {
         }
     }
 
-    async fn on_request(self: Arc<Self>, req: Request, peer: Peer) {
+    async fn on_request(self: Arc<Self>, req: Request, peer: Peer, arrived: SystemTime) {
         self.inflight.fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
         let (method, call_id) = (
             req.method.clone(),
             req.headers.get("Call-ID").unwrap_or_default().to_string(),
         );
-        self.handle_request(req, peer).await;
+        self.handle_request(req, peer, arrived).await;
         let took = started.elapsed();
         if took > Duration::from_secs(2) {
             tracing::warn!(%method, %call_id, ?took, "slow request");
@@ -265,7 +291,40 @@ impl Core {
         self.inflight.fetch_sub(1, Ordering::SeqCst);
     }
 
-    async fn handle_request(self: &Arc<Self>, req: Request, peer: Peer) {
+    /// Overload control for a new request that arrived at `arrived`: admitted (holding a
+    /// place among the pending requests until dropped), or refused with the reason. A server
+    /// past its capacity answers the excess at once rather than let every request wait until
+    /// clients retransmit and give up: the requests it admits still complete.
+    fn admit(&self, req: &Request, arrived: SystemTime) -> Result<Admitted<'_>, String> {
+        let sip = &self.config.sip;
+        // A request with credentials answers a challenge already sent: finishing it is worth
+        // more than starting a new one.
+        let credentials = req.headers.get("Authorization").is_some()
+            || req.headers.get("Proxy-Authorization").is_some();
+        let patience = u64::from(sip.max_queue_delay_ms) * if credentials { 2 } else { 1 };
+        let waited = SystemTime::now()
+            .duration_since(arrived)
+            .unwrap_or_default();
+        if waited > Duration::from_millis(patience) {
+            return Err(format!("queued {} ms", waited.as_millis()));
+        }
+        // New work (a request without credentials, which would be challenged and come back)
+        // stops at half the limit, so the requests already under way can finish.
+        let limit = sip.max_pending_requests as usize;
+        let limit = if credentials {
+            limit
+        } else {
+            limit.div_ceil(2)
+        };
+        let before = self.pending_requests.fetch_add(1, Ordering::SeqCst);
+        let admitted = Admitted(&self.pending_requests);
+        if before >= limit {
+            return Err(format!("{before} requests pending"));
+        }
+        Ok(admitted)
+    }
+
+    async fn handle_request(self: &Arc<Self>, req: Request, peer: Peer, arrived: SystemTime) {
         self.metrics.count_request(&req.method);
         if let Err(rej) = sip::validate_request(&req) {
             if req.method != Method::Ack {
@@ -313,7 +372,23 @@ impl Core {
                 return;
             }
         }
+        let admitted = match self.admit(&req, arrived) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                self.metrics.shed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(method = %req.method, %why, "overloaded: refused with 503");
+                // Retried clients come back spread over a few seconds, not all at once.
+                let resp = req
+                    .response(503, Some(&random_hex(4)))
+                    .with_header("Retry-After", (1 + random_below(5)).to_string());
+                self.respond(&key, &peer, resp).await;
+                return;
+            }
+        };
         let resp = crate::handlers::dispatch(self, &req, &peer).await;
+        // The work is done once the answer is known: the place is free before the client
+        // can see the answer and send its next request.
+        drop(admitted);
         if let Some(resp) = resp {
             self.respond(&key, &peer, resp).await;
         }

@@ -21,6 +21,9 @@ pub struct Metrics {
     pub messages_forwarded: AtomicU64,
     /// Requests refused with 503 because the transaction table was full.
     pub overloaded: AtomicU64,
+    /// New requests refused with 503 by overload control: queued too long, or too many
+    /// requests pending ([sip] `max_queue_delay_ms`, `max_pending_requests`).
+    pub shed: AtomicU64,
     /// NOTIFY requests sent / that got no 2xx.
     pub notifies_sent: AtomicU64,
     pub notifies_failed: AtomicU64,
@@ -72,7 +75,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every counter.
     pub fn render(&self, out: &mut String) {
-        let simple: [(&str, &AtomicU64, &str); 9] = [
+        let simple: [(&str, &AtomicU64, &str); 10] = [
             ("datagrams", &self.datagrams, "UDP datagrams received"),
             (
                 "parse_errors",
@@ -99,6 +102,11 @@ impl Metrics {
                 "overloaded",
                 &self.overloaded,
                 "requests refused with 503: transaction table full",
+            ),
+            (
+                "shed",
+                &self.shed,
+                "new requests refused with 503: queued too long or too many pending",
             ),
             ("notifies_sent", &self.notifies_sent, "NOTIFY requests sent"),
             (

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -251,17 +251,70 @@ fn widen_receive_buffer(sock: &UdpSocket) {
     }
 }
 
+/// Receives one datagram without blocking, with the time the kernel received it (when the
+/// socket has `SO_TIMESTAMPNS` on): how long it waited in the socket's queue is part of the
+/// delay overload control looks at.
+fn recv_stamped(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    control: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<SystemTime>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
+    use std::os::fd::AsRawFd;
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(control),
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    let from = msg.address.as_ref().and_then(|a| {
+        a.as_sockaddr_in()
+            .map(|s| SocketAddr::V4((*s).into()))
+            .or_else(|| a.as_sockaddr_in6().map(|s| SocketAddr::V6((*s).into())))
+    });
+    let Some(from) = from else {
+        return Err(std::io::Error::other("a datagram without a source address"));
+    };
+    let stamp = msg.cmsgs().ok().and_then(|mut c| {
+        c.find_map(|m| match m {
+            ControlMessageOwned::ScmTimestampns(ts) => {
+                let secs = u64::try_from(ts.tv_sec()).ok()?;
+                let nanos = u32::try_from(ts.tv_nsec()).ok()?;
+                Some(UNIX_EPOCH + Duration::new(secs, nanos))
+            }
+            _ => None,
+        })
+    });
+    Ok((msg.bytes, from, stamp))
+}
+
 /// Receives datagrams until the socket fails.
 pub async fn run_udp(core: Arc<Core>) {
     let Some(sock) = core.transports.udp.clone() else {
         return;
     };
+    let stamped = nix::sys::socket::setsockopt(
+        sock.as_ref(),
+        nix::sys::socket::sockopt::ReceiveTimestampns,
+        &true,
+    );
+    if let Err(e) = stamped {
+        tracing::warn!(error = %e, "no receive timestamps on the UDP socket: overload control sees only the delay after reading");
+    }
     let mut buf = vec![0u8; 65_536];
+    let mut control = nix::cmsg_space!(nix::sys::time::TimeSpec);
     loop {
-        match sock.recv_from(&mut buf).await {
-            Ok((n, from)) => {
+        let received = sock
+            .async_io(tokio::io::Interest::READABLE, || {
+                recv_stamped(&sock, &mut buf, &mut control)
+            })
+            .await;
+        match received {
+            Ok((n, from, stamp)) => {
                 core.metrics.datagrams.fetch_add(1, Ordering::Relaxed);
-                core.on_bytes(&buf[..n], Peer::Udp(from));
+                let arrived = stamp.unwrap_or_else(SystemTime::now);
+                core.on_bytes(&buf[..n], Peer::Udp(from), arrived);
             }
             Err(e) => {
                 // ICMP port-unreachable from an earlier send surfaces here on Linux; keep going.
@@ -334,7 +387,7 @@ fn spawn_connection(core: Arc<Core>, stream: TcpStream, addr: SocketAddr) -> Opt
                         let _ = tx.send(Bytes::from_static(b"\r\n")).await;
                     }
                     Ok(Some(StreamItem::Message(parsed))) => {
-                        core.on_parsed(parsed, reader_peer.clone())
+                        core.on_parsed(parsed, reader_peer.clone(), SystemTime::now())
                     }
                     Ok(None) => break,
                     Err(e) => {

@@ -50,6 +50,9 @@ pub struct Options {
     pub digest_algorithms: Vec<&'static str>,
     pub register_expires_min_s: u32,
     pub max_contacts_per_user: u32,
+    /// Overload control's limits, when not the defaults.
+    pub max_queue_delay_ms: Option<u32>,
+    pub max_pending_requests: Option<u32>,
 }
 
 impl Default for Options {
@@ -58,17 +61,14 @@ impl Default for Options {
             digest_algorithms: vec!["SHA-256", "MD5"],
             register_expires_min_s: 60,
             max_contacts_per_user: 10,
+            max_queue_delay_ms: None,
+            max_pending_requests: None,
         }
     }
 }
 
 /// A one-server topology (front end and standalone store in one process) on 127.0.0.1.
 pub fn standalone_topology(sip_port: u16, admin_port: u16, options: &Options) -> String {
-    let algorithms: Vec<String> = options
-        .digest_algorithms
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect();
     format!(
         r#"name = "test"
 sip_domain = "{DOMAIN}"
@@ -94,14 +94,8 @@ mode = "standalone"
 [[store.replica]]
 server = "fe1"
 role = "primary"
-[sip]
-digest_algorithms = [{}]
-register_expires_min_s = {}
-max_contacts_per_user = {}
-"#,
-        algorithms.join(", "),
-        options.register_expires_min_s,
-        options.max_contacts_per_user,
+{}"#,
+        sip_section(options)
     )
 }
 
@@ -226,12 +220,19 @@ fn sip_section(options: &Options) -> String {
         .iter()
         .map(|a| format!("\"{a}\""))
         .collect();
-    format!(
+    let mut section = format!(
         "[sip]\ndigest_algorithms = [{}]\nregister_expires_min_s = {}\nmax_contacts_per_user = {}\n",
         algorithms.join(", "),
         options.register_expires_min_s,
         options.max_contacts_per_user
-    )
+    );
+    if let Some(ms) = options.max_queue_delay_ms {
+        section.push_str(&format!("max_queue_delay_ms = {ms}\n"));
+    }
+    if let Some(n) = options.max_pending_requests {
+        section.push_str(&format!("max_pending_requests = {n}\n"));
+    }
+    section
 }
 
 /// A standalone server (front end and store in one process) on free loopback ports.

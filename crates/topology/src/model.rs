@@ -72,6 +72,16 @@ pub struct SipSettings {
     pub max_contacts_per_user: u32,
     /// How long a digest nonce stays valid.
     pub nonce_ttl_s: u32,
+    /// Overload: a new request that waited longer than this since it arrived (in the UDP
+    /// socket's queue, then for a thread) is answered `503` with `Retry-After` instead of
+    /// being served; one carrying credentials may wait twice as long (its challenge was
+    /// already paid for).
+    pub max_queue_delay_ms: u32,
+    /// Overload: most requests a server works on at once (waiting for a commit, a store, a
+    /// delivery); beyond it new requests get `503` with `Retry-After`. Requests without
+    /// credentials (which would start new work) stop at half of it, so the work under way
+    /// finishes within the clients' patience.
+    pub max_pending_requests: u32,
 }
 
 impl Default for SipSettings {
@@ -86,6 +96,8 @@ impl Default for SipSettings {
             presence_expires_default_s: 3600,
             max_contacts_per_user: 10,
             nonce_ttl_s: 300,
+            max_queue_delay_ms: 200,
+            max_pending_requests: 2_000,
         }
     }
 }

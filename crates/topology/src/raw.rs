@@ -46,6 +46,8 @@ pub(crate) struct RawSip {
     pub presence_expires_default_s: Opt<u64>,
     pub max_contacts_per_user: Opt<u64>,
     pub nonce_ttl_s: Opt<u64>,
+    pub max_queue_delay_ms: Opt<u64>,
+    pub max_pending_requests: Opt<u64>,
 }
 
 #[derive(Deserialize)]

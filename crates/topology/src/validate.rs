@@ -370,6 +370,29 @@ impl<'t> Checker<'t, '_> {
                 "nonces must live long enough for a client to answer, and not much longer",
             );
         }
+        if let Some(n) = &sip.max_queue_delay_ms
+            && !(10..=10_000).contains(n.get_ref())
+        {
+            self.rep.error(
+                n.span(),
+                "sip-settings",
+                format!("max_queue_delay_ms = {} is outside 10..=10000", n.get_ref()),
+                "below SIP's 500 ms retransmission timer (T1) answers a loaded server's clients before they retransmit",
+            );
+        }
+        if let Some(n) = &sip.max_pending_requests
+            && !(1..=1_000_000).contains(n.get_ref())
+        {
+            self.rep.error(
+                n.span(),
+                "sip-settings",
+                format!(
+                    "max_pending_requests = {} is outside 1..=1000000",
+                    n.get_ref()
+                ),
+                "each pending request holds a little memory; thousands are plenty",
+            );
+        }
     }
 
     fn server(&mut self, table: &'t Spanned<RawServer>) {
@@ -1492,6 +1515,8 @@ fn build_sip(raw: Option<&RawSip>) -> SipSettings {
         ),
         max_contacts_per_user: num(&s.max_contacts_per_user, d.max_contacts_per_user),
         nonce_ttl_s: num(&s.nonce_ttl_s, d.nonce_ttl_s),
+        max_queue_delay_ms: num(&s.max_queue_delay_ms, d.max_queue_delay_ms),
+        max_pending_requests: num(&s.max_pending_requests, d.max_pending_requests),
     }
 }
 

@@ -884,4 +884,33 @@ fn sip_settings_are_checked() {
     assert_eq!(t.sip.digest_algorithms, vec!["MD5"]);
     assert_eq!(t.sip.register_expires_min_s, 30);
     assert_eq!(t.sip.register_expires_max_s, 7200);
+    assert_eq!(t.sip.max_queue_delay_ms, 200, "overload control's default");
+}
+
+/// Overload control's limits are checked: a queue delay the client cannot notice up to 10 s,
+/// at least one pending request.
+#[test]
+fn overload_limits_are_checked() {
+    let base = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/standard.toml"
+    ))
+    .expect("example");
+    let lines_before = base.lines().count();
+    let text = format!("{base}\n[sip]\nmax_queue_delay_ms = 5\nmax_pending_requests = 0\n");
+    let err = topology::parse(&text, "t.toml").expect_err("invalid");
+    let found: Vec<(&str, usize)> = err.0.iter().map(|d| (d.rule, d.line)).collect();
+    assert_eq!(
+        found,
+        vec![
+            ("sip-settings", lines_before + 3),
+            ("sip-settings", lines_before + 4),
+        ]
+    );
+    let ok = format!("{base}\n[sip]\nmax_queue_delay_ms = 400\nmax_pending_requests = 500\n");
+    let t = topology::parse(&ok, "t.toml").expect("valid");
+    assert_eq!(
+        (t.sip.max_queue_delay_ms, t.sip.max_pending_requests),
+        (400, 500)
+    );
 }
