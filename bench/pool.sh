@@ -4,6 +4,8 @@
 #
 #  (a) SIPp REGISTER (digest auth) and MESSAGE rates at which no request fails, the load
 #      spread over every server of each side (one SIPp per server, users split between them);
+#      then REGISTER offered at OVERLOAD (1.5) × each side's best clean rate: how much of it
+#      still succeeds (past capacity a server should refuse the excess, not serve all late);
 #  (b) the time until every routing group serves again after a `kill -9` of one Tandem server
 #      (p50/p99 over KILLS kills, each server in turn, restarted and healthy between kills),
 #      against the 2 s limit.
@@ -25,6 +27,10 @@ DURATION=${DURATION:-5}
 USERS=${USERS:-6000}
 RATES=${RATES:-"600 1200 2400 3600 4800 6000 7200 8400 9600 10800 12000 14400"}
 KILLS=${KILLS:-10}
+OVERLOAD=${OVERLOAD:-1.5}
+# More lines for the Tandem topology's [sip] table, e.g. overload control off for an A/B run:
+#   TANDEM_SIP=$'max_queue_delay_ms = 10000\nmax_pending_requests = 1000000' bench/pool.sh
+TANDEM_SIP=${TANDEM_SIP:-}
 GROUPS_N=${GROUPS_N:-16}
 LIMIT_MS=2000
 DOMAIN=example.com
@@ -115,6 +121,7 @@ commit = "sync"
 failover = "automatic"
 [sip]
 digest_algorithms = ["MD5", "SHA-256"]
+$TANDEM_SIP
 EOF
 } > "$work/tandem.toml"
 echo "# starting the tandem pool and provisioning $USERS users" >&2
@@ -154,10 +161,11 @@ port_of() { # target
 for ip in "${TANDEM_IPS[@]}" "${KAMAILIO_IPS[@]}"; do port_of "$ip:$SIP_PORT" > /dev/null; done
 
 # One step: RATE calls/s in total, split between the targets (one SIPp each, with csv
-# files prefix-0.csv, prefix-1.csv, …, or one csv for all). Prints "achieved failed rc".
+# files prefix-0.csv, prefix-1.csv, …, or one csv for all). Prints "achieved failed rc
+# succeeded_per_s".
 step() { # name rate scenario csv_prefix targets...
   local name=$1 rate=$2 scenario=$3 csv=$4; shift 4
-  local targets=("$@") n=$# each calls start end rc=0 failed=0 i
+  local targets=("$@") n=$# each calls start end rc=0 failed=0 succeeded=0 i
   each=$(( (rate + n - 1) / n ))
   calls=$((each * DURATION))
   local sp=()
@@ -173,13 +181,15 @@ step() { # name rate scenario csv_prefix targets...
   done
   for i in $(seq 0 $((n - 1))); do
     wait "${sp[$i]}" || rc=$?
-    local f
+    local f s
     f=$(awk -F';' 'NR==1 { for (c = 1; c <= NF; c++) if ($c == "FailedCall(C)") col = c } END { print $col }' "$work/stat-$i.csv" 2>/dev/null)
+    s=$(awk -F';' 'NR==1 { for (c = 1; c <= NF; c++) if ($c == "SuccessfulCall(C)") col = c } END { print $col }' "$work/stat-$i.csv" 2>/dev/null)
     failed=$((failed + ${f:-1}))
+    succeeded=$((succeeded + ${s:-0}))
     rm -f "$work/stat-$i.csv"
   done
   end=$(date +%s.%N)
-  python3 -c "print(f'{$((calls * n))/($end-$start):.0f} $failed $rc')"
+  python3 -c "print(f'{$((calls * n))/($end-$start):.0f} $failed $rc {$succeeded/($end-$start):.0f}')"
 }
 
 # The best achieved rate of a step without any failed call; rates go up until a step has a
@@ -188,7 +198,7 @@ max_rate() { # name scenario csv_prefix targets...
   local name=$1 scenario=$2 csv=$3; shift 3
   local best=0 short=0
   for rate in $RATES; do
-    read -r achieved failed rc < <(step "$name" "$rate" "$scenario" "$csv" "$@")
+    read -r achieved failed rc _ < <(step "$name" "$rate" "$scenario" "$csv" "$@")
     if [ "$rc" != 0 ] || [ "$failed" != 0 ]; then
       echo "  $name: offered $rate/s, achieved $achieved/s, failed calls $failed (sipp exit $rc): stop" >&2
       break
@@ -238,6 +248,19 @@ for ip in "${KAMAILIO_IPS[@]}"; do kamailio_targets+=("$ip:$SIP_PORT"); done
 echo "# REGISTER with digest authentication, ${DURATION}s per step, load on every server" >&2
 t_reg=$(max_rate "tandem-pool REGISTER" "$here/register.xml" "$work/users-3" "${tandem_targets[@]}")
 k_reg=$(max_rate "kamailio-dmq REGISTER" "$here/register.xml" "$work/users-2" "${kamailio_targets[@]}")
+# Overload: REGISTER offered at OVERLOAD × a side's best clean rate; how many succeed per second
+# (a server past capacity should answer the excess at once, 503, and keep serving the rest).
+overload() { # name best targets...
+  local name=$1 best=$2 csv=$3; shift 3
+  local rate achieved failed rc succeeded
+  rate=$(python3 -c "print(int($best * $OVERLOAD))")
+  read -r achieved failed rc succeeded < <(step "$name overload" "$rate" "$here/register.xml" "$csv" "$@")
+  echo "  $name: offered $rate/s ($OVERLOAD × $best), $succeeded/s succeeded, $failed failed calls" >&2
+  echo "$rate $succeeded"
+}
+echo "# REGISTER overload: ${OVERLOAD} × each side's best clean rate" >&2
+read -r t_over_rate t_over < <(overload "tandem-pool REGISTER" "$t_reg" "$work/users-3" "${tandem_targets[@]}")
+read -r k_over_rate k_over < <(overload "kamailio-dmq REGISTER" "$k_reg" "$work/users-2" "${kamailio_targets[@]}")
 echo "# MESSAGE relayed between two SIPp endpoints, proxy authentication, ${DURATION}s per step" >&2
 t_msg=$(with_receiver tandem-pool "${tandem_targets[@]}")
 k_msg=$(with_receiver kamailio-dmq "${kamailio_targets[@]}")
@@ -311,6 +334,12 @@ printf '%-22s %14s %16s %8s\n' "REGISTER (digest)" "$t_reg" "$k_reg" "$(ratio "$
 printf '%-22s %14s %16s %8s\n' "MESSAGE (relayed)" "$t_msg" "$k_msg" "$(ratio "$t_msg" "$k_msg")"
 echo "tandem: 3 servers, $GROUPS_N routing groups, each registration fsynced on 2 of 3 replicas before the 200;"
 echo "kamailio: 2 servers, in memory, DMQ copies each registration to the peer after the 200."
+echo
+echo "REGISTER overload, offered ${OVERLOAD} × the side's clean rate: succeeded per second, and as a share of the clean rate"
+printf '%-22s %14s %16s\n' "" "tandem pool" "kamailio pair"
+printf '%-22s %14s %16s\n' "offered/s" "$t_over_rate" "$k_over_rate"
+printf '%-22s %14s %16s\n' "succeeded/s" "$t_over" "$k_over"
+printf '%-22s %14s %16s\n' "succeeded / clean" "$(ratio "$t_over" "$t_reg")" "$(ratio "$k_over" "$k_reg")"
 echo
 echo "kill -9 of one of 3 servers, $KILLS kills: every group serving again after p50 ${k_p50} ms, p99 ${k_p99} ms (max ${k_max} ms)"
 echo "p99 / the ${LIMIT_MS} ms limit: $(ratio "$k_p99" "$LIMIT_MS")"
