@@ -72,7 +72,7 @@ pub const DEFAULT_ELECTION_TIMEOUT_MS: (u64, u64) = (300, 500);
 
 impl ReplicaConfig {
     /// Defaults: [`DEFAULT_HEARTBEAT_MS`], [`DEFAULT_ELECTION_TIMEOUT_MS`], a snapshot every
-    /// 50,000 entries.
+    /// 100,000 entries.
     pub fn new(group: &str, me: Member, dir: PathBuf) -> ReplicaConfig {
         ReplicaConfig {
             group: group.to_string(),
@@ -82,9 +82,11 @@ impl ReplicaConfig {
             heartbeat_ms: DEFAULT_HEARTBEAT_MS,
             election_timeout_min_ms: DEFAULT_ELECTION_TIMEOUT_MS.0,
             election_timeout_max_ms: DEFAULT_ELECTION_TIMEOUT_MS.1,
-            // A snapshot copies the whole database while applies wait; the machine keeps its
-            // own position durably, so the log only needs purging now and then.
-            snapshot_every: 50_000,
+            // A snapshot copies the whole database (on the side, applies go on), a cost that
+            // grows with the data, not with the log; the machine keeps its own position
+            // durably, so a restart replays only what it had not applied, and the log only
+            // needs purging now and then. 100,000 entries is etcd's default snapshot count.
+            snapshot_every: 100_000,
             blocking_machine: true,
             seed: None,
             log: wal::WalOptions::default(),
