@@ -594,10 +594,12 @@ fn a_witness_machine_keeps_the_position_only() {
 
 /// Found by the simulation (seed 269): a witness that led for a moment sent its snapshot to
 /// a straggling mirror, which installed it and dropped its data. Data members refuse a
-/// witness's snapshot now; with the bug back, the checker sees the loss.
+/// witness's snapshot now; with the bug back, the checker sees the loss. (Seed 2777 plays
+/// that story since reads on a leader with a lease stopped sending heartbeat rounds, which
+/// changed every seed's messages; it was found by running seeds 0..3000 with the bug.)
 #[test]
 fn a_mirror_that_takes_the_witness_snapshot_loses_data() {
-    let v = violations_with("witness-snapshot", 269..270, |p| {
+    let v = violations_with("witness-snapshot", 2777..2778, |p| {
         p.bug = Bug::TakesWitnessSnapshots;
     });
     assert!(
@@ -605,7 +607,7 @@ fn a_mirror_that_takes_the_witness_snapshot_loses_data() {
             .any(|x| x.contains("acknowledged write(s) lost on n2")),
         "{v:?}"
     );
-    let v = violations_with("witness-snapshot-fixed", 269..270, |_| {});
+    let v = violations_with("witness-snapshot-fixed", 2777..2778, |_| {});
     assert!(v.is_empty(), "{v:?}");
 }
 
