@@ -107,6 +107,9 @@ struct Watch {
     leader_since_ms: u64,
     /// The term in which it did.
     leader_term: u64,
+    /// The log's last index when this node was first seen leading in `leader_term`: once it
+    /// has applied that far, it holds every earlier term's entries.
+    term_start_index: u64,
 }
 
 /// A running store replica.
@@ -1553,6 +1556,7 @@ impl StoreNode {
                     if w.leader_term != st.term {
                         w.leader_term = st.term;
                         w.leader_since_ms = now;
+                        w.term_start_index = st.last_log_index.unwrap_or(0);
                         if self.cfg.mode == "mirroring" {
                             let node = self.clone();
                             tokio::spawn(async move { node.load_safety().await });
@@ -1564,7 +1568,10 @@ impl StoreNode {
                             w.caught_up_at.insert(*id, now);
                         }
                     }
-                    if st.term > w.recorded_term && st.applied == st.last_log_index {
+                    // Applied through the start of its term — not "applied everything": under
+                    // a steady load the log always has entries not yet applied, and the
+                    // failover would never be recorded.
+                    if st.term > w.recorded_term && st.applied.unwrap_or(0) >= w.term_start_index {
                         w.recorded_term = st.term;
                         // A failover, unless this is the group's first primary.
                         if let Some((prev_id, _)) = w.last_leader.take() {
