@@ -559,39 +559,9 @@ fn a_burst_of_udp_requests_is_answered_in_full() {
         },
     );
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    // The client's own buffer holds the answers however fast they come.
-    socket2::SockRef::from(&sock)
-        .set_recv_buffer_size(8 << 20)
-        .unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let local = sock.local_addr().unwrap();
-    let reader = sock.try_clone().unwrap();
-    let answers = std::thread::spawn(move || {
-        let mut answered = std::collections::HashSet::new();
-        let mut buf = vec![0u8; 65_536];
-        while answered.len() < N {
-            let Ok(n) = reader.recv(&mut buf) else { break };
-            if let Ok(sip::Message::Response(r)) =
-                sip::parse_message(&buf[..n], &sip::Limits::default())
-                && r.status == 200
-            {
-                answered.insert(r.headers.get("Call-ID").unwrap_or_default().to_string());
-            }
-        }
-        answered.len()
-    });
-    for i in 0..N {
-        let options = format!(
-            "OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKburst{i}\r\nMax-Forwards: 70\r\nFrom: <sip:burst@example.com>;tag=b{i}\r\nTo: <sip:example.com>\r\nCall-ID: burst{i}@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-        );
-        sock.send_to(options.as_bytes(), s.sip).unwrap();
-    }
-    assert_eq!(
-        answers.join().unwrap(),
-        N,
-        "every request of the burst answered"
-    );
+    let answers = options_burst(&sock, s.sip, "burst", N).join().unwrap();
+    let ok = answers.values().filter(|r| r.status == 200).count();
+    assert_eq!(ok, N, "every request of the burst answered 200");
 }
 
 /// `n` OPTIONS requests (Call-IDs `{tag}{i}@test`) sent from `sock` to `to` as raw datagrams,
@@ -602,6 +572,10 @@ fn options_burst(
     tag: &str,
     n: usize,
 ) -> std::thread::JoinHandle<std::collections::HashMap<String, sip::Response>> {
+    // The client's own buffer holds the answers however fast they come.
+    socket2::SockRef::from(sock)
+        .set_recv_buffer_size(8 << 20)
+        .unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let local = sock.local_addr().unwrap();

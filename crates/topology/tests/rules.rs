@@ -857,15 +857,22 @@ fn rule_ids_are_listed() {
     }
 }
 
-/// The `[sip]` table: unknown algorithms and inconsistent expiry limits are refused.
-#[test]
-fn sip_settings_are_checked() {
+/// `examples/standard.toml` and its number of lines (a `[sip]` table appended to it starts on
+/// the next line).
+fn standard_example() -> (String, usize) {
     let base = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/standard.toml"
     ))
     .expect("example");
-    let lines_before = base.lines().count();
+    let lines = base.lines().count();
+    (base, lines)
+}
+
+/// The `[sip]` table: unknown algorithms and inconsistent expiry limits are refused.
+#[test]
+fn sip_settings_are_checked() {
+    let (base, lines_before) = standard_example();
     let text = format!(
         "{base}\n[sip]\ndigest_algorithms = [\"MD5\", \"SHA-512\", \"md5\"]\nregister_expires_min_s = 600\nregister_expires_max_s = 60\n"
     );
@@ -891,12 +898,7 @@ fn sip_settings_are_checked() {
 /// at least one pending request.
 #[test]
 fn overload_limits_are_checked() {
-    let base = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/standard.toml"
-    ))
-    .expect("example");
-    let lines_before = base.lines().count();
+    let (base, lines_before) = standard_example();
     let text = format!("{base}\n[sip]\nmax_queue_delay_ms = 5\nmax_pending_requests = 0\n");
     let err = topology::parse(&text, "t.toml").expect_err("invalid");
     let found: Vec<(&str, usize)> = err.0.iter().map(|d| (d.rule, d.line)).collect();
