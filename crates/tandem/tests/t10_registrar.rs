@@ -11,7 +11,11 @@ const EXE: &str = env!("CARGO_BIN_EXE_tandem");
 const TMP: &str = env!("CARGO_TARGET_TMPDIR");
 
 fn server(name: &str) -> Server {
-    Server::start(EXE.as_ref(), &test_dir(TMP, name), &Options::default())
+    server_with(name, &Options::default())
+}
+
+fn server_with(name: &str, options: &Options) -> Server {
+    Server::start(EXE.as_ref(), &test_dir(TMP, name), options)
 }
 
 /// A user registers with a password over UDP and over TCP; the binding records the transport;
@@ -221,10 +225,8 @@ fn several_contacts_refresh_and_unregister() {
 /// nothing of it.
 #[test]
 fn too_many_contacts_are_refused() {
-    let dir = test_dir(TMP, "contact_limit");
-    let s = Server::start(
-        EXE.as_ref(),
-        &dir,
+    let s = server_with(
+        "contact_limit",
         &Options {
             max_contacts_per_user: 2,
             ..Options::default()
@@ -550,9 +552,8 @@ fn a_burst_of_udp_requests_is_answered_in_full() {
     const N: usize = 3000;
     // The burst is to be queued and served, not refused by overload control however slow
     // this machine is today.
-    let s = Server::start(
-        EXE.as_ref(),
-        &test_dir(TMP, "burst"),
+    let s = server_with(
+        "burst",
         &Options {
             max_queue_delay_ms: Some(10_000),
             ..Options::default()
@@ -615,9 +616,8 @@ fn requests_queued_too_long_get_503_with_retry_after() {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     const N: usize = 20;
-    let s = Server::start(
-        EXE.as_ref(),
-        &test_dir(TMP, "queue_delay"),
+    let s = server_with(
+        "queue_delay",
         &Options {
             max_queue_delay_ms: Some(100),
             ..Options::default()
@@ -676,9 +676,8 @@ fn requests_queued_too_long_get_503_with_retry_after() {
 /// answered, requests are served again.
 #[test]
 fn requests_beyond_the_pending_limit_get_503_until_work_completes() {
-    let s = Server::start(
-        EXE.as_ref(),
-        &test_dir(TMP, "pending_limit"),
+    let s = server_with(
+        "pending_limit",
         &Options {
             max_pending_requests: Some(1),
             ..Options::default()
