@@ -347,51 +347,43 @@ impl<'t> Checker<'t, '_> {
                 );
             }
         }
-        if let Some(n) = &sip.max_contacts_per_user
-            && !(1..=1000).contains(n.get_ref())
-        {
-            self.rep.error(
-                n.span(),
-                "sip-settings",
-                format!(
-                    "max_contacts_per_user = {} is outside 1..=1000",
-                    n.get_ref()
-                ),
+        let limits: [(&Opt<u64>, &str, std::ops::RangeInclusive<u64>, &str); 4] = [
+            (
+                &sip.max_contacts_per_user,
+                "max_contacts_per_user",
+                1..=1000,
                 "a user needs at least one contact; a few dozen is plenty",
-            );
-        }
-        if let Some(n) = &sip.nonce_ttl_s
-            && !(10..=3600).contains(n.get_ref())
-        {
-            self.rep.error(
-                n.span(),
-                "sip-settings",
-                format!("nonce_ttl_s = {} is outside 10..=3600", n.get_ref()),
+            ),
+            (
+                &sip.nonce_ttl_s,
+                "nonce_ttl_s",
+                10..=3600,
                 "nonces must live long enough for a client to answer, and not much longer",
-            );
-        }
-        if let Some(n) = &sip.max_queue_delay_ms
-            && !(10..=10_000).contains(n.get_ref())
-        {
-            self.rep.error(
-                n.span(),
-                "sip-settings",
-                format!("max_queue_delay_ms = {} is outside 10..=10000", n.get_ref()),
+            ),
+            (
+                &sip.max_queue_delay_ms,
+                "max_queue_delay_ms",
+                10..=10_000,
                 "below SIP's 500 ms retransmission timer (T1) answers a loaded server's clients before they retransmit",
-            );
-        }
-        if let Some(n) = &sip.max_pending_requests
-            && !(1..=1_000_000).contains(n.get_ref())
-        {
-            self.rep.error(
-                n.span(),
-                "sip-settings",
-                format!(
-                    "max_pending_requests = {} is outside 1..=1000000",
-                    n.get_ref()
-                ),
+            ),
+            (
+                &sip.max_pending_requests,
+                "max_pending_requests",
+                1..=1_000_000,
                 "each pending request holds a little memory; thousands are plenty",
-            );
+            ),
+        ];
+        for (field, name, range, help) in limits {
+            if let Some(n) = field
+                && !range.contains(n.get_ref())
+            {
+                self.rep.error(
+                    n.span(),
+                    "sip-settings",
+                    format!("{name} = {} is outside {range:?}", n.get_ref()),
+                    help,
+                );
+            }
         }
     }
 
