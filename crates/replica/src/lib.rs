@@ -57,6 +57,11 @@ pub struct ReplicaConfig {
     pub seed: Option<u64>,
     /// How the log writes (fsync and a writer thread, except in simulations).
     pub log: wal::WalOptions,
+    /// Keep log entries another member may still need from this one: purge only through
+    /// [`Replica::purge_kept_log`], below what every other member holds. For a mirroring
+    /// witness, which holds no data: when the principal is lost, its log is the only copy of
+    /// the commits a mirror that was down lacks, and its snapshot cannot stand in for them.
+    pub keep_log_for_others: bool,
 }
 
 /// Heartbeat interval of the leader.
@@ -90,6 +95,7 @@ impl ReplicaConfig {
             blocking_machine: true,
             seed: None,
             log: wal::WalOptions::default(),
+            keep_log_for_others: false,
         }
     }
 }
@@ -178,6 +184,8 @@ pub struct Replica<M: Machine> {
     log: log::LogStore,
     shared: Arc<Shared>,
     config: Arc<ReplicaConfig>,
+    /// To ask the leader what the others hold (`purge_kept_log`).
+    transport: Arc<dyn Transport>,
 }
 
 impl<M: Machine> Clone for Replica<M> {
@@ -188,6 +196,7 @@ impl<M: Machine> Clone for Replica<M> {
             log: self.log.clone(),
             shared: self.shared.clone(),
             config: self.config.clone(),
+            transport: self.transport.clone(),
         }
     }
 }
@@ -219,7 +228,13 @@ impl<M: Machine> Replica<M> {
             election_timeout_max: config.election_timeout_max_ms,
             install_snapshot_timeout: 60_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            // Kept logs are purged on request only (`purge_kept_log`): openraft purges nothing
+            // after a snapshot when asked to keep more entries than there can be.
+            max_in_snapshot_log_to_keep: if config.keep_log_for_others {
+                u64::MAX
+            } else {
+                1000
+            },
             enable_elect: config.elect,
             enable_pre_vote: Some(true),
             enable_leader_restore: Some(false),
@@ -233,7 +248,7 @@ impl<M: Machine> Replica<M> {
             config.blocking_machine,
         )?;
         let network = Network {
-            transport,
+            transport: transport.clone(),
             group: config.group.clone(),
         };
         let seed = match config.seed {
@@ -263,6 +278,7 @@ impl<M: Machine> Replica<M> {
             log,
             shared,
             config: Arc::new(config),
+            transport,
         })
     }
 
@@ -353,6 +369,10 @@ impl<M: Machine> Replica<M> {
                         .await
                         .map_err(|e| e.to_string()),
                 )
+            }
+            "held" => {
+                let asker: NodeId = decode(body)?;
+                encode(&Ok::<_, String>(self.held_by_others(&self.status(), asker)))
             }
             other => Err(format!("unknown replication message kind {other}")),
         }
@@ -658,6 +678,66 @@ impl<M: Machine> Replica<M> {
         self.scoped(self.raft.trigger().purge_log(index))
             .await
             .map_err(stopped)
+    }
+
+    /// On the leader (`st` its status): the last index every member other than the leader and
+    /// `asker` holds — `None` if that is not known (a member the leader has not matched yet,
+    /// or this member is not the leader); `u64::MAX` when there is no such member.
+    fn held_by_others(&self, st: &Status, asker: NodeId) -> Option<u64> {
+        if st.role != Role::Leader {
+            return None;
+        }
+        st.voters
+            .keys()
+            .chain(st.learners.keys())
+            .filter(|id| **id != st.id && **id != asker)
+            .try_fold(u64::MAX, |floor, id| {
+                let matched = st.replication.get(id).and_then(|p| p.matched)?;
+                Some(floor.min(matched))
+            })
+    }
+
+    /// For a member that keeps its log for others ([`ReplicaConfig::keep_log_for_others`]):
+    /// purges the entries its snapshot covers that every other member holds, as the leader
+    /// knows it (this member asks the leader, or knows itself when it leads). Purges nothing
+    /// when that is unknown: a member down or not yet heard from since the leader took over
+    /// keeps the log whole. Returns the index purged through, when asked to purge.
+    pub async fn purge_kept_log(&self, timeout: Duration) -> Result<Option<u64>, WriteError> {
+        let st = self.status();
+        let floor = if st.role == Role::Leader {
+            self.held_by_others(&st, st.id)
+        } else {
+            let Some(leader) = st
+                .leader
+                .and_then(|l| st.voters.get(&l).or_else(|| st.learners.get(&l)))
+            else {
+                return Ok(None);
+            };
+            let body = encode(&st.id).map_err(WriteError::Unknown)?;
+            let reply = self
+                .transport
+                .call(
+                    leader,
+                    net::service(&self.config.group, "held"),
+                    body,
+                    timeout,
+                )
+                .await
+                .map_err(WriteError::Unknown)?;
+            let answer: Result<Option<u64>, String> =
+                decode(&reply).map_err(WriteError::Unknown)?;
+            answer.map_err(WriteError::Unknown)?
+        };
+        let Some(floor) = floor else { return Ok(None) };
+        // Only what the snapshot covers goes (openraft caps the request there).
+        let upto = match self.raft.metrics().borrow_watched().snapshot.as_ref() {
+            Some(s) => floor.min(s.index),
+            None => return Ok(None),
+        };
+        self.scoped(self.raft.trigger().purge_log(upto))
+            .await
+            .map_err(stopped)?;
+        Ok(Some(upto))
     }
 
     /// For a member about to serve alone (forced service), after [`Replica::shutdown`]:

@@ -3,7 +3,8 @@
 //! that turns requests into calls on the local replica.
 //!
 //! Messages are postcard-encoded. Service names are `raft/<group>/<kind>`, `kind` one of
-//! `append`, `vote`, `prevote`, `snapshot`, `transfer`.
+//! `append`, `vote`, `prevote`, `snapshot`, `transfer`, and `held` (what the other members hold,
+//! asked of the leader by a member that keeps its log for them).
 
 use crate::types::{Member, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
 use openraft::OptionalSend;

@@ -596,11 +596,14 @@ fn a_witness_machine_keeps_the_position_only() {
 /// a straggling mirror, which installed it and dropped its data. Data members refuse a
 /// witness's snapshot now; with the bug back, the checker sees the loss. (Seed 2777 plays
 /// that story since reads on a leader with a lease stopped sending heartbeat rounds, which
-/// changed every seed's messages; it was found by running seeds 0..3000 with the bug.)
+/// changed every seed's messages; it was found by running seeds 0..3000 with the bug.) A
+/// witness now keeps the log a mirror lacks, so it sends a snapshot only to a mirror behind
+/// a purge of the log the mirror held: the story needs the witness's old purging back too.
 #[test]
 fn a_mirror_that_takes_the_witness_snapshot_loses_data() {
     let v = violations_with("witness-snapshot", 2777..2778, |p| {
         p.bug = Bug::TakesWitnessSnapshots;
+        p.mirror_bug = MirrorBug::WitnessPurges;
     });
     assert!(
         v.iter()
@@ -609,6 +612,56 @@ fn a_mirror_that_takes_the_witness_snapshot_loses_data() {
     );
     let v = violations_with("witness-snapshot-fixed", 2777..2778, |_| {});
     assert!(v.is_empty(), "{v:?}");
+}
+
+/// Found by the simulation (seeds 4217 and 4648 of 5,000): the mirror is down while
+/// principal and witness commit; the witness snapshots and purges its log; the principal is
+/// lost for good. The witness leads but cannot give the mirror the commits it lacks (its
+/// snapshot holds no data), so acknowledged writes are gone and the group never converges.
+/// A witness now purges only what every other member holds (`keep_log_for_others`).
+#[test]
+fn a_witness_keeps_the_log_a_mirror_that_was_down_needs() {
+    let v = violations_with("witness-purge", 4217..4218, |p| {
+        assert!(p.mirroring, "seed 4217 no longer draws mirroring");
+        p.mirror_bug = MirrorBug::WitnessPurges;
+    });
+    assert!(
+        v.iter().any(|x| x.contains("acknowledged write(s) lost")),
+        "{v:?}"
+    );
+    let v = violations_with("witness-purge-fixed", 4217..4218, |_| {});
+    assert!(v.is_empty(), "{v:?}");
+}
+
+/// A witness that keeps its log for the mirror still purges it once the mirror holds it: the
+/// log does not grow without end.
+#[test]
+fn a_witness_purges_what_the_mirror_holds() {
+    let seeds: Vec<u64> = (0..8).collect();
+    let outcomes = run_seeds("witness-purges", &seeds, 2, |s| {
+        let mut p = Params::from_seed(s);
+        p.set_mirroring(true);
+        p
+    });
+    let mut purges = 0;
+    for o in &outcomes {
+        assert!(o.panic.is_none(), "seed {} panicked: {:?}", o.seed, o.panic);
+        let r = o.report.as_ref().unwrap();
+        assert!(
+            r.violations.is_empty(),
+            "seed {}: {:?}",
+            o.seed,
+            r.violations
+        );
+        purges += r.counts.get("witness log purges").copied().unwrap_or(0);
+        let _ = std::fs::remove_dir_all(&o.dir);
+    }
+    let _ = std::fs::remove_dir_all(base_dir("witness-purges"));
+    assert!(
+        purges > 0,
+        "no witness purged its log in {} seeds",
+        seeds.len()
+    );
 }
 
 /// The leader and ack checks, on made-up histories.

@@ -187,6 +187,9 @@ async fn open_replica(
     // one else can win — but only to hand the mirror what it lacks and step aside (see
     // `witness::hand_over`); it never serves.
     rcfg.elect = me.sync && (me.automatic || me.witness);
+    // A witness holds no data: its log is the only copy it can give a mirror that was down
+    // of the commits made without it, so it purges only what the others hold.
+    rcfg.keep_log_for_others = me.witness;
     rcfg.heartbeat_ms = cfg.heartbeat_ms;
     rcfg.election_timeout_min_ms = cfg.election_timeout_min_ms;
     rcfg.election_timeout_max_ms = cfg.election_timeout_max_ms;
@@ -1499,7 +1502,7 @@ impl StoreNode {
     async fn watch_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
+        for n in 0u64.. {
             tick.tick().await;
             if self.closed.load(Ordering::SeqCst) {
                 return;
@@ -1529,6 +1532,12 @@ impl StoreNode {
                 if is_leader {
                     let data = self.cfg.members.iter().filter(|m| !m.witness);
                     crate::witness::hand_over(&self.cfg.store, &self.replica(), &st, data).await;
+                }
+                // Once a second, purge the log the others hold.
+                if n % 20 == 0
+                    && let Err(e) = self.replica().purge_kept_log(Duration::from_secs(1)).await
+                {
+                    tracing::debug!(store = %self.cfg.store, error = %e, "witness: log kept whole for now");
                 }
                 continue;
             }

@@ -250,6 +250,7 @@ impl Params {
                 }
                 "bug_witness_serves" => self.mirror_bug = MirrorBug::WitnessServes,
                 "bug_wait_on_witness" => self.mirror_bug = MirrorBug::WaitOnWitness,
+                "bug_witness_purges" => self.mirror_bug = MirrorBug::WitnessPurges,
                 other => panic!("SIM_PARAMS: unknown parameter {other}"),
             }
         }
@@ -313,6 +314,10 @@ pub enum MirrorBug {
     /// The principal waits for the witness to hold a write instead of the mirror (and so
     /// reports the mirror as holding what it may lack).
     WaitOnWitness,
+    /// The witness purges its log after its snapshots like any member (as it was first
+    /// built): a mirror that was down cannot get from it the commits it lacks when the
+    /// principal is then lost for good.
+    WitnessPurges,
 }
 
 /// What one seed produced.
@@ -459,6 +464,10 @@ impl World {
         // leadership over (`store::node::node_config`, `StoreNode::hand_over`).
         cfg.elect = !self.is_witness(name) || self.p.mirror_bug != MirrorBug::WitnessNeverCampaigns;
         cfg.blocking_machine = false;
+        // The mirroring witness keeps the log the mirror may need (`store::node`, the same).
+        cfg.keep_log_for_others = self.p.mirroring
+            && self.is_witness(name)
+            && self.p.mirror_bug != MirrorBug::WitnessPurges;
         cfg.seed = Some(derive(self.p.seed, &format!("{name}#{inc}")));
         cfg.log = WalOptions {
             sync: false,
@@ -813,12 +822,22 @@ async fn owned_after_healing(w: &World) -> Result<String, String> {
 /// A witness that leads hands leadership to a data member that holds its whole log, as
 /// `StoreNode::hand_over` does (checked every 50 ms). Ends with the witness's incarnation.
 async fn hand_over(w: Arc<World>, name: String, inc: u64) {
-    loop {
+    let mut purged = None;
+    for tick in 0u64.. {
         sleep(Duration::from_millis(50)).await;
         if w.incarnation(&name) != inc {
             return;
         }
         let Some(r) = w.net.get(&name) else { return };
+        // Now and then, the witness purges what the others hold (as the store's does).
+        if tick % 10 == 0
+            && r.config().keep_log_for_others
+            && let Ok(Some(upto)) = r.purge_kept_log(Duration::from_millis(200)).await
+            && Some(upto) > purged
+        {
+            purged = Some(upto);
+            w.hist(|h| h.count("witness log purges"));
+        }
         let s = r.status();
         if s.role != Role::Leader {
             continue;
