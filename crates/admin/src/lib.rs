@@ -627,7 +627,7 @@ async fn drain(
     };
     for node in &s.store_nodes {
         let was_primary = node.is_primary();
-        match node.step_down().await {
+        match node.step_down(&Default::default()).await {
             Ok(Some(to)) if was_primary && to != s.info.server => {
                 report.stores_moved.push((node.name().to_string(), to))
             }

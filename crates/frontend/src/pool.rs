@@ -651,17 +651,25 @@ impl PoolMember {
     /// `server drain`: this server stops taking new clients (OPTIONS answer 503, new TCP
     /// connections are closed), stops campaigning in its groups and hands every group it
     /// leads to a synchronized secondary, with no data loss. Requests it still gets are
-    /// served (through the groups' new primaries). A restart ends the drain, as does
+    /// served (through the groups' new primaries). Servers draining too take a group only
+    /// when no other secondary can. A restart ends the drain, as does
     /// [`PoolMember::resume`].
     pub async fn drain(&self) -> DrainReport {
         let started = std::time::Instant::now();
         self.draining.store(true, Ordering::SeqCst);
+        let avoid: BTreeSet<String> = self
+            .servers_health(Duration::from_secs(1))
+            .await
+            .into_iter()
+            .filter(|(server, (_, draining))| *draining && *server != self.me)
+            .map(|(server, _)| server)
+            .collect();
         let mut moved = Vec::new();
         let mut failed = Vec::new();
         let local = self.local();
         for (g, node) in &local {
             let was_primary = node.is_primary();
-            match node.step_down().await {
+            match node.step_down(&avoid).await {
                 Ok(Some(to)) if was_primary && to != self.me => moved.push((*g, to)),
                 Ok(_) if was_primary => {
                     failed.push((*g, "no synchronized secondary took over".to_string()))
@@ -913,11 +921,8 @@ impl PoolMember {
         self.draining.store(false, Ordering::SeqCst);
     }
 
-    /// The pool's fabric state as this server sees it now: every server asked over rpc,
-    /// every group's primary asked for its status, with a short deadline each.
-    pub async fn status(&self) -> PoolStatus {
-        let limit = Duration::from_secs(2);
-        let mut health = BTreeMap::new();
+    /// Every server of the pool asked over rpc: whether it answered, and whether it drains.
+    async fn servers_health(&self, limit: Duration) -> BTreeMap<String, (bool, bool)> {
         let asks = self.servers.iter().map(|server| {
             let addr = self.peers.get(server).cloned().unwrap_or_default();
             let rpc = self.rpc.clone();
@@ -928,12 +933,17 @@ impl PoolMember {
                     .ok()
                     .and_then(|b| postcard::from_bytes::<crate::replace::Health>(&b).ok());
                 let draining = answer.as_ref().is_some_and(|h| h.draining);
-                (server.clone(), answer.is_some(), draining)
+                (server.clone(), (answer.is_some(), draining))
             }
         });
-        for (server, healthy, draining) in futures::future::join_all(asks).await {
-            health.insert(server, (healthy, draining));
-        }
+        futures::future::join_all(asks).await.into_iter().collect()
+    }
+
+    /// The pool's fabric state as this server sees it now: every server asked over rpc,
+    /// every group's primary asked for its status, with a short deadline each.
+    pub async fn status(&self) -> PoolStatus {
+        let limit = Duration::from_secs(2);
+        let health = self.servers_health(limit).await;
         // Where the groups should be now: without the servers lost long enough to be replaced.
         let lost = self.lost();
         let placed = self.placement(&lost);

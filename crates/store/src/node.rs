@@ -324,9 +324,10 @@ impl StoreNode {
     }
 
     /// Stops this replica from becoming primary and, if it is the primary, hands the role to
-    /// the most advanced synchronous secondary with no data loss (`server drain`). Returns
-    /// the primary after it.
-    pub async fn step_down(&self) -> Reply<Option<String>> {
+    /// the most advanced synchronous secondary with no data loss (`server drain`), one not on
+    /// a server in `avoid` (others draining too) when there is one. Returns the primary after
+    /// it.
+    pub async fn step_down(&self, avoid: &BTreeSet<String>) -> Reply<Option<String>> {
         self.replica().set_elect(false);
         let st = self.replica().status();
         if st.role != Role::Leader {
@@ -336,10 +337,13 @@ impl StoreNode {
             return Ok(leader);
         }
         let st = self
-            .planned_failover(FailoverRequest {
-                to: None,
-                from: Some(self.cfg.me.clone()),
-            })
+            .planned_failover_avoiding(
+                FailoverRequest {
+                    to: None,
+                    from: Some(self.cfg.me.clone()),
+                },
+                avoid,
+            )
             .await?;
         Ok(st.primary)
     }
@@ -740,6 +744,16 @@ impl StoreNode {
 
     /// A planned failover: hands the primary role to a synchronized sync replica.
     pub async fn planned_failover(&self, req: FailoverRequest) -> Reply<StoreStatus> {
+        self.planned_failover_avoiding(req, &BTreeSet::new()).await
+    }
+
+    /// [`StoreNode::planned_failover`]; with no target named, a replica on a server in
+    /// `avoid` is chosen only when no other can take over.
+    async fn planned_failover_avoiding(
+        &self,
+        req: FailoverRequest,
+        avoid: &BTreeSet<String>,
+    ) -> Reply<StoreStatus> {
         let st = self.replica().status();
         if st.role != Role::Leader {
             return Err(self.not_primary());
@@ -783,8 +797,9 @@ impl StoreNode {
                 *id
             }
             None => {
-                // The most advanced sync secondary, automatic ones first.
-                let mut best: Option<(bool, u64, u64)> = None;
+                // The most advanced sync secondary, automatic ones first, and before them
+                // any not on a server to avoid.
+                let mut best: Option<(bool, bool, u64, u64)> = None;
                 for (id, m) in &candidates {
                     let matched = st.replication.get(id).and_then(|p| p.matched).unwrap_or(0);
                     let automatic = self
@@ -792,13 +807,13 @@ impl StoreNode {
                         .members
                         .iter()
                         .any(|s| s.server == m.server && s.automatic);
-                    let key = (automatic, matched, *id);
-                    if best.is_none_or(|b| (key.0, key.1) > (b.0, b.1)) {
+                    let key = (!avoid.contains(&m.server), automatic, matched, *id);
+                    if best.is_none_or(|b| (key.0, key.1, key.2) > (b.0, b.1, b.2)) {
                         best = Some(key);
                     }
                 }
                 match best {
-                    Some((_, _, id)) => id,
+                    Some((_, _, _, id)) => id,
                     None => {
                         return Err(Refusal::Refused(
                             "no synchronous secondary to fail over to".into(),

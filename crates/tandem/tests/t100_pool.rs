@@ -272,6 +272,33 @@ fn a_rolling_restart_with_drain_fails_no_request() {
     assert!(lost.is_empty(), "acknowledged changes lost: {lost:?}");
 }
 
+/// Two servers drained, one after the other, for maintenance: the second hands its groups
+/// to the one server not draining, never back to the first, so every group ends on fe3 and
+/// neither drained server is primary of any when they stop.
+#[test]
+fn a_second_drain_hands_groups_to_a_server_not_draining() {
+    let pool = PoolLab::start(EXE.as_ref(), TMP, "pool_two_drains", 3, 6, 30);
+    pool.wait_status("fe3", "every group serving", all_serving);
+    for name in ["fe1", "fe2"] {
+        let out = pool.cli(name, &["server", "drain", name, "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["still_primary"], 0, "{report}");
+        assert_eq!(report["failed"], serde_json::json!([]), "{report}");
+    }
+    let st = pool.wait_status("fe3", "every group serving after both drains", all_serving);
+    let primaries: Vec<&serde_json::Value> = st["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| &g["primary"])
+        .collect();
+    assert!(
+        primaries.iter().all(|p| *p == "fe3"),
+        "every group's primary is fe3, the server not draining: {st}"
+    );
+}
+
 /// `kill -9` of two of three servers stops every group (each has two of its three replicas on
 /// them) and the pool reports `down`. `pool reset-group` states what the surviving replica
 /// lacks and changes nothing without `--accept-data-loss`; with it the group serves again
