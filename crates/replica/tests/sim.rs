@@ -321,26 +321,39 @@ fn simulation() {
     );
 }
 
-/// Runs a few seeds with a bug injected; returns every violation reported.
-fn violations_with(
+/// Runs a few seeds with their parameters tweaked (a bug injected, a mode forced); returns
+/// each seed's report.
+fn reports_with(
     test: &str,
     seeds: std::ops::Range<u64>,
     tweak: impl Fn(&mut Params) + Sync,
-) -> Vec<String> {
+) -> Vec<Report> {
     let seeds: Vec<u64> = seeds.collect();
     let outcomes = run_seeds(test, &seeds, 2, |s| {
         let mut p = Params::from_seed(s);
         tweak(&mut p);
         p
     });
-    let mut all = Vec::new();
-    for o in &outcomes {
+    let mut reports = Vec::new();
+    for o in outcomes {
         assert!(o.panic.is_none(), "seed {} panicked: {:?}", o.seed, o.panic);
-        all.extend(o.report.as_ref().unwrap().violations.iter().cloned());
         let _ = std::fs::remove_dir_all(&o.dir);
+        reports.push(o.report.unwrap());
     }
     let _ = std::fs::remove_dir_all(base_dir(test));
-    all
+    reports
+}
+
+/// Runs a few seeds with a bug injected; returns every violation reported.
+fn violations_with(
+    test: &str,
+    seeds: std::ops::Range<u64>,
+    tweak: impl Fn(&mut Params) + Sync,
+) -> Vec<String> {
+    reports_with(test, seeds, tweak)
+        .into_iter()
+        .flat_map(|r| r.violations)
+        .collect()
 }
 
 /// A machine that acknowledges writes and forgets them: the checker must say writes were lost.
@@ -637,30 +650,16 @@ fn a_witness_keeps_the_log_a_mirror_that_was_down_needs() {
 /// log does not grow without end.
 #[test]
 fn a_witness_purges_what_the_mirror_holds() {
-    let seeds: Vec<u64> = (0..8).collect();
-    let outcomes = run_seeds("witness-purges", &seeds, 2, |s| {
-        let mut p = Params::from_seed(s);
-        p.set_mirroring(true);
-        p
-    });
+    let reports = reports_with("witness-purges", 0..8, |p| p.set_mirroring(true));
     let mut purges = 0;
-    for o in &outcomes {
-        assert!(o.panic.is_none(), "seed {} panicked: {:?}", o.seed, o.panic);
-        let r = o.report.as_ref().unwrap();
-        assert!(
-            r.violations.is_empty(),
-            "seed {}: {:?}",
-            o.seed,
-            r.violations
-        );
+    for r in &reports {
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
         purges += r.counts.get("witness log purges").copied().unwrap_or(0);
-        let _ = std::fs::remove_dir_all(&o.dir);
     }
-    let _ = std::fs::remove_dir_all(base_dir("witness-purges"));
     assert!(
         purges > 0,
         "no witness purged its log in {} seeds",
-        seeds.len()
+        reports.len()
     );
 }
 
