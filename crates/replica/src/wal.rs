@@ -19,10 +19,16 @@
 //!
 //! All writes go through one thread, in submission order; an append's callback runs only after
 //! `fdatasync` returned, and appends queued together share one `fdatasync`.
+//!
+//! Readers see records in memory until the writer has written them; then only the newest
+//! [`WalOptions::memory_bytes`] stay there and older ones are read back from their segment
+//! (checked again) when asked for — a lagging follower's catch-up, a restart's replay. A log
+//! that keeps 100,000 entries between snapshots therefore does not keep them all in memory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
@@ -50,7 +56,7 @@ pub type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 enum Job {
     Append {
-        records: Vec<(u64, Vec<u8>)>,
+        records: Vec<(u64, Arc<Vec<u8>>)>,
         done: Done,
     },
     Truncate {
@@ -67,10 +73,71 @@ enum Job {
     },
 }
 
-/// The records in memory, by index (what readers see), and where each sits on disk.
+/// Where a record's bytes are.
+#[derive(Clone)]
+enum Slot {
+    /// In memory: records not written yet, and the newest written ones.
+    Memory(Arc<Vec<u8>>),
+    /// Only in segment `segment` (named by its first index), header at `offset`.
+    Disk { segment: u64, offset: u64, len: u32 },
+}
+
+/// A record the writer has written and that is still in memory.
+struct Written {
+    index: u64,
+    body: Arc<Vec<u8>>,
+    segment: u64,
+    offset: u64,
+}
+
+/// The records by index (what readers see): the log's content between purge point and end.
 #[derive(Default)]
 struct Index {
-    entries: BTreeMap<u64, Arc<Vec<u8>>>,
+    entries: BTreeMap<u64, Slot>,
+    /// Bytes of the records held in memory.
+    resident: u64,
+    /// Written records still in memory, oldest first: the first to leave it.
+    written: VecDeque<Written>,
+}
+
+impl Index {
+    fn insert(&mut self, index: u64, body: Arc<Vec<u8>>) {
+        self.resident += body.len() as u64;
+        if let Some(Slot::Memory(old)) = self.entries.insert(index, Slot::Memory(body)) {
+            self.resident -= old.len() as u64;
+        }
+    }
+
+    /// Forgets the records in `removed` (cut off the end or purged from the start).
+    fn forget(&mut self, removed: BTreeMap<u64, Slot>) {
+        for slot in removed.into_values() {
+            if let Slot::Memory(b) = slot {
+                self.resident -= b.len() as u64;
+            }
+        }
+    }
+
+    /// Records that `written` are on disk, then lets the oldest written records leave memory
+    /// until at most `limit` bytes stay. A record truncated and appended again since it was
+    /// written is a different `Arc`: its old location is never used.
+    fn on_written(&mut self, written: Vec<Written>, limit: u64) {
+        self.written.extend(written);
+        while self.resident > limit {
+            let Some(w) = self.written.pop_front() else {
+                break;
+            };
+            if let Some(slot) = self.entries.get_mut(&w.index)
+                && matches!(slot, Slot::Memory(b) if Arc::ptr_eq(b, &w.body))
+            {
+                self.resident -= w.body.len() as u64;
+                *slot = Slot::Disk {
+                    segment: w.segment,
+                    offset: w.offset,
+                    len: w.body.len() as u32,
+                };
+            }
+        }
+    }
 }
 
 /// How a log is run.
@@ -81,13 +148,19 @@ pub struct WalOptions {
     /// Do the writes on the caller's thread instead of a writer thread (simulations under a
     /// paused clock, where a thread the runtime cannot see would let the clock jump).
     pub inline: bool,
+    /// Bytes of written records kept in memory (the newest); older ones are read from disk.
+    pub memory_bytes: u64,
 }
+
+/// Default of [`WalOptions::memory_bytes`]: a few thousand typical entries per log.
+pub const MEMORY_BYTES: u64 = 8 * 1024 * 1024;
 
 impl Default for WalOptions {
     fn default() -> WalOptions {
         WalOptions {
             sync: true,
             inline: false,
+            memory_bytes: MEMORY_BYTES,
         }
     }
 }
@@ -208,6 +281,9 @@ struct Writer {
     allocated: u64,
     /// fsync data and directories (off only in simulations).
     sync: bool,
+    /// The readers' index, told where written records are.
+    index: Arc<RwLock<Index>>,
+    memory_bytes: u64,
 }
 
 impl Writer {
@@ -260,16 +336,18 @@ impl Writer {
             .ok_or_else(|| io::Error::other("no open segment"))
     }
 
-    /// Writes a job's records (consecutive indexes), one write per segment they go to.
-    fn append(&mut self, records: &[(u64, Vec<u8>)]) -> io::Result<()> {
+    /// Writes a job's records (consecutive indexes), one write per segment they go to, then
+    /// tells the index where they are.
+    fn append(&mut self, records: &[(u64, Arc<Vec<u8>>)]) -> io::Result<()> {
         let mut run = Vec::new();
         let mut offsets = Vec::new();
+        let mut written = Vec::with_capacity(records.len());
         for (index, body) in records {
             let len = u32::try_from(body.len())
                 .map_err(|_| corrupt(format!("record {index} too large")))?;
             let seg_len = self.segments.last().map_or(0, |s| s.len);
             if !run.is_empty() && seg_len + run.len() as u64 >= SEGMENT_BYTES {
-                self.write_run(&mut run, &mut offsets)?;
+                self.write_run(&mut run, &mut offsets, &mut written)?;
             }
             if run.is_empty() {
                 // Opens the segment, or starts the next one.
@@ -277,18 +355,28 @@ impl Writer {
             }
             let mut h = crc32c::crc32c(&index.to_be_bytes());
             h = crc32c::crc32c_append(h, body);
-            offsets.push((*index, run.len() as u64));
+            offsets.push((*index, run.len() as u64, body.clone()));
             run.extend_from_slice(&len.to_be_bytes());
             run.extend_from_slice(&h.to_be_bytes());
             run.extend_from_slice(&index.to_be_bytes());
             run.extend_from_slice(body);
         }
-        self.write_run(&mut run, &mut offsets)
+        self.write_run(&mut run, &mut offsets, &mut written)?;
+        self.index
+            .write()
+            .map_err(|_| io::Error::other("log index poisoned"))?
+            .on_written(written, self.memory_bytes);
+        Ok(())
     }
 
     /// Writes `run` (records whose offsets within it are `offsets`) at the end of the open
-    /// segment, and empties both.
-    fn write_run(&mut self, run: &mut Vec<u8>, offsets: &mut Vec<(u64, u64)>) -> io::Result<()> {
+    /// segment, empties both, and adds the records to `written`.
+    fn write_run(
+        &mut self,
+        run: &mut Vec<u8>,
+        offsets: &mut Vec<(u64, u64, Arc<Vec<u8>>)>,
+        written: &mut Vec<Written>,
+    ) -> io::Result<()> {
         if run.is_empty() {
             return Ok(());
         }
@@ -300,8 +388,15 @@ impl Writer {
             .ok_or_else(|| io::Error::other("no open segment"))?;
         file.write_all(run)?;
         if let Some(seg) = self.segments.last_mut() {
-            seg.offsets
-                .extend(offsets.drain(..).map(|(i, o)| (i, start + o)));
+            for (index, o, body) in offsets.drain(..) {
+                seg.offsets.push((index, start + o));
+                written.push(Written {
+                    index,
+                    body,
+                    segment: seg.first,
+                    offset: start + o,
+                });
+            }
             seg.len += run.len() as u64;
         }
         run.clear();
@@ -320,7 +415,7 @@ impl Writer {
             .ok_or_else(|| io::Error::other("no open segment"))?;
         let to = end + PREALLOCATE_BYTES;
         let zeros = vec![0u8; (to - self.allocated) as usize];
-        std::os::unix::fs::FileExt::write_all_at(file, &zeros, self.allocated)?;
+        file.write_all_at(&zeros, self.allocated)?;
         self.allocated = to;
         Ok(())
     }
@@ -487,14 +582,26 @@ impl Wal {
                     path.display()
                 )));
             }
-            for (i, body) in records {
-                index.entries.insert(i, Arc::new(body));
+            // Segment by segment, so a long log is never all in memory at once.
+            let mut written = Vec::with_capacity(records.len());
+            for ((i, body), (_, offset)) in records.into_iter().zip(&seg.offsets) {
+                let body = Arc::new(body);
+                index.insert(i, body.clone());
+                written.push(Written {
+                    index: i,
+                    body,
+                    segment: seg.first,
+                    offset: *offset,
+                });
             }
+            index.on_written(written, options.memory_bytes);
             segments.push(seg);
         }
         // Entries at or below the purge point may remain in a partly purged segment.
         if let Some(p) = meta.purged_index {
-            index.entries = index.entries.split_off(&(p + 1));
+            let kept = index.entries.split_off(&(p + 1));
+            let gone = std::mem::replace(&mut index.entries, kept);
+            index.forget(gone);
         }
         let index = Arc::new(RwLock::new(index));
         let mut writer = Writer {
@@ -503,6 +610,8 @@ impl Wal {
             file: None,
             allocated: 0,
             sync: options.sync,
+            index: index.clone(),
+            memory_bytes: options.memory_bytes,
         };
         let backend = if options.inline {
             Backend::Inline(Arc::new(std::sync::Mutex::new((writer, Vec::new()))))
@@ -550,6 +659,8 @@ impl Wal {
     /// Appends records (indexes must follow the last one). They are readable at once; `done`
     /// runs when they are on disk.
     pub fn append(&self, records: Vec<(u64, Vec<u8>)>, done: Done) -> io::Result<()> {
+        let records: Vec<(u64, Arc<Vec<u8>>)> =
+            records.into_iter().map(|(i, b)| (i, Arc::new(b))).collect();
         {
             let mut idx = self
                 .index
@@ -563,7 +674,7 @@ impl Wal {
                         "append of index {i} after {last} would leave a hole"
                     )));
                 }
-                idx.entries.insert(*i, Arc::new(body.clone()));
+                idx.insert(*i, body.clone());
             }
         }
         self.submit(Job::Append { records, done })
@@ -584,7 +695,8 @@ impl Wal {
                 .write()
                 .map_err(|_| io::Error::other("log index poisoned"))?;
             let from = after.map_or(0, |a| a + 1);
-            let _ = idx.entries.split_off(&from);
+            let gone = idx.entries.split_off(&from);
+            idx.forget(gone);
         }
         self.call(|reply| Job::Truncate { after, reply })
     }
@@ -601,7 +713,9 @@ impl Wal {
                 .index
                 .write()
                 .map_err(|_| io::Error::other("log index poisoned"))?;
-            idx.entries = idx.entries.split_off(&(upto + 1));
+            let kept = idx.entries.split_off(&(upto + 1));
+            let gone = std::mem::replace(&mut idx.entries, kept);
+            idx.forget(gone);
         }
         self.call(|reply| Job::Purge { upto, reply })
     }
@@ -634,11 +748,9 @@ impl Wal {
             .index
             .read()
             .map_err(|_| io::Error::other("log index poisoned"))?;
-        Ok(idx
-            .entries
-            .range(from..to)
-            .map(|(i, b)| (*i, b.clone()))
-            .collect())
+        // Read under the lock: a record's segment is truncated or deleted only after the
+        // record left the index, which takes the lock.
+        self.load(idx.entries.range(from..to))
     }
 
     /// The last record, if any.
@@ -647,7 +759,93 @@ impl Wal {
             .index
             .read()
             .map_err(|_| io::Error::other("log index poisoned"))?;
-        Ok(idx.entries.iter().next_back().map(|(i, b)| (*i, b.clone())))
+        Ok(self.load(idx.entries.iter().next_back().into_iter())?.pop())
+    }
+
+    /// Bytes of records held in memory.
+    pub fn resident_bytes(&self) -> io::Result<u64> {
+        Ok(self
+            .index
+            .read()
+            .map_err(|_| io::Error::other("log index poisoned"))?
+            .resident)
+    }
+
+    /// The records of `slots`, in order: those on disk are read back, one read per run of
+    /// adjacent records, and checked as on open.
+    fn load<'a>(
+        &self,
+        slots: impl Iterator<Item = (&'a u64, &'a Slot)>,
+    ) -> io::Result<Vec<(u64, Arc<Vec<u8>>)>> {
+        let mut out = Vec::new();
+        // Adjacent records on disk not read yet: (segment, first header offset, end, indexes).
+        let mut run: Option<(u64, u64, u64, Vec<u64>)> = None;
+        for (&i, slot) in slots {
+            match slot {
+                Slot::Memory(b) => {
+                    if let Some(r) = run.take() {
+                        self.read_run(r, &mut out)?;
+                    }
+                    out.push((i, b.clone()));
+                }
+                &Slot::Disk {
+                    segment,
+                    offset,
+                    len,
+                } => {
+                    let end = offset + HEADER as u64 + u64::from(len);
+                    match &mut run {
+                        Some((s, _, e, indexes)) if *s == segment && *e == offset => {
+                            *e = end;
+                            indexes.push(i);
+                        }
+                        _ => {
+                            if let Some(r) = run.replace((segment, offset, end, vec![i])) {
+                                self.read_run(r, &mut out)?;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(r) = run {
+            self.read_run(r, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn read_run(
+        &self,
+        (segment, start, end, indexes): (u64, u64, u64, Vec<u64>),
+        out: &mut Vec<(u64, Arc<Vec<u8>>)>,
+    ) -> io::Result<()> {
+        let path = self.dir.join(segment_name(segment));
+        let file = File::open(&path)?;
+        let mut data = vec![0u8; (end - start) as usize];
+        file.read_exact_at(&mut data, start)?;
+        let mut pos = 0usize;
+        for index in indexes {
+            let bad = || {
+                corrupt(format!(
+                    "log record {index} in {} at offset {} does not read back",
+                    path.display(),
+                    start + pos as u64
+                ))
+            };
+            let head = data.get(pos..pos + HEADER).ok_or_else(bad)?;
+            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+            let mut ib = [0u8; 8];
+            ib.copy_from_slice(&head[8..16]);
+            let body = data.get(pos + HEADER..pos + HEADER + len).ok_or_else(bad)?;
+            let h = crc32c::crc32c_append(crc32c::crc32c(&ib), body);
+            if h != crc || u64::from_be_bytes(ib) != index {
+                return Err(bad());
+            }
+            out.push((index, Arc::new(body.to_vec())));
+            pos += HEADER + len;
+        }
+        Ok(())
     }
 
     /// The first record's index, if any.
@@ -883,6 +1081,90 @@ mod tests {
         drop(w);
         let w = Wal::open(&d).unwrap();
         assert_eq!(w.meta().unwrap(), m);
+    }
+
+    fn open_limited(d: &Path, memory_bytes: u64) -> Wal {
+        Wal::open_with(
+            d,
+            WalOptions {
+                memory_bytes,
+                ..WalOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn numbered(from: u64, to: u64, tag: &str) -> Vec<(u64, Vec<u8>)> {
+        (from..=to)
+            .map(|i| (i, format!("{tag} {i:>96}").into_bytes()))
+            .collect()
+    }
+
+    fn contents(w: &Wal) -> Vec<(u64, Vec<u8>)> {
+        w.range(0, u64::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(i, b)| (i, b.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn only_the_newest_records_stay_in_memory_and_the_rest_read_back_from_disk() {
+        let d = dir("memory");
+        let w = open_limited(&d, 1000);
+        for batch in 0..10 {
+            append_sync(&w, numbered(batch * 10 + 1, batch * 10 + 10, "entry"));
+            assert!(w.resident_bytes().unwrap() <= 1000);
+        }
+        let all = numbered(1, 100, "entry");
+        assert_eq!(contents(&w), all);
+        assert_eq!(w.range(37, 44).unwrap().len(), 7);
+        assert_eq!(&*w.range(37, 38).unwrap()[0].1, &all[36].1[..]);
+        drop(w);
+        // A reopened log keeps the same bound, reading segment by segment.
+        let w = open_limited(&d, 1000);
+        assert!(w.resident_bytes().unwrap() <= 1000);
+        assert_eq!(contents(&w), all);
+        // With no bound at all, everything stays in memory.
+        drop(w);
+        let w = open_limited(&d, u64::MAX);
+        assert!(w.resident_bytes().unwrap() >= 100 * 100);
+    }
+
+    #[test]
+    fn records_cut_off_and_appended_again_read_back_as_the_new_ones() {
+        let d = dir("memory-truncate");
+        // Room for about 30 records: 21..=50 are in memory, written, when 31..=50 are cut
+        // off; the ones appended again are longer, so their old places hold other bytes.
+        let w = open_limited(&d, 3000);
+        append_sync(&w, numbered(1, 50, "old"));
+        w.truncate_after(Some(30)).unwrap();
+        for from in (31..=80).step_by(10) {
+            append_sync(&w, numbered(from, from + 9, "appended again"));
+        }
+        assert!(w.resident_bytes().unwrap() <= 3000);
+        let mut want = numbered(1, 30, "old");
+        want.extend(numbered(31, 80, "appended again"));
+        assert_eq!(contents(&w), want);
+        assert_eq!(&*w.last().unwrap().unwrap().1, &want[79].1[..]);
+        w.purge(10, "lp".into()).unwrap();
+        assert_eq!(contents(&w), want[10..].to_vec());
+        drop(w);
+        assert_eq!(contents(&open_limited(&d, 0)), want[10..].to_vec());
+    }
+
+    #[test]
+    fn a_record_that_does_not_read_back_is_an_error_not_other_bytes() {
+        let d = dir("memory-corrupt");
+        let w = open_limited(&d, 0);
+        append_sync(&w, numbered(1, 5, "entry"));
+        let seg = d.join(segment_name(1));
+        let mut data = std::fs::read(&seg).unwrap();
+        data[2 * (HEADER + 102) + HEADER + 5] ^= 1;
+        std::fs::write(&seg, &data).unwrap();
+        let err = w.range(1, 6).expect_err("a flipped bit must not read back");
+        assert!(err.to_string().contains("log record 3"), "{err}");
+        assert_eq!(w.range(1, 3).unwrap().len(), 2);
     }
 
     #[test]

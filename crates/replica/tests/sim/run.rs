@@ -50,6 +50,10 @@ use super::machine::{Bug, MachineStats, SimKv, SimMachine, SimWitness, set_cmd};
 use super::net::{Net, NetBug, NetStats};
 use super::rng::{Rng, derive};
 use replica::wal::{Wal, WalOptions};
+
+/// Bytes of written log records a simulated member keeps in memory: a few dozen entries, so
+/// catch-up reads and replays after restarts read records back from the segment files.
+const SIM_LOG_MEMORY_BYTES: u64 = 2048;
 use replica::{Member, NodeId, Replica, ReplicaConfig, Role, Status, WriteError, node_id};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -472,6 +476,7 @@ impl World {
         cfg.log = WalOptions {
             sync: false,
             inline: true,
+            memory_bytes: SIM_LOG_MEMORY_BYTES,
         };
         let saved = self
             .saved
@@ -1533,6 +1538,7 @@ fn read_log(dir: &Path) -> Vec<Vec<u8>> {
         WalOptions {
             sync: false,
             inline: true,
+            memory_bytes: SIM_LOG_MEMORY_BYTES,
         },
     )
     .and_then(|wal| wal.range(0, u64::MAX))
