@@ -70,23 +70,19 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// `n` random bytes as hex.
+/// `n` random bytes as hex: tags, branches, Call-IDs (RFC 3261 §19.3 asks for cryptographic
+/// randomness). From the thread's ChaCha generator, seeded and reseeded by the OS: a
+/// `getrandom` system call per tag cost about 1.5% of a server's CPU under MESSAGE load.
 pub fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
-    if getrandom::fill(&mut buf).is_err() {
-        // The OS RNG failing is not something to serve through; tags must not repeat.
-        tracing::error!("the operating system's random number generator failed");
-        std::process::abort();
-    }
+    rand::fill(&mut buf[..]);
     hex::encode(buf)
 }
 
 /// A random number below `n` (`n` > 0; a little biased, fine for spreading retries).
 fn random_below(n: u8) -> u8 {
     let mut b = [0u8; 1];
-    if getrandom::fill(&mut b).is_err() {
-        return 0;
-    }
+    rand::fill(&mut b[..]);
     b[0] % n.max(1)
 }
 

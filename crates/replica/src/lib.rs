@@ -488,6 +488,18 @@ impl<M: Machine> Replica<M> {
         self.sm.with(f).await
     }
 
+    /// This member's role now: [`Replica::status`] without the membership and replication
+    /// tables, for the request path.
+    pub fn role(&self) -> Role {
+        match self.raft.metrics().borrow_watched().state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Stopped,
+        }
+    }
+
     /// This member's view of the group.
     pub fn status(&self) -> Status {
         let m = self.raft.metrics().borrow_watched().clone();

@@ -361,7 +361,7 @@ impl StoreNode {
 
     /// Whether this replica is the primary now (and of the newest generation).
     pub fn is_primary(&self) -> bool {
-        !self.fenced.load(Ordering::SeqCst) && self.replica().status().role == Role::Leader
+        !self.fenced.load(Ordering::SeqCst) && self.replica().role() == Role::Leader
     }
 
     /// The store's name.
@@ -477,7 +477,7 @@ impl StoreNode {
                 self.cfg.me
             )));
         }
-        if self.replica().status().role != Role::Leader {
+        if self.replica().role() != Role::Leader {
             return Err(self.not_primary());
         }
         let bytes = encode_command(&env).map_err(Refusal::Store)?;
@@ -514,10 +514,9 @@ impl StoreNode {
 
     /// Answers a query, on the primary (linearizable) or here within a staleness bound.
     pub async fn query(&self, q: QueryRequest) -> Reply<QueryAnswer> {
-        let st = self.replica().status();
         let staleness_ms = match q.consistency {
             Consistency::Primary => {
-                if st.role != Role::Leader {
+                if self.replica().role() != Role::Leader {
                     return Err(self.not_primary());
                 }
                 self.replica()
@@ -527,6 +526,7 @@ impl StoreNode {
                 0
             }
             Consistency::Stale { max_ms } => {
+                let st = self.replica().status();
                 let staleness = if st.role == Role::Leader {
                     0
                 } else {
