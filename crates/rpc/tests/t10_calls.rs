@@ -309,3 +309,51 @@ async fn run_in_task_and_register_later() {
         .await
         .unwrap();
 }
+
+// Proves: a call a process makes to its own server reaches the same handler as a peer's, with
+// this node's name as the peer, crosses no socket (no connection, no counted remote call),
+// names an unknown service the same way, and ends by its deadline while the handler still
+// runs to its end, as it would for a peer that stopped waiting.
+#[tokio::test]
+async fn a_call_to_its_own_server_runs_in_process_with_the_same_answers() {
+    let server = echo_server("srv").await;
+    server.handle("whoami", |req: Request| async move {
+        Ok(Bytes::from(format!("{} asked {}", req.peer, req.service)))
+    });
+    let release = Arc::new(Notify::new());
+    let finished = Arc::new(AtomicUsize::new(0));
+    {
+        let (release, finished) = (release.clone(), finished.clone());
+        server.handle("slow", move |req: Request| {
+            let (release, finished) = (release.clone(), finished.clone());
+            async move {
+                release.notified().await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                Ok(req.body)
+            }
+        });
+    }
+    let answer = server
+        .call_local("echo", Bytes::from_static(b"hello"), SECOND)
+        .await;
+    assert_eq!(answer, Ok(Bytes::from_static(b"hello")));
+    let answer = server.call_local("whoami", Bytes::new(), SECOND).await;
+    assert_eq!(answer, Ok(Bytes::from_static(b"srv asked whoami")));
+    match server.call_local("nope", Bytes::new(), SECOND).await {
+        Err(RpcError::Remote(e)) => assert_eq!(e.code, RemoteError::NO_SUCH_SERVICE),
+        other => panic!("expected no-such-service, got {other:?}"),
+    }
+    let late = server
+        .call_local("slow", Bytes::new(), Duration::from_millis(100))
+        .await;
+    assert_eq!(late, Err(RpcError::Timeout));
+    release.notify_one();
+    wait_until("the abandoned handler finishes", 5 * SECOND, || {
+        finished.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let stats = server.stats();
+    assert_eq!(stats.local_calls, 4);
+    assert_eq!(stats.unknown_service, 1);
+    assert_eq!((stats.calls, stats.connections_accepted), (0, 0));
+}

@@ -17,6 +17,8 @@ use std::time::Duration;
 pub struct RpcPool {
     config: Arc<ClientConfig>,
     clients: Arc<Mutex<HashMap<(String, Lane), RpcClient>>>,
+    /// This process's own rpc server and its address: calls to it do not cross a socket.
+    local: Arc<Mutex<Option<(String, rpc::RpcServer)>>>,
 }
 
 /// Which connection to a peer a call travels on.
@@ -34,7 +36,29 @@ impl RpcPool {
         RpcPool {
             config: Arc::new(config),
             clients: Arc::default(),
+            local: Arc::default(),
         }
+    }
+
+    /// Calls to `addr` go to `server`, this process's own, in process
+    /// ([`rpc::RpcServer::call_local`]).
+    pub fn serve_locally(&self, addr: &str, server: rpc::RpcServer) {
+        let mut local = match self.local.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *local = Some((addr.to_string(), server));
+    }
+
+    fn local_server(&self, addr: &str) -> Option<rpc::RpcServer> {
+        let local = match self.local.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        local
+            .as_ref()
+            .filter(|(a, _)| a == addr)
+            .map(|(_, s)| s.clone())
     }
 
     /// The requests-lane client for `addr` (created on first use; connects lazily).
@@ -75,6 +99,12 @@ impl RpcPool {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, rpc::RpcError> {
+        if let Some(server) = self.local_server(addr) {
+            return server
+                .call_local(service, bytes::Bytes::from(body), timeout)
+                .await
+                .map(Vec::from);
+        }
         self.client_on(addr, lane)
             .call(service, bytes::Bytes::from(body), timeout)
             .await
@@ -162,5 +192,39 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    /// Calls to the address given as this process's own go to its server in process (no
+    /// connection is opened); calls to other addresses still cross a socket.
+    #[tokio::test]
+    async fn calls_to_its_own_address_stay_in_process() {
+        let secret =
+            ClusterSecret::from_bytes(b"the-test-cluster-secret-0123456".to_vec()).unwrap();
+        let server = RpcServer::bind("127.0.0.1:0", ServerConfig::new(secret.clone(), "c", "me"))
+            .await
+            .unwrap();
+        server.handle("who", |req: rpc::Request| async move {
+            Ok(Bytes::from(req.peer))
+        });
+        server.spawn();
+        let addr = server.local_addr().to_string();
+        let pool = RpcPool::new(ClientConfig::new(secret, "c", "me"));
+        let second = Duration::from_secs(2);
+        // Before: a call like any other, over a connection.
+        assert_eq!(
+            pool.call(&addr, "who", Vec::new(), second).await.unwrap(),
+            b"me"
+        );
+        assert_eq!(server.stats().calls, 1);
+        pool.serve_locally(&addr, server.clone());
+        for _ in 0..3 {
+            assert_eq!(
+                pool.call(&addr, "who", Vec::new(), second).await.unwrap(),
+                b"me"
+            );
+        }
+        let stats = server.stats();
+        assert_eq!((stats.calls, stats.local_calls), (1, 3));
+        assert_eq!(stats.connections_accepted, 1);
     }
 }

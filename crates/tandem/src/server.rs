@@ -354,11 +354,10 @@ async fn serve(
             .await
             .with_context(|| format!("cannot bind the rpc address {addr}"))?;
         server.spawn();
-        pool = Some(store::pool::RpcPool::new(rpc::ClientConfig::new(
-            secret,
-            &topology.name,
-            &me.name,
-        )));
+        let clients =
+            store::pool::RpcPool::new(rpc::ClientConfig::new(secret, &topology.name, &me.name));
+        clients.serve_locally(&addr.to_string(), server.clone());
+        pool = Some(clients);
         rpc_server = Some(server);
     }
     // Store replicas held by this server.
