@@ -122,6 +122,15 @@ impl Index {
     /// written is a different `Arc`: its old location is never used.
     fn on_written(&mut self, written: Vec<Written>, limit: u64) {
         self.written.extend(written);
+        // Records purged or cut off since they were written leave the queue once they reach
+        // its front (purged ones are there first), so their bytes are not held past them.
+        while let Some(w) = self.written.front() {
+            if matches!(self.entries.get(&w.index), Some(Slot::Memory(b)) if Arc::ptr_eq(b, &w.body))
+            {
+                break;
+            }
+            self.written.pop_front();
+        }
         while self.resident > limit {
             let Some(w) = self.written.pop_front() else {
                 break;
@@ -1151,6 +1160,18 @@ mod tests {
         assert_eq!(contents(&w), want[10..].to_vec());
         drop(w);
         assert_eq!(contents(&open_limited(&d, 0)), want[10..].to_vec());
+    }
+
+    #[test]
+    fn purged_records_do_not_stay_in_memory_below_the_bound() {
+        let d = dir("memory-purged");
+        let w = open_limited(&d, u64::MAX);
+        append_sync(&w, numbered(1, 100, "entry"));
+        w.purge(90, "lp".into()).unwrap();
+        append_sync(&w, numbered(101, 101, "entry"));
+        let idx = w.index.read().unwrap();
+        assert_eq!(idx.resident, 11 * 102);
+        assert_eq!(idx.written.len(), 11, "purged records are let go");
     }
 
     #[test]
