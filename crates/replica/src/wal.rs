@@ -117,6 +117,12 @@ impl Index {
         }
     }
 
+    /// Whether the index still holds `w`'s record, in memory (not one cut off, purged, or
+    /// appended again since).
+    fn holds(&self, w: &Written) -> bool {
+        matches!(self.entries.get(&w.index), Some(Slot::Memory(b)) if Arc::ptr_eq(b, &w.body))
+    }
+
     /// Records that `written` are on disk, then lets the oldest written records leave memory
     /// until at most `limit` bytes stay. A record truncated and appended again since it was
     /// written is a different `Arc`: its old location is never used.
@@ -125,8 +131,7 @@ impl Index {
         // Records purged or cut off since they were written leave the queue once they reach
         // its front (purged ones are there first), so their bytes are not held past them.
         while let Some(w) = self.written.front() {
-            if matches!(self.entries.get(&w.index), Some(Slot::Memory(b)) if Arc::ptr_eq(b, &w.body))
-            {
+            if self.holds(w) {
                 break;
             }
             self.written.pop_front();
@@ -135,15 +140,16 @@ impl Index {
             let Some(w) = self.written.pop_front() else {
                 break;
             };
-            if let Some(slot) = self.entries.get_mut(&w.index)
-                && matches!(slot, Slot::Memory(b) if Arc::ptr_eq(b, &w.body))
-            {
+            if self.holds(&w) {
                 self.resident -= w.body.len() as u64;
-                *slot = Slot::Disk {
-                    segment: w.segment,
-                    offset: w.offset,
-                    len: w.body.len() as u32,
-                };
+                self.entries.insert(
+                    w.index,
+                    Slot::Disk {
+                        segment: w.segment,
+                        offset: w.offset,
+                        len: w.body.len() as u32,
+                    },
+                );
             }
         }
     }
@@ -200,6 +206,38 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// A record header's fields: body length, checksum, index.
+fn header_fields(head: &[u8; HEADER]) -> (u32, u32, u64) {
+    let [
+        l0,
+        l1,
+        l2,
+        l3,
+        c0,
+        c1,
+        c2,
+        c3,
+        i0,
+        i1,
+        i2,
+        i3,
+        i4,
+        i5,
+        i6,
+        i7,
+    ] = *head;
+    (
+        u32::from_be_bytes([l0, l1, l2, l3]),
+        u32::from_be_bytes([c0, c1, c2, c3]),
+        u64::from_be_bytes([i0, i1, i2, i3, i4, i5, i6, i7]),
+    )
+}
+
+/// The checksum a record carries: of its index, then its body.
+fn checksum(index: u64, body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&index.to_be_bytes()), body)
+}
+
 /// A segment on disk: its first index, path, and (index -> offset) of each record in it.
 struct Segment {
     first: u64,
@@ -238,11 +276,10 @@ fn read_segment(path: &Path, first: u64) -> io::Result<SegmentRead> {
             ));
             break;
         }
-        let len = u32::from_be_bytes([data[pos], data[pos + 1], data[pos + 2], data[pos + 3]]);
-        let crc = u32::from_be_bytes([data[pos + 4], data[pos + 5], data[pos + 6], data[pos + 7]]);
-        let mut ib = [0u8; 8];
-        ib.copy_from_slice(&data[pos + 8..pos + 16]);
-        let index = u64::from_be_bytes(ib);
+        let Ok(head) = <&[u8; HEADER]>::try_from(&data[pos..pos + HEADER]) else {
+            break;
+        };
+        let (len, crc, index) = header_fields(head);
         if len > MAX_RECORD_BYTES || data.len() - pos - HEADER < len as usize {
             problem = Some(format!(
                 "record at offset {pos} claims {len} bytes, {} remain",
@@ -251,9 +288,7 @@ fn read_segment(path: &Path, first: u64) -> io::Result<SegmentRead> {
             break;
         }
         let body = &data[pos + HEADER..pos + HEADER + len as usize];
-        let mut h = crc32c::crc32c(&data[pos + 8..pos + 16]);
-        h = crc32c::crc32c_append(h, body);
-        if h != crc {
+        if checksum(index, body) != crc {
             problem = Some(format!(
                 "checksum mismatch in the record at offset {pos} (index {index})"
             ));
@@ -362,8 +397,7 @@ impl Writer {
                 // Opens the segment, or starts the next one.
                 self.current(*index)?;
             }
-            let mut h = crc32c::crc32c(&index.to_be_bytes());
-            h = crc32c::crc32c_append(h, body);
+            let h = checksum(*index, body);
             offsets.push((*index, run.len() as u64, body.clone()));
             run.extend_from_slice(&len.to_be_bytes());
             run.extend_from_slice(&h.to_be_bytes());
@@ -841,14 +875,14 @@ impl Wal {
                     start + pos as u64
                 ))
             };
-            let head = data.get(pos..pos + HEADER).ok_or_else(bad)?;
-            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-            let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
-            let mut ib = [0u8; 8];
-            ib.copy_from_slice(&head[8..16]);
+            let head = data
+                .get(pos..pos + HEADER)
+                .and_then(|h| <&[u8; HEADER]>::try_from(h).ok())
+                .ok_or_else(bad)?;
+            let (len, crc, at) = header_fields(head);
+            let len = len as usize;
             let body = data.get(pos + HEADER..pos + HEADER + len).ok_or_else(bad)?;
-            let h = crc32c::crc32c_append(crc32c::crc32c(&ib), body);
-            if h != crc || u64::from_be_bytes(ib) != index {
+            if at != index || checksum(index, body) != crc {
                 return Err(bad());
             }
             out.push((index, Arc::new(body.to_vec())));
