@@ -9,7 +9,7 @@
 
 use rpc::{ClientConfig, RpcClient};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Clients by address and lane; cheap to clone.
@@ -18,7 +18,7 @@ pub struct RpcPool {
     config: Arc<ClientConfig>,
     clients: Arc<Mutex<HashMap<(String, Lane), RpcClient>>>,
     /// This process's own rpc server and its address: calls to it do not cross a socket.
-    local: Arc<Mutex<Option<(String, rpc::RpcServer)>>>,
+    local: Arc<OnceLock<(String, rpc::RpcServer)>>,
 }
 
 /// Which connection to a peer a call travels on.
@@ -41,24 +41,9 @@ impl RpcPool {
     }
 
     /// Calls to `addr` go to `server`, this process's own, in process
-    /// ([`rpc::RpcServer::call_local`]).
+    /// ([`rpc::RpcServer::call_local`]). Set once; a later call changes nothing.
     pub fn serve_locally(&self, addr: &str, server: rpc::RpcServer) {
-        let mut local = match self.local.lock() {
-            Ok(l) => l,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *local = Some((addr.to_string(), server));
-    }
-
-    fn local_server(&self, addr: &str) -> Option<rpc::RpcServer> {
-        let local = match self.local.lock() {
-            Ok(l) => l,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        local
-            .as_ref()
-            .filter(|(a, _)| a == addr)
-            .map(|(_, s)| s.clone())
+        let _ = self.local.set((addr.to_string(), server));
     }
 
     /// The requests-lane client for `addr` (created on first use; connects lazily).
@@ -99,7 +84,7 @@ impl RpcPool {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, rpc::RpcError> {
-        if let Some(server) = self.local_server(addr) {
+        if let Some((_, server)) = self.local.get().filter(|(a, _)| a == addr) {
             return server
                 .call_local(service, bytes::Bytes::from(body), timeout)
                 .await
@@ -195,7 +180,7 @@ mod tests {
     }
 
     /// Calls to the address given as this process's own go to its server in process (no
-    /// connection is opened); calls to other addresses still cross a socket.
+    /// further connection is opened); before it is given, the same call crosses a socket.
     #[tokio::test]
     async fn calls_to_its_own_address_stay_in_process() {
         let secret =
