@@ -6,6 +6,8 @@
 #      spread over every server of each side (one SIPp per server, users split between them);
 #      then REGISTER offered at OVERLOAD (1.5) × each side's best clean rate: how much of it
 #      still succeeds (past capacity a server should refuse the excess, not serve all late);
+#      Each step also reports the CPU its side's servers used per successful call (every
+#      tandem server process; every process of both Kamailio instances), from /proc;
 #  (b) the time until every routing group serves again after a `kill -9` of one Tandem server
 #      (p50/p99 over KILLS kills, each server in turn, restarted and healthy between kills),
 #      against the 2 s limit.
@@ -160,15 +162,36 @@ port_of() { # target
 }
 for ip in "${TANDEM_IPS[@]}" "${KAMAILIO_IPS[@]}"; do port_of "$ip:$SIP_PORT" > /dev/null; done
 
+# The server processes of a side: the tandem servers the lab started, or every process of
+# both Kamailio instances.
+side_pids() { # step name
+  case $1 in
+    tandem*) python3 -c "import json, sys; [print(json.loads(l)['pid']) for l in open(sys.argv[1]) if 'pid' in l]" "$work/tandem-lab.json" ;;
+    kamailio*) pgrep -f "$work/kamailio-[01].cfg" ;;
+  esac
+}
+# CPU time (user + system, clock ticks) the processes have used.
+cpu_ticks() { # pids...
+  local sum=0 p f
+  for p in "$@"; do
+    { read -r -a f < "/proc/$p/stat"; } 2>/dev/null || continue
+    sum=$((sum + f[13] + f[14]))
+  done
+  echo "$sum"
+}
+HZ=$(getconf CLK_TCK)
+
 # One step: RATE calls/s in total, split between the targets (one SIPp each, with csv
 # files prefix-0.csv, prefix-1.csv, …, or one csv for all). Prints "achieved failed rc
-# succeeded_per_s".
+# succeeded_per_s server_cpu_us_per_successful_call".
 step() { # name rate scenario csv_prefix targets...
   local name=$1 rate=$2 scenario=$3 csv=$4; shift 4
-  local targets=("$@") n=$# each calls start end rc=0 failed=0 succeeded=0 i
+  local targets=("$@") n=$# each calls start end rc=0 failed=0 succeeded=0 i servers cpu0 cpu1
   each=$(( (rate + n - 1) / n ))
   calls=$((each * DURATION))
   local sp=()
+  mapfile -t servers < <(side_pids "$name")
+  cpu0=$(cpu_ticks "${servers[@]}")
   start=$(date +%s.%N)
   for i in $(seq 0 $((n - 1))); do
     local file=$csv
@@ -189,22 +212,24 @@ step() { # name rate scenario csv_prefix targets...
     rm -f "$work/stat-$i.csv"
   done
   end=$(date +%s.%N)
-  python3 -c "print(f'{$((calls * n))/($end-$start):.0f} $failed $rc {$succeeded/($end-$start):.0f}')"
+  cpu1=$(cpu_ticks "${servers[@]}")
+  python3 -c "print(f'{$((calls * n))/($end-$start):.0f} $failed $rc {$succeeded/($end-$start):.0f} {($cpu1-$cpu0)/$HZ*1e6/max($succeeded,1):.0f}')"
 }
 
-# The best achieved rate of a step without any failed call; rates go up until a step has a
-# failed call, or two steps in a row fall short of 90% of the offered rate (saturated).
+# The best achieved rate of a step without any failed call, and the servers' CPU per call in
+# that step; rates go up until a step has a failed call, or two steps in a row fall short of
+# 90% of the offered rate (saturated).
 max_rate() { # name scenario csv_prefix targets...
   local name=$1 scenario=$2 csv=$3; shift 3
-  local best=0 short=0
+  local best=0 best_cpu=0 short=0
   for rate in $RATES; do
-    read -r achieved failed rc _ < <(step "$name" "$rate" "$scenario" "$csv" "$@")
+    read -r achieved failed rc _ cpu < <(step "$name" "$rate" "$scenario" "$csv" "$@")
     if [ "$rc" != 0 ] || [ "$failed" != 0 ]; then
       echo "  $name: offered $rate/s, achieved $achieved/s, failed calls $failed (sipp exit $rc): stop" >&2
       break
     fi
-    echo "  $name: offered $rate/s, achieved $achieved/s, no failure" >&2
-    [ "$achieved" -gt "$best" ] && best=$achieved
+    echo "  $name: offered $rate/s, achieved $achieved/s, no failure, servers' CPU $cpu µs per call" >&2
+    [ "$achieved" -gt "$best" ] && { best=$achieved; best_cpu=$cpu; }
     if [ "$achieved" -lt $((rate * 9 / 10)) ]; then
       short=$((short + 1))
       [ "$short" -ge 2 ] && { echo "  $name: saturated: stop" >&2; break; }
@@ -212,7 +237,7 @@ max_rate() { # name scenario csv_prefix targets...
       short=0
     fi
   done
-  echo "$best"
+  echo "$best $best_cpu"
 }
 
 # MESSAGE: a SIPp UAS registered as $receiver through the first server; senders through every
@@ -246,15 +271,15 @@ kamailio_targets=()
 for ip in "${KAMAILIO_IPS[@]}"; do kamailio_targets+=("$ip:$SIP_PORT"); done
 
 echo "# REGISTER with digest authentication, ${DURATION}s per step, load on every server" >&2
-t_reg=$(max_rate "tandem-pool REGISTER" "$here/register.xml" "$work/users-3" "${tandem_targets[@]}")
-k_reg=$(max_rate "kamailio-dmq REGISTER" "$here/register.xml" "$work/users-2" "${kamailio_targets[@]}")
+read -r t_reg t_reg_cpu < <(max_rate "tandem-pool REGISTER" "$here/register.xml" "$work/users-3" "${tandem_targets[@]}")
+read -r k_reg k_reg_cpu < <(max_rate "kamailio-dmq REGISTER" "$here/register.xml" "$work/users-2" "${kamailio_targets[@]}")
 # Overload: REGISTER offered at OVERLOAD × a side's best clean rate; how many succeed per second
 # (a server past capacity should answer the excess at once, 503, and keep serving the rest).
 overload() { # name best targets...
   local name=$1 best=$2 csv=$3; shift 3
   local rate achieved failed rc succeeded
   rate=$(python3 -c "print(int($best * $OVERLOAD))")
-  read -r achieved failed rc succeeded < <(step "$name overload" "$rate" "$here/register.xml" "$csv" "$@")
+  read -r achieved failed rc succeeded _ < <(step "$name overload" "$rate" "$here/register.xml" "$csv" "$@")
   echo "  $name: offered $rate/s ($OVERLOAD × $best), $succeeded/s succeeded, $failed failed calls" >&2
   echo "$rate $succeeded"
 }
@@ -262,8 +287,8 @@ echo "# REGISTER overload: ${OVERLOAD} × each side's best clean rate" >&2
 read -r t_over_rate t_over < <(overload "tandem-pool REGISTER" "$t_reg" "$work/users-3" "${tandem_targets[@]}")
 read -r k_over_rate k_over < <(overload "kamailio-dmq REGISTER" "$k_reg" "$work/users-2" "${kamailio_targets[@]}")
 echo "# MESSAGE relayed between two SIPp endpoints, proxy authentication, ${DURATION}s per step" >&2
-t_msg=$(with_receiver tandem-pool "${tandem_targets[@]}")
-k_msg=$(with_receiver kamailio-dmq "${kamailio_targets[@]}")
+read -r t_msg t_msg_cpu < <(with_receiver tandem-pool "${tandem_targets[@]}")
+read -r k_msg k_msg_cpu < <(with_receiver kamailio-dmq "${kamailio_targets[@]}")
 
 # --- (b) kill -9 of one server at a time; time until every group serves again
 echo "# $KILLS kills of one tandem server (each in turn), restarted and healthy in between" >&2
@@ -334,6 +359,11 @@ printf '%-22s %14s %16s %8s\n' "REGISTER (digest)" "$t_reg" "$k_reg" "$(ratio "$
 printf '%-22s %14s %16s %8s\n' "MESSAGE (relayed)" "$t_msg" "$k_msg" "$(ratio "$t_msg" "$k_msg")"
 echo "tandem: 3 servers, $GROUPS_N routing groups, each registration fsynced on 2 of 3 replicas before the 200;"
 echo "kamailio: 2 servers, in memory, DMQ copies each registration to the peer after the 200."
+echo
+echo "servers' CPU per successful call at each side's best clean step, µs (all of a side's server processes)"
+printf '%-22s %14s %16s %8s\n' "scenario" "tandem pool" "kamailio pair" "ratio"
+printf '%-22s %14s %16s %8s\n' "REGISTER (digest)" "$t_reg_cpu" "$k_reg_cpu" "$(ratio "$t_reg_cpu" "$k_reg_cpu")"
+printf '%-22s %14s %16s %8s\n' "MESSAGE (relayed)" "$t_msg_cpu" "$k_msg_cpu" "$(ratio "$t_msg_cpu" "$k_msg_cpu")"
 echo
 echo "REGISTER overload, offered ${OVERLOAD} × the side's clean rate: succeeded per second, and as a share of the clean rate"
 printf '%-22s %14s %16s\n' "" "tandem pool" "kamailio pair"
