@@ -262,12 +262,9 @@ impl RpcServer {
         bump(&shared.counters.local_calls);
         let Some(handler) = shared.lookup(service) else {
             bump(&shared.counters.unknown_service);
-            return Err(crate::RpcError::Remote(RemoteError::new(
-                RemoteError::NO_SUCH_SERVICE,
-                format!(
-                    "no handler for service {service:?} on {}",
-                    shared.config.node_name
-                ),
+            return Err(crate::RpcError::Remote(no_such_service(
+                service,
+                &shared.config.node_name,
             )));
         };
         let request = Request {
@@ -516,10 +513,7 @@ where
                         bump(&counters.calls);
                         let Some(handler) = shared.lookup(service) else {
                             bump(&counters.unknown_service);
-                            let error = RemoteError::new(
-                                RemoteError::NO_SUCH_SERVICE,
-                                format!("no handler for service {service:?} on {}", config.node_name),
-                            );
+                            let error = no_such_service(service, &config.node_name);
                             if send_response(&tx, peer, id, Err(error)).await.is_err() {
                                 return "writer gone".into();
                             }
@@ -568,6 +562,14 @@ where
             _ = &mut idle => return format!("nothing received for {:?}", config.idle_timeout),
         }
     }
+}
+
+/// The answer to a request for a service nobody handles here.
+fn no_such_service(service: &str, node: &str) -> RemoteError {
+    RemoteError::new(
+        RemoteError::NO_SUCH_SERVICE,
+        format!("no handler for service {service:?} on {node}"),
+    )
 }
 
 fn encode(header: &Header<'_>) -> Vec<u8> {
