@@ -72,7 +72,10 @@ struct Position {
 #[derive(Clone)]
 struct Current {
     meta: SnapshotMeta,
-    data: Arc<SnapshotData>,
+    /// The bytes, only when there is no snapshot file to read them back from (simulations):
+    /// a server keeps its snapshot on disk alone, not a second copy of its whole database
+    /// in memory for as long as it runs.
+    data: Option<Arc<SnapshotData>>,
 }
 
 /// A snapshot file on disk: the metadata and the application's bytes.
@@ -133,7 +136,7 @@ impl<M: Machine> StateMachine<M> {
                         .map_err(|e| invalid(&format!("snapshot {}", path.display()), e))?;
                     Some(Current {
                         meta: s.meta,
-                        data: Arc::new(s.data),
+                        data: None,
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -226,8 +229,8 @@ impl<M: Machine> StateMachine<M> {
         }
     }
 
-    /// Makes `data` the current snapshot, on disk (fsynced) and in memory, unless the current
-    /// one is newer (a snapshot installed while this one was being built).
+    /// Makes `data` the current snapshot, on disk (fsynced) or, without a file, in memory,
+    /// unless the current one is newer (a snapshot installed while this one was being built).
     async fn keep_current(&self, meta: SnapshotMeta, data: Arc<Vec<u8>>) -> io::Result<()> {
         let (current, file, writing) = (
             self.current.clone(),
@@ -263,6 +266,7 @@ impl<M: Machine> StateMachine<M> {
                     std::fs::File::open(dir)?.sync_all()?;
                 }
             }
+            let data = if file.is_some() { None } else { Some(data) };
             *current.lock().map_err(|_| poisoned())? = Some(Current { meta, data });
             Ok(())
         })
@@ -350,14 +354,103 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachine<M> {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
-        let current = self
-            .current
-            .lock()
-            .map_err(|_| io::Error::other("snapshot slot poisoned"))?
-            .clone();
-        Ok(current.map(|c| Snapshot {
-            meta: c.meta,
-            snapshot: c.data.as_ref().clone(),
-        }))
+        let current = self.current.lock().map_err(|_| poisoned())?.clone();
+        match current {
+            None => Ok(None),
+            Some(Current {
+                meta,
+                data: Some(data),
+            }) => Ok(Some(Snapshot {
+                meta,
+                snapshot: data.as_ref().clone(),
+            })),
+            Some(Current { data: None, .. }) => {
+                // Read back from the file, which holds the current snapshot whenever there is
+                // one: the writer holds `writing` until file and slot agree.
+                let (file, writing) = (self.snapshot_file.clone(), self.writing.clone());
+                self.off_runtime(move || {
+                    let _writing = writing
+                        .lock()
+                        .map_err(|_| io::Error::other("snapshot writer poisoned"))?;
+                    let path = file.ok_or_else(|| io::Error::other("no snapshot file"))?;
+                    let bytes = std::fs::read(&path)?;
+                    let s: StoredSnapshot = postcard::from_bytes(&bytes)
+                        .map_err(|e| invalid(&format!("snapshot {}", path.display()), e))?;
+                    Ok(Some(Snapshot {
+                        meta: s.meta,
+                        snapshot: s.data,
+                    }))
+                })
+                .await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests unwrap: a panic is the failure report
+    use super::*;
+
+    /// A machine whose whole state is a byte string.
+    struct Blob(Vec<u8>);
+
+    impl Machine for Blob {
+        fn apply(&mut self, commands: &[Option<&[u8]>], _: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+            Ok(vec![Vec::new(); commands.len()])
+        }
+        fn position(&mut self) -> io::Result<Option<Vec<u8>>> {
+            Ok(None)
+        }
+        fn snapshot(&mut self) -> io::Result<Vec<u8>> {
+            Ok(self.0.clone())
+        }
+        fn install(&mut self, snapshot: &[u8]) -> io::Result<()> {
+            self.0 = snapshot.to_vec();
+            Ok(())
+        }
+    }
+
+    fn held_in_memory(sm: &StateMachine<Blob>) -> Option<usize> {
+        let current = sm.current.lock().unwrap();
+        current
+            .as_ref()
+            .and_then(|c| c.data.as_ref().map(|d| d.len()))
+    }
+
+    /// A server's current snapshot (a copy of its whole database) lives in its file only, and
+    /// is read back from there when a follower needs it — also after a restart.
+    #[tokio::test]
+    async fn a_snapshot_with_a_file_is_not_also_kept_in_memory() {
+        let dir = std::env::temp_dir().join(format!("tandem-sm-file-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("snapshot.bin");
+        let state: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut sm = StateMachine::new(Blob(state.clone()), Some(file.clone()), true).unwrap();
+        let built = sm.build_snapshot().await.unwrap();
+        assert_eq!(built.snapshot, state);
+        assert_eq!(held_in_memory(&sm), None);
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(
+            (current.meta, current.snapshot),
+            (built.meta.clone(), state.clone())
+        );
+
+        let mut restarted = StateMachine::new(Blob(Vec::new()), Some(file), true).unwrap();
+        assert_eq!(held_in_memory(&restarted), None);
+        let current = restarted.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!((current.meta, current.snapshot), (built.meta, state));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Without a file (simulations) the memory is the only copy, and it is kept.
+    #[tokio::test]
+    async fn a_snapshot_without_a_file_is_kept_in_memory() {
+        let mut sm = StateMachine::new(Blob(vec![1, 2, 3]), None, false).unwrap();
+        sm.build_snapshot().await.unwrap();
+        assert_eq!(held_in_memory(&sm), Some(3));
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.snapshot, vec![1, 2, 3]);
     }
 }
