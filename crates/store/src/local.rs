@@ -159,6 +159,15 @@ impl LocalStore {
         self.readers.read(f).await
     }
 
+    /// Runs a read of a few rows by key, on this thread when it can ([`Readers::read_point`]).
+    pub async fn read_point<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.readers.read_point(f).await
+    }
+
     /// Engine counters.
     pub fn stats(&self) -> &Stats {
         &self.stats

@@ -414,6 +414,21 @@ pub enum Query {
     },
 }
 
+impl Query {
+    /// Whether the query reads a handful of rows by key (a user's bindings, one presentity's
+    /// publications, one dialog), as opposed to a scan whose size grows with the data.
+    pub fn is_point(&self) -> bool {
+        match self {
+            Query::User { .. }
+            | Query::Bindings { .. }
+            | Query::Presence { .. }
+            | Query::SubscriptionByDialog { .. }
+            | Query::NextExpiry => true,
+            Query::Users { .. } | Query::Failovers { .. } | Query::Watchers { .. } => false,
+        }
+    }
+}
+
 /// What a query returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueryResult {
