@@ -130,15 +130,11 @@ impl<M: Machine> StateMachine<M> {
         blocking: bool,
     ) -> io::Result<StateMachine<M>> {
         let current = match &snapshot_file {
-            Some(path) => match std::fs::read(path) {
-                Ok(bytes) => {
-                    let s: StoredSnapshot = postcard::from_bytes(&bytes)
-                        .map_err(|e| invalid(&format!("snapshot {}", path.display()), e))?;
-                    Some(Current {
-                        meta: s.meta,
-                        data: None,
-                    })
-                }
+            Some(path) => match read_stored(path) {
+                Ok(s) => Some(Current {
+                    meta: s.meta,
+                    data: None,
+                }),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e),
             },
@@ -274,6 +270,12 @@ impl<M: Machine> StateMachine<M> {
     }
 }
 
+/// Reads a snapshot file back.
+fn read_stored(path: &std::path::Path) -> io::Result<StoredSnapshot> {
+    let bytes = std::fs::read(path)?;
+    postcard::from_bytes(&bytes).map_err(|e| invalid(&format!("snapshot {}", path.display()), e))
+}
+
 fn poisoned() -> io::Error {
     io::Error::other("snapshot slot poisoned")
 }
@@ -373,9 +375,7 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachine<M> {
                         .lock()
                         .map_err(|_| io::Error::other("snapshot writer poisoned"))?;
                     let path = file.ok_or_else(|| io::Error::other("no snapshot file"))?;
-                    let bytes = std::fs::read(&path)?;
-                    let s: StoredSnapshot = postcard::from_bytes(&bytes)
-                        .map_err(|e| invalid(&format!("snapshot {}", path.display()), e))?;
+                    let s = read_stored(&path)?;
                     Ok(Some(Snapshot {
                         meta: s.meta,
                         snapshot: s.data,
