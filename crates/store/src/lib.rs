@@ -169,8 +169,7 @@ impl Store {
     /// Runs a query on the engine.
     pub async fn query(&self, q: Query) -> Result<QueryResult, StoreError> {
         match &self.engine {
-            Engine::Local(s) if q.is_point() => s.read_point(move |c| machine::query(c, &q)).await,
-            Engine::Local(s) => s.read(move |c| machine::query(c, &q)).await,
+            Engine::Local(s) => s.query(q).await,
             Engine::Remote(c) => c
                 .query(q, proto::Consistency::Primary)
                 .await

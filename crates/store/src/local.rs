@@ -8,7 +8,7 @@
 //! threads with their own connections and see every acknowledged write.
 
 use crate::machine::{self, StoreError};
-use crate::model::{Applied, Command, Envelope};
+use crate::model::{Applied, Command, Envelope, Query, QueryResult};
 use crate::sqlite::{Readers, Sync, open_connection};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
@@ -159,13 +159,9 @@ impl LocalStore {
         self.readers.read(f).await
     }
 
-    /// Runs a read of a few rows by key, on this thread when it can ([`Readers::read_point`]).
-    pub async fn read_point<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.readers.read_point(f).await
+    /// Answers a query ([`Readers::query`]).
+    pub async fn query(&self, query: Query) -> Result<QueryResult, StoreError> {
+        self.readers.query(query).await
     }
 
     /// Engine counters.

@@ -567,12 +567,7 @@ impl StoreNode {
                 self.cfg.me
             )));
         };
-        let result = if query.is_point() {
-            readers.read_point(move |c| machine::query(c, &query)).await
-        } else {
-            readers.read(move |c| machine::query(c, &query)).await
-        }
-        .map_err(Refusal::Store)?;
+        let result = readers.query(query).await.map_err(Refusal::Store)?;
         Ok(QueryAnswer {
             result,
             staleness_ms,

@@ -1,7 +1,8 @@
 //! SQLite plumbing shared by the engines: connections set up the way the state machine needs
 //! them, and a pool of reader threads.
 
-use crate::machine::StoreError;
+use crate::machine::{self, StoreError};
+use crate::model::{Query, QueryResult};
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
@@ -101,11 +102,21 @@ impl Readers {
         Ok(Readers { jobs: tx, here })
     }
 
+    /// Answers a query: a point read ([`Query::is_point`]) as [`Readers::read_point`] does, a
+    /// scan on a reader thread.
+    pub async fn query(&self, query: Query) -> Result<QueryResult, StoreError> {
+        if query.is_point() {
+            self.read_point(move |c| machine::query(c, &query)).await
+        } else {
+            self.read(move |c| machine::query(c, &query)).await
+        }
+    }
+
     /// Runs `f`, a read of a few rows by key, on this thread's connection when it is free (no
     /// trip to a reader thread and back: two thread wake-ups less for every SIP request that
     /// looks up a user's bindings), and on a reader thread when another read holds it. Not for
     /// scans: the caller's thread may be a runtime's worker.
-    pub async fn read_point<T, F>(&self, f: F) -> Result<T, StoreError>
+    async fn read_point<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
