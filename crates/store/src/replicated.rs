@@ -33,6 +33,10 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 pub struct SqliteMachine {
     conn: Connection,
     path: PathBuf,
+    /// The position stored in the database, once read or written here: this connection is
+    /// the database's only writer, and the adapter asks for the position before every batch.
+    /// `None` until known, and again after anything that replaces it wholesale.
+    position: Option<Option<Vec<u8>>>,
 }
 
 impl SqliteMachine {
@@ -48,6 +52,7 @@ impl SqliteMachine {
         Ok(SqliteMachine {
             conn,
             path: path.to_path_buf(),
+            position: None,
         })
     }
 
@@ -67,6 +72,7 @@ impl SqliteMachine {
     /// Forgets the replicated position (the data stays): for a member that starts a new
     /// group from its current state (forced service).
     pub fn forget_position(&mut self) -> Result<(), StoreError> {
+        self.position = None;
         self.conn
             .execute("DELETE FROM meta_blob WHERE key = 'position'", [])?;
         Ok(())
@@ -74,6 +80,7 @@ impl SqliteMachine {
 
     /// Empties the database: for a member about to be reseeded from a snapshot.
     pub fn reset(&mut self) -> Result<(), StoreError> {
+        self.position = None;
         machine::reset(&self.conn)
     }
 }
@@ -103,8 +110,11 @@ impl replica::Machine for SqliteMachine {
                 },
             });
         }
+        // Unknown until the batch is known to have committed (or not).
+        self.position = None;
         let results =
             machine::apply_batch_at(&self.conn, envs.iter(), Some(position)).map_err(io_err)?;
+        self.position = Some(Some(position.to_vec()));
         let mut out = Vec::with_capacity(commands.len());
         for slot in slots {
             out.push(match slot {
@@ -124,7 +134,12 @@ impl replica::Machine for SqliteMachine {
     }
 
     fn position(&mut self) -> io::Result<Option<Vec<u8>>> {
-        machine::position(&self.conn).map_err(io_err)
+        if let Some(known) = &self.position {
+            return Ok(known.clone());
+        }
+        let stored = machine::position(&self.conn).map_err(io_err)?;
+        self.position = Some(stored.clone());
+        Ok(stored)
     }
 
     fn snapshot(&mut self) -> io::Result<Vec<u8>> {
@@ -203,6 +218,7 @@ impl replica::Machine for SqliteMachine {
     fn install(&mut self, snapshot: &[u8]) -> io::Result<()> {
         // The snapshot replaces the live database page by page (SQLite's backup API), so open
         // readers simply see the new state.
+        self.position = None;
         let tmp = self.path.with_extension("install.tmp");
         std::fs::write(&tmp, snapshot)?;
         let result = (|| -> rusqlite::Result<()> {
@@ -240,6 +256,34 @@ mod tests {
         };
         let cmd = encode_command(&env).unwrap();
         m.apply(&[Some(&cmd)], &i.to_be_bytes()).unwrap();
+    }
+
+    /// The position the machine reports (kept in memory) is the one stored in the database,
+    /// through applies, forgetting, resetting and installing.
+    #[test]
+    fn the_reported_position_is_the_stored_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sqlite");
+        let stored = |path: &Path| SqliteMachine::open(path).unwrap().position().unwrap();
+        let mut m = SqliteMachine::open(&path).unwrap();
+        assert_eq!(m.position().unwrap(), None);
+        add_user(&mut m, 1);
+        add_user(&mut m, 2);
+        assert_eq!(m.position().unwrap(), Some(2u64.to_be_bytes().to_vec()));
+        assert_eq!(stored(&path), m.position().unwrap());
+        let copy = m.start_snapshot().unwrap()().unwrap();
+        add_user(&mut m, 3);
+        m.forget_position().unwrap();
+        assert_eq!(m.position().unwrap(), None);
+        assert_eq!(stored(&path), None);
+        add_user(&mut m, 4);
+        assert_eq!(m.position().unwrap(), Some(4u64.to_be_bytes().to_vec()));
+        m.install(&copy.data).unwrap();
+        assert_eq!(m.position().unwrap(), Some(2u64.to_be_bytes().to_vec()));
+        assert_eq!(stored(&path), m.position().unwrap());
+        m.reset().unwrap();
+        assert_eq!(m.position().unwrap(), None);
+        assert_eq!(stored(&path), None);
     }
 
     /// A snapshot copied while applies go on holds exactly the data of the position it
