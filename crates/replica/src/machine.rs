@@ -422,10 +422,8 @@ mod tests {
     /// is read back from there when a follower needs it — also after a restart.
     #[tokio::test]
     async fn a_snapshot_with_a_file_is_not_also_kept_in_memory() {
-        let dir = std::env::temp_dir().join(format!("tandem-sm-file-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("snapshot.bin");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("snapshot.bin");
         let state: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let mut sm = StateMachine::new(Blob(state.clone()), Some(file.clone()), true).unwrap();
         let built = sm.build_snapshot().await.unwrap();
@@ -441,7 +439,6 @@ mod tests {
         assert_eq!(held_in_memory(&restarted), None);
         let current = restarted.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!((current.meta, current.snapshot), (built.meta, state));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Without a file (simulations) the memory is the only copy, and it is kept.

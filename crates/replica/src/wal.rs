@@ -925,10 +925,12 @@ mod tests {
     use super::*;
     use std::sync::mpsc::channel;
 
-    fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("tandem-wal-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+    /// A directory of its own for one test, removed when the test is done with it.
+    fn dir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("tandem-wal-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     fn append_sync(w: &Wal, records: Vec<(u64, Vec<u8>)>) {
@@ -955,7 +957,8 @@ mod tests {
     fn zeros_written_ahead_end_a_segment_and_appends_overwrite_them() {
         // A zero header is never a record: the checksum of index 0 is not 0.
         assert_ne!(crc32c::crc32c(&0u64.to_be_bytes()), 0);
-        let d = dir("ahead");
+        let tmp = dir("ahead");
+        let d = tmp.path().to_path_buf();
         let w = Wal::open(&d).unwrap();
         append_sync(&w, (0..=9).map(|i| (i, vec![i as u8; 100])).collect());
         let seg = d.join(segment_name(0));
@@ -976,7 +979,8 @@ mod tests {
 
     #[test]
     fn data_after_the_zeros_is_cut_at_the_tail_and_refused_earlier() {
-        let d = dir("after-zeros");
+        let tmp = dir("after-zeros");
+        let d = tmp.path().to_path_buf();
         let w = Wal::open(&d).unwrap();
         append_sync(&w, (1..=5).map(|i| (i, vec![5u8; 64])).collect());
         drop(w);
@@ -1005,7 +1009,8 @@ mod tests {
 
     #[test]
     fn appended_records_survive_a_reopen() {
-        let d = dir("reopen");
+        let tmp = dir("reopen");
+        let d = tmp.path().to_path_buf();
         let w = Wal::open(&d).unwrap();
         append_sync(
             &w,
@@ -1021,7 +1026,8 @@ mod tests {
 
     #[test]
     fn a_torn_tail_is_cut_and_the_rest_kept() {
-        let d = dir("torn");
+        let tmp = dir("torn");
+        let d = tmp.path().to_path_buf();
         let w = Wal::open(&d).unwrap();
         append_sync(&w, (1..=10).map(|i| (i, vec![i as u8; 100])).collect());
         drop(w);
@@ -1045,7 +1051,8 @@ mod tests {
 
     #[test]
     fn a_flipped_bit_in_the_tail_is_cut_but_earlier_corruption_refuses_to_open() {
-        let d = dir("bitflip");
+        let tmp = dir("bitflip");
+        let d = tmp.path().to_path_buf();
         let w = Wal::open(&d).unwrap();
         append_sync(&w, (1..=5).map(|i| (i, vec![7u8; 64])).collect());
         drop(w);
@@ -1068,7 +1075,8 @@ mod tests {
 
     #[test]
     fn truncate_and_purge_leave_no_hole() {
-        let d = dir("truncate");
+        let tmp = dir("truncate");
+        let d = tmp.path().to_path_buf();
         let w = Wal::open(&d).unwrap();
         append_sync(&w, (1..=20).map(|i| (i, vec![1u8; 10])).collect());
         w.truncate_after(Some(15)).unwrap();
@@ -1087,7 +1095,8 @@ mod tests {
 
     #[test]
     fn segments_roll_and_purge_deletes_whole_ones() {
-        let d = dir("roll");
+        let tmp = dir("roll");
+        let d = tmp.path().to_path_buf();
         let w = Wal::open(&d).unwrap();
         let big = vec![3u8; 1024 * 1024];
         append_sync(&w, (1..=40).map(|i| (i, big.clone())).collect());
@@ -1113,7 +1122,8 @@ mod tests {
 
     #[test]
     fn meta_is_replaced_atomically() {
-        let d = dir("meta");
+        let tmp = dir("meta");
+        let d = tmp.path().to_path_buf();
         let w = Wal::open(&d).unwrap();
         let m = Meta {
             vote: Some("v1".into()),
@@ -1153,7 +1163,8 @@ mod tests {
 
     #[test]
     fn only_the_newest_records_stay_in_memory_and_the_rest_read_back_from_disk() {
-        let d = dir("memory");
+        let tmp = dir("memory");
+        let d = tmp.path().to_path_buf();
         let w = open_limited(&d, 1000);
         for batch in 0..10 {
             append_sync(&w, numbered(batch * 10 + 1, batch * 10 + 10, "entry"));
@@ -1176,7 +1187,8 @@ mod tests {
 
     #[test]
     fn records_cut_off_and_appended_again_read_back_as_the_new_ones() {
-        let d = dir("memory-truncate");
+        let tmp = dir("memory-truncate");
+        let d = tmp.path().to_path_buf();
         // Room for about 30 records: 21..=50 are in memory, written, when 31..=50 are cut
         // off; the ones appended again are longer, so their old places hold other bytes.
         let w = open_limited(&d, 3000);
@@ -1198,7 +1210,8 @@ mod tests {
 
     #[test]
     fn purged_records_do_not_stay_in_memory_below_the_bound() {
-        let d = dir("memory-purged");
+        let tmp = dir("memory-purged");
+        let d = tmp.path().to_path_buf();
         let w = open_limited(&d, u64::MAX);
         append_sync(&w, numbered(1, 100, "entry"));
         w.purge(90, "lp".into()).unwrap();
@@ -1210,7 +1223,8 @@ mod tests {
 
     #[test]
     fn a_record_that_does_not_read_back_is_an_error_not_other_bytes() {
-        let d = dir("memory-corrupt");
+        let tmp = dir("memory-corrupt");
+        let d = tmp.path().to_path_buf();
         let w = open_limited(&d, 0);
         append_sync(&w, numbered(1, 5, "entry"));
         let seg = d.join(segment_name(1));
@@ -1224,7 +1238,8 @@ mod tests {
 
     #[test]
     fn appending_with_a_hole_is_refused() {
-        let d = dir("hole");
+        let tmp = dir("hole");
+        let d = tmp.path().to_path_buf();
         let w = Wal::open(&d).unwrap();
         append_sync(&w, vec![(1, vec![]), (2, vec![])]);
         assert!(w.append(vec![(4, vec![])], Box::new(|_| {})).is_err());

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn three(name: &str) -> (Router, std::path::PathBuf) {
+async fn three(name: &str) -> (Router, tempfile::TempDir) {
     let dir = tmp(name);
     let router = Router::default();
     for s in ["a", "b", "c"] {
-        start(&router, s, &dir, true).await;
+        start(&router, s, dir.path(), true).await;
     }
     let voters: BTreeMap<_, _> = ["a", "b", "c"]
         .iter()
@@ -117,7 +117,7 @@ async fn failover_keeps_acknowledged_writes_and_the_old_leader_rejoins() {
         );
     }
     // The old leader comes back from its directory.
-    let back = start(&router, &old, &dir, true).await;
+    let back = start(&router, &old, dir.path(), true).await;
     let target = router.get(&new).unwrap().status().last_log_index.unwrap();
     back.wait_for(WAIT, "catch up", |s| s.applied >= Some(target))
         .await
@@ -191,9 +191,9 @@ async fn leadership_transfer_moves_the_primary() {
 async fn manual_failover_members_do_not_elect_themselves() {
     let dir = tmp("manual");
     let router = Router::default();
-    start(&router, "a", &dir, true).await;
-    start(&router, "b", &dir, false).await;
-    start(&router, "c", &dir, false).await;
+    start(&router, "a", dir.path(), true).await;
+    start(&router, "b", dir.path(), false).await;
+    start(&router, "c", dir.path(), false).await;
     let voters: BTreeMap<_, _> = ["a", "b", "c"]
         .iter()
         .map(|s| (node_id(s), member(s)))
@@ -230,7 +230,7 @@ async fn learners_promotion_demotion_removal_and_snapshot_catch_up() {
     }
     let l = router.get(&leader(&router, &servers).await).unwrap();
     l.snapshot().await.unwrap();
-    let d = start(&router, "d", &dir, true).await;
+    let d = start(&router, "d", dir.path(), true).await;
     // Retry: a leader changes membership only once its first entry committed.
     let deadline = tokio::time::Instant::now() + WAIT;
     while l.add_learner(member("d"), true).await.is_err() {

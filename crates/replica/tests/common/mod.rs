@@ -6,7 +6,7 @@ use replica::{BoxFuture, Machine, Member, Replica, ReplicaConfig, Transport};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -149,10 +149,12 @@ pub fn set(key: &str, value: &str) -> Vec<u8> {
     .unwrap()
 }
 
-pub fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tandem-replica-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A directory of its own for one test, removed when the test is done with it.
+pub fn tmp(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("tandem-replica-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Writes through whichever member leads, following redirects, until `deadline`.
