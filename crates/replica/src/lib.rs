@@ -21,7 +21,7 @@ pub use net::{BoxFuture, Transport};
 pub use types::{Member, NodeId, node_id};
 
 use machine::StateMachine;
-use net::{Network, SnapshotRequest, decode, encode};
+use net::{Network, decode, encode};
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use openraft::rt::WatchReceiver;
 use openraft::{ChangeMembers, Config, Instant, Raft, ReadPolicy, ServerState, SnapshotPolicy};
@@ -62,7 +62,14 @@ pub struct ReplicaConfig {
     /// witness, which holds no data: when the principal is lost, its log is the only copy of
     /// the commits a mirror that was down lacks, and its snapshot cannot stand in for them.
     pub keep_log_for_others: bool,
+    /// A snapshot is sent in pieces of at most this many bytes (one call each), so its size
+    /// is not bounded by the transport's largest message.
+    pub snapshot_chunk_bytes: usize,
 }
+
+/// The default size of a snapshot's pieces: well under `rpc`'s 64 MiB frame limit, and
+/// small enough that one piece does not hold a connection for long.
+pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
 
 /// Heartbeat interval of the leader.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
@@ -96,6 +103,7 @@ impl ReplicaConfig {
             seed: None,
             log: wal::WalOptions::default(),
             keep_log_for_others: false,
+            snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
         }
     }
 }
@@ -166,6 +174,68 @@ struct Shared {
     leader_commit_seen: AtomicU64,
     /// Seeds the random context of each call into openraft (see [`types::Runtime`]).
     seed: AtomicU64,
+    /// The snapshot being received, piece by piece.
+    incoming: std::sync::Mutex<Option<Incoming>>,
+}
+
+/// A snapshot partly received: from whom (vote), which one, how large, the bytes so far.
+struct Incoming {
+    vote: types::Vote,
+    /// The snapshot's last entry: which state it holds.
+    last: Option<types::LogId>,
+    total: u64,
+    data: Vec<u8>,
+}
+
+impl Incoming {
+    /// Adds a piece; returns the whole snapshot once the last piece is in. The pieces of one
+    /// snapshot come in order; a first piece starts over (a new sender, or the same one
+    /// again after a failure); a piece received twice is taken once.
+    fn add(
+        slot: &mut Option<Incoming>,
+        chunk: net::SnapshotChunk,
+    ) -> Result<Option<(types::Vote, types::SnapshotMeta, Vec<u8>)>, String> {
+        if chunk.offset == 0 {
+            *slot = Some(Incoming {
+                vote: chunk.vote,
+                last: chunk.meta.last_log_id,
+                total: chunk.total,
+                data: Vec::with_capacity(chunk.total.min(64 << 20) as usize),
+            });
+        }
+        let Some(cur) = slot.as_mut().filter(|c| {
+            c.vote == chunk.vote && c.last == chunk.meta.last_log_id && c.total == chunk.total
+        }) else {
+            return Err(format!(
+                "snapshot up to entry {} piece at {} of {} bytes, with no earlier pieces: starting over is needed",
+                chunk.meta.last_log_id.map_or(0, |l| l.index),
+                chunk.offset,
+                chunk.total
+            ));
+        };
+        let have = cur.data.len() as u64;
+        let end = chunk.offset + chunk.bytes.len() as u64;
+        if end <= have && chunk.offset < have {
+            return Ok(None);
+        }
+        if chunk.offset != have || end > cur.total {
+            let why = format!(
+                "snapshot up to entry {} piece at {} ({} bytes) does not follow the {have} of {} bytes received",
+                chunk.meta.last_log_id.map_or(0, |l| l.index),
+                chunk.offset,
+                chunk.bytes.len(),
+                cur.total
+            );
+            *slot = None;
+            return Err(why);
+        }
+        cur.data.extend_from_slice(&chunk.bytes);
+        if end < cur.total {
+            return Ok(None);
+        }
+        let done = slot.take().map(|c| c.data).unwrap_or_default();
+        Ok(Some((chunk.vote, chunk.meta, done)))
+    }
 }
 
 /// SplitMix64: spreads consecutive counters into unrelated seeds.
@@ -250,6 +320,7 @@ impl<M: Machine> Replica<M> {
         let network = Network {
             transport: transport.clone(),
             group: config.group.clone(),
+            snapshot_chunk_bytes: config.snapshot_chunk_bytes,
         };
         let seed = match config.seed {
             Some(s) => s,
@@ -264,6 +335,7 @@ impl<M: Machine> Replica<M> {
             last_leader_contact_ms: AtomicU64::new(0),
             leader_commit_seen: AtomicU64::new(0),
             seed: AtomicU64::new(seed),
+            incoming: std::sync::Mutex::new(None),
         });
         let id = node_id(&config.me.server);
         let raft = types::Runtime::scope(
@@ -336,11 +408,22 @@ impl<M: Machine> Replica<M> {
                         .map_err(|e| e.to_string()),
                 )
             }
-            "snapshot" => {
-                let (vote, meta, data): SnapshotRequest = decode(body)?;
+            "snapshot-chunk" => {
+                let chunk: net::SnapshotChunk = decode(body)?;
                 self.shared
                     .last_leader_contact_ms
                     .store(now_ms(), Ordering::Relaxed);
+                let complete = {
+                    let mut slot = self
+                        .shared
+                        .incoming
+                        .lock()
+                        .map_err(|_| "snapshot receiver poisoned".to_string())?;
+                    Incoming::add(&mut slot, chunk)?
+                };
+                let Some((vote, meta, data)) = complete else {
+                    return encode(&Ok::<_, String>(net::ChunkReply::Received));
+                };
                 let head = data[..data.len().min(machine::SNAPSHOT_HEAD)].to_vec();
                 let accepted = self
                     .with_machine(move |m| Ok(m.accepts_snapshot(&head)))
@@ -358,6 +441,7 @@ impl<M: Machine> Replica<M> {
                     &self
                         .scoped(self.raft.install_full_snapshot(vote, snapshot))
                         .await
+                        .map(net::ChunkReply::Installed)
                         .map_err(|e| e.to_string()),
                 )
             }
@@ -813,5 +897,68 @@ fn write_error(
             WriteError::Unknown(f.to_string())
         }
         RaftError::APIError(other) => WriteError::Membership(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn chunk(term: u64, total: u64, offset: u64, bytes: &[u8]) -> net::SnapshotChunk {
+        net::SnapshotChunk {
+            vote: types::Vote::new_committed(term, 1),
+            meta: types::SnapshotMeta::default(),
+            total,
+            offset,
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    /// Pieces in order make the snapshot; a piece received twice is taken once; a gap, or a
+    /// piece of another sender's transfer, fails that transfer (the sender starts over); a
+    /// first piece always starts over.
+    #[test]
+    fn snapshot_pieces_make_the_snapshot_only_in_order() {
+        let mut slot = None;
+        assert_eq!(
+            Incoming::add(&mut slot, chunk(1, 6, 0, b"ab")).unwrap(),
+            None
+        );
+        assert_eq!(
+            Incoming::add(&mut slot, chunk(1, 6, 0, b"ab")).unwrap(),
+            None
+        );
+        assert_eq!(
+            Incoming::add(&mut slot, chunk(1, 6, 2, b"cd")).unwrap(),
+            None
+        );
+        assert_eq!(
+            Incoming::add(&mut slot, chunk(1, 6, 2, b"cd")).unwrap(),
+            None
+        );
+        let (_, _, data) = Incoming::add(&mut slot, chunk(1, 6, 4, b"ef"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(data, b"abcdef");
+        assert!(slot.is_none());
+
+        // A gap.
+        Incoming::add(&mut slot, chunk(1, 6, 0, b"ab")).unwrap();
+        let err = Incoming::add(&mut slot, chunk(1, 6, 4, b"ef")).unwrap_err();
+        assert!(err.contains("does not follow the 2 of 6 bytes"), "{err}");
+        assert!(slot.is_none());
+        // A piece with nothing before it, and one of another leader's transfer.
+        assert!(Incoming::add(&mut slot, chunk(1, 6, 2, b"cd")).is_err());
+        Incoming::add(&mut slot, chunk(1, 6, 0, b"ab")).unwrap();
+        assert!(Incoming::add(&mut slot, chunk(2, 6, 2, b"cd")).is_err());
+        // A piece past the announced size.
+        Incoming::add(&mut slot, chunk(1, 3, 0, b"ab")).unwrap();
+        assert!(Incoming::add(&mut slot, chunk(1, 3, 2, b"cd")).is_err());
+        // An empty snapshot is one empty piece.
+        let (_, _, data) = Incoming::add(&mut slot, chunk(1, 0, 0, b""))
+            .unwrap()
+            .unwrap();
+        assert!(data.is_empty());
     }
 }

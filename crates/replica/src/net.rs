@@ -3,10 +3,18 @@
 //! that turns requests into calls on the local replica.
 //!
 //! Messages are postcard-encoded. Service names are `raft/<group>/<kind>`, `kind` one of
-//! `append`, `vote`, `prevote`, `snapshot`, `transfer`, and `held` (what the other members hold,
-//! asked of the leader by a member that keeps its log for them).
+//! `append`, `vote`, `prevote`, `snapshot-chunk`, `transfer`, and `held` (what the other members
+//! hold, asked of the leader by a member that keeps its log for them).
+//!
+//! A snapshot (a copy of the whole state, as large as the database) travels in chunks of
+//! [`ReplicaConfig::snapshot_chunk_bytes`](crate::ReplicaConfig), one call each, in order; the
+//! receiver installs it when the last one arrives. In one message it could not exceed the
+//! transport's frame limit (64 MiB in `rpc`), and a follower of a larger store could never
+//! be seeded or catch up.
 
-use crate::types::{Member, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote};
+use crate::types::{
+    Member, NodeId, Snapshot, SnapshotData, SnapshotMeta, TypeConfig, Vote, bytes_as_seq,
+};
 use openraft::OptionalSend;
 use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
@@ -53,6 +61,7 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
 pub struct Network {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) group: String,
+    pub(crate) snapshot_chunk_bytes: usize,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -63,6 +72,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             transport: self.transport.clone(),
             group: self.group.clone(),
             to: node.clone(),
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes.max(1),
         }
     }
 }
@@ -72,6 +82,7 @@ pub struct Conn {
     transport: Arc<dyn Transport>,
     group: String,
     to: Member,
+    snapshot_chunk_bytes: usize,
 }
 
 fn unreachable(e: impl std::fmt::Display) -> Unreachable<TypeConfig> {
@@ -128,11 +139,40 @@ impl RaftNetworkV2<TypeConfig> for Conn {
         &mut self,
         vote: Vote,
         snapshot: Snapshot,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let req = (vote, snapshot.meta, snapshot.snapshot);
-        Ok(self.call("snapshot", &req, option.soft_ttl()).await?)
+        let data = snapshot.snapshot;
+        let total = data.len() as u64;
+        let send = async {
+            let mut offset = 0;
+            loop {
+                let end = (offset + self.snapshot_chunk_bytes).min(data.len());
+                let chunk = SnapshotChunk {
+                    vote,
+                    meta: snapshot.meta.clone(),
+                    total,
+                    offset: offset as u64,
+                    bytes: data[offset..end].to_vec(),
+                };
+                let reply: ChunkReply = self
+                    .call("snapshot-chunk", &chunk, option.soft_ttl())
+                    .await?;
+                match reply {
+                    ChunkReply::Installed(resp) => return Ok(resp),
+                    ChunkReply::Received if end < data.len() => offset = end,
+                    ChunkReply::Received => {
+                        return Err(StreamingError::Unreachable(unreachable(
+                            "the peer received the whole snapshot but did not install it",
+                        )));
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            sent = send => sent,
+            closed = cancel => Err(StreamingError::Closed(closed)),
+        }
     }
 
     async fn transfer_leader(
@@ -144,5 +184,21 @@ impl RaftNetworkV2<TypeConfig> for Conn {
     }
 }
 
-/// A snapshot as sent over the wire: the sender's vote, the metadata, the bytes.
-pub(crate) type SnapshotRequest = (Vote, SnapshotMeta, SnapshotData);
+/// One piece of a snapshot as sent over the wire: the sender's vote, the snapshot's metadata
+/// and size, where the bytes start.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct SnapshotChunk {
+    pub vote: Vote,
+    pub meta: SnapshotMeta,
+    pub total: u64,
+    pub offset: u64,
+    #[serde(with = "bytes_as_seq")]
+    pub bytes: SnapshotData,
+}
+
+/// The answer to a chunk: more wanted, or (to the last one) the installed snapshot's answer.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) enum ChunkReply {
+    Received,
+    Installed(SnapshotResponse<TypeConfig>),
+}

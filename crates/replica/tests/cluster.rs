@@ -254,6 +254,51 @@ async fn learners_promotion_demotion_removal_and_snapshot_catch_up() {
     assert!(!st.voters.contains_key(&node_id("d")) && !st.learners.contains_key(&node_id("d")));
 }
 
+/// A snapshot larger than the transport's largest message still seeds a new member: it
+/// travels in pieces. (In one message it could never be sent: the member would stay empty.)
+#[tokio::test]
+async fn a_snapshot_larger_than_a_message_reaches_a_new_member_in_pieces() {
+    const LIMIT: usize = 64 * 1024;
+    let dir = tmp("pieces");
+    let router = Router::default();
+    router.limit_messages(LIMIT);
+    let pieces = |c: &mut replica::ReplicaConfig| c.snapshot_chunk_bytes = 8 * 1024;
+    let servers = ["a", "b", "c"];
+    for s in servers {
+        start_configured(&router, s, dir.path(), true, pieces).await;
+    }
+    let voters: BTreeMap<_, _> = servers.iter().map(|s| (node_id(s), member(s))).collect();
+    router.get("a").unwrap().initialize(voters).await.unwrap();
+    let long = "v".repeat(100);
+    for i in 0..800 {
+        write_anywhere(&router, &servers, set(&format!("k{i}"), &long), WAIT).await;
+    }
+    let l = router.get(&leader(&router, &servers).await).unwrap();
+    // The log goes: a new member can only start from the snapshot.
+    l.snapshot_and_purge(WAIT).await.unwrap();
+    let d = start_configured(&router, "d", dir.path(), true, pieces).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while l.add_learner(member("d"), true).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let target = l.status().last_log_index.unwrap();
+    d.wait_for(WAIT, "the new member installing the snapshot", |s| {
+        s.applied >= Some(target)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        value(&router, "d", "k799").await.as_deref(),
+        Some(long.as_str())
+    );
+    let (pieces_sent, bytes) = router.delivered("snapshot-chunk");
+    assert!(
+        bytes > LIMIT && pieces_sent > 1,
+        "the snapshot went in {pieces_sent} pieces of {bytes} bytes in all"
+    );
+}
+
 /// The leader's view of a dead member: not caught up, no recent acknowledgement.
 #[tokio::test]
 async fn a_dead_member_shows_no_progress() {

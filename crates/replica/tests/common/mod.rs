@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,11 +53,16 @@ impl Machine for Kv {
     }
 }
 
-/// An in-process transport: members by server name; links can be cut.
+/// An in-process transport: members by server name; links can be cut; messages may be
+/// limited in size, as a real transport's frames are.
 #[derive(Clone, Default)]
 pub struct Router {
     members: Arc<Mutex<BTreeMap<String, Replica<Kv>>>>,
     cut: Arc<Mutex<BTreeSet<String>>>,
+    /// The largest message delivered; 0 for no limit.
+    max_message: Arc<AtomicUsize>,
+    /// Messages delivered, by kind: how many, how many bytes.
+    delivered: Arc<Mutex<BTreeMap<String, (usize, usize)>>>,
 }
 
 impl Router {
@@ -78,6 +84,19 @@ impl Router {
     }
     pub fn heal(&self) {
         self.cut.lock().unwrap().clear();
+    }
+    /// Refuses messages larger than `bytes`, as a transport with a frame limit does.
+    pub fn limit_messages(&self, bytes: usize) {
+        self.max_message.store(bytes, Ordering::Relaxed);
+    }
+    /// How many messages of `kind` were delivered, and their bytes.
+    pub fn delivered(&self, kind: &str) -> (usize, usize) {
+        self.delivered
+            .lock()
+            .unwrap()
+            .get(kind)
+            .copied()
+            .unwrap_or_default()
     }
 }
 
@@ -109,6 +128,19 @@ impl Transport for RouterTransport {
                 return Err(format!("{to} is down"));
             };
             let kind = service.rsplit('/').next().unwrap_or("").to_string();
+            let max = router.max_message.load(Ordering::Relaxed);
+            if max > 0 && body.len() > max {
+                return Err(format!(
+                    "a message of {} bytes is over the {max}-byte limit",
+                    body.len()
+                ));
+            }
+            {
+                let mut delivered = router.delivered.lock().unwrap();
+                let d = delivered.entry(kind.clone()).or_default();
+                d.0 += 1;
+                d.1 += body.len();
+            }
             match tokio::time::timeout(timeout, target.handle(&kind, &body)).await {
                 Ok(r) => r,
                 Err(_) => Err("timeout".into()),
@@ -125,6 +157,17 @@ pub fn member(server: &str) -> Member {
 }
 
 pub async fn start(router: &Router, server: &str, dir: &Path, elect: bool) -> Replica<Kv> {
+    start_configured(router, server, dir, elect, |_| {}).await
+}
+
+/// Like [`start`], with the configuration changed by `tweak` first.
+pub async fn start_configured(
+    router: &Router,
+    server: &str,
+    dir: &Path,
+    elect: bool,
+    tweak: impl FnOnce(&mut ReplicaConfig),
+) -> Replica<Kv> {
     let mut cfg = ReplicaConfig::new("kv", member(server), dir.join(server));
     cfg.elect = elect;
     cfg.heartbeat_ms = 50;
@@ -132,6 +175,7 @@ pub async fn start(router: &Router, server: &str, dir: &Path, elect: bool) -> Re
     cfg.election_timeout_max_ms = 400;
     cfg.blocking_machine = false;
     cfg.snapshot_every = 50;
+    tweak(&mut cfg);
     let transport = Arc::new(RouterTransport {
         router: router.clone(),
         from: server.into(),

@@ -76,6 +76,8 @@ pub struct Params {
     pub drop: f64,
     pub max_delay_ms: u64,
     pub snapshot_every: u64,
+    /// Snapshots travel in pieces of this many bytes.
+    pub snapshot_chunk_bytes: usize,
     pub heartbeat_ms: u64,
     /// Election timeouts are drawn in this range (the upper end is also the leader lease).
     pub election_ms: (u64, u64),
@@ -133,6 +135,7 @@ impl Params {
             drop: r.unit() * 0.2,
             max_delay_ms: r.between(0, 50),
             snapshot_every: r.between(20, 50),
+            snapshot_chunk_bytes: replica::DEFAULT_SNAPSHOT_CHUNK_BYTES,
             heartbeat_ms: 50,
             election_ms: (200, 400),
             durable_machine: r.chance(0.5),
@@ -181,6 +184,11 @@ impl Params {
         if !p.mirroring && r.chance(0.25) {
             p.cluster_witness = r.chance(0.5);
             p.set_cluster(true);
+        }
+        // Half the seeds send snapshots in small pieces (several per snapshot), through the
+        // same losses, delays and crashes. (Drawn last.)
+        if r.chance(0.5) {
+            p.snapshot_chunk_bytes = r.between(64, 1024) as usize;
         }
         p
     }
@@ -284,7 +292,7 @@ impl Params {
         };
         format!(
             "{shape}, {} ms of faults, {} clients (pace {} ms), drop {:.1}%, delay 0-{} ms, \
-             heartbeat {} ms, elections {}-{} ms, snapshot every {}, {} machine{}{}",
+             heartbeat {} ms, elections {}-{} ms, snapshot every {} (pieces of {} bytes), {} machine{}{}",
             self.safety_ms,
             self.clients,
             self.pace_ms,
@@ -294,6 +302,7 @@ impl Params {
             self.election_ms.0,
             self.election_ms.1,
             self.snapshot_every,
+            self.snapshot_chunk_bytes,
             if self.durable_machine {
                 "durable"
             } else {
@@ -464,6 +473,7 @@ impl World {
         cfg.election_timeout_min_ms = self.p.election_ms.0;
         cfg.election_timeout_max_ms = self.p.election_ms.1;
         cfg.snapshot_every = self.p.snapshot_every;
+        cfg.snapshot_chunk_bytes = self.p.snapshot_chunk_bytes;
         // The witness campaigns too (it may hold a commit the others lack), but only to hand
         // leadership over (`store::node::node_config`, `StoreNode::hand_over`).
         cfg.elect = !self.is_witness(name) || self.p.mirror_bug != MirrorBug::WitnessNeverCampaigns;
