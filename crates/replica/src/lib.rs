@@ -16,9 +16,9 @@ pub mod net;
 pub mod types;
 pub mod wal;
 
-pub use machine::{Machine, SnapshotCopy, SnapshotJob};
+pub use machine::{CopiedState, Machine, SnapshotCopy, SnapshotJob};
 pub use net::{BoxFuture, Transport};
-pub use types::{Member, NodeId, node_id};
+pub use types::{Member, NodeId, SnapshotData, node_id};
 
 use machine::StateMachine;
 use net::{Network, decode, encode};
@@ -178,29 +178,46 @@ struct Shared {
     incoming: std::sync::Mutex<Option<Incoming>>,
 }
 
-/// A snapshot partly received: from whom (vote), which one, how large, the bytes so far.
+/// A snapshot partly received: from whom (vote), which one, how large, the bytes so far (in
+/// a file of their own, removed from the directory as soon as it is created: a snapshot is as
+/// large as the database, and an interrupted transfer leaves nothing behind).
 struct Incoming {
     vote: types::Vote,
     /// The snapshot's last entry: which state it holds.
     last: Option<types::LogId>,
     total: u64,
-    data: Vec<u8>,
+    file: std::fs::File,
+    have: u64,
 }
 
 impl Incoming {
-    /// Adds a piece; returns the whole snapshot once the last piece is in. The pieces of one
-    /// snapshot come in order; a first piece starts over (a new sender, or the same one
-    /// again after a failure); a piece received twice is taken once.
+    /// Adds a piece (writing it to a file in `dir`); returns the whole snapshot once the last
+    /// piece is in. The pieces of one snapshot come in order; a first piece starts over (a new
+    /// sender, or the same one again after a failure); a piece received twice is taken once.
     fn add(
         slot: &mut Option<Incoming>,
+        dir: &std::path::Path,
         chunk: net::SnapshotChunk,
-    ) -> Result<Option<(types::Vote, types::SnapshotMeta, Vec<u8>)>, String> {
+    ) -> Result<Option<(types::Vote, types::SnapshotMeta, SnapshotData)>, String> {
         if chunk.offset == 0 {
+            *slot = None;
+            let path = dir.join("snapshot.incoming");
+            let file = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .and_then(|f| std::fs::remove_file(&path).map(|()| f))
+                .map_err(|e| {
+                    format!("cannot keep an incoming snapshot in {}: {e}", dir.display())
+                })?;
             *slot = Some(Incoming {
                 vote: chunk.vote,
                 last: chunk.meta.last_log_id,
                 total: chunk.total,
-                data: Vec::with_capacity(chunk.total.min(64 << 20) as usize),
+                file,
+                have: 0,
             });
         }
         let Some(cur) = slot.as_mut().filter(|c| {
@@ -213,7 +230,7 @@ impl Incoming {
                 chunk.total
             ));
         };
-        let have = cur.data.len() as u64;
+        let have = cur.have;
         let end = chunk.offset + chunk.bytes.len() as u64;
         if end <= have && chunk.offset < have {
             return Ok(None);
@@ -229,12 +246,26 @@ impl Incoming {
             *slot = None;
             return Err(why);
         }
-        cur.data.extend_from_slice(&chunk.bytes);
+        {
+            use std::os::unix::fs::FileExt;
+            if let Err(e) = cur.file.write_all_at(&chunk.bytes, have) {
+                *slot = None;
+                return Err(format!("cannot keep an incoming snapshot: {e}"));
+            }
+        }
+        cur.have = end;
         if end < cur.total {
             return Ok(None);
         }
-        let done = slot.take().map(|c| c.data).unwrap_or_default();
-        Ok(Some((chunk.vote, chunk.meta, done)))
+        let Some(done) = slot.take() else {
+            return Err("the incoming snapshot went missing".into());
+        };
+        let data = SnapshotData::File {
+            file: Arc::new(done.file),
+            offset: 0,
+            len: done.total,
+        };
+        Ok(Some((chunk.vote, chunk.meta, data)))
     }
 }
 
@@ -419,12 +450,14 @@ impl<M: Machine> Replica<M> {
                         .incoming
                         .lock()
                         .map_err(|_| "snapshot receiver poisoned".to_string())?;
-                    Incoming::add(&mut slot, chunk)?
+                    Incoming::add(&mut slot, &self.config.dir, chunk)?
                 };
                 let Some((vote, meta, data)) = complete else {
                     return encode(&Ok::<_, String>(net::ChunkReply::Received));
                 };
-                let head = data[..data.len().min(machine::SNAPSHOT_HEAD)].to_vec();
+                let head = data
+                    .read_at(0, machine::SNAPSHOT_HEAD)
+                    .map_err(|e| format!("cannot read the incoming snapshot: {e}"))?;
                 let accepted = self
                     .with_machine(move |m| Ok(m.accepts_snapshot(&head)))
                     .await
@@ -915,48 +948,64 @@ mod tests {
         }
     }
 
+    fn bytes(data: &SnapshotData) -> Vec<u8> {
+        data.read_at(0, usize::MAX).unwrap()
+    }
+
     /// Pieces in order make the snapshot; a piece received twice is taken once; a gap, or a
     /// piece of another sender's transfer, fails that transfer (the sender starts over); a
-    /// first piece always starts over.
+    /// first piece always starts over. The pieces go to a file that is not left in the
+    /// directory.
     #[test]
     fn snapshot_pieces_make_the_snapshot_only_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
         let mut slot = None;
-        assert_eq!(
-            Incoming::add(&mut slot, chunk(1, 6, 0, b"ab")).unwrap(),
-            None
+        assert!(
+            Incoming::add(&mut slot, dir, chunk(1, 6, 0, b"ab"))
+                .unwrap()
+                .is_none()
         );
-        assert_eq!(
-            Incoming::add(&mut slot, chunk(1, 6, 0, b"ab")).unwrap(),
-            None
+        assert!(
+            Incoming::add(&mut slot, dir, chunk(1, 6, 0, b"ab"))
+                .unwrap()
+                .is_none()
         );
-        assert_eq!(
-            Incoming::add(&mut slot, chunk(1, 6, 2, b"cd")).unwrap(),
-            None
+        assert!(
+            Incoming::add(&mut slot, dir, chunk(1, 6, 2, b"cd"))
+                .unwrap()
+                .is_none()
         );
-        assert_eq!(
-            Incoming::add(&mut slot, chunk(1, 6, 2, b"cd")).unwrap(),
-            None
+        assert!(
+            Incoming::add(&mut slot, dir, chunk(1, 6, 2, b"cd"))
+                .unwrap()
+                .is_none()
         );
-        let (_, _, data) = Incoming::add(&mut slot, chunk(1, 6, 4, b"ef"))
+        let (_, _, data) = Incoming::add(&mut slot, dir, chunk(1, 6, 4, b"ef"))
             .unwrap()
             .unwrap();
-        assert_eq!(data, b"abcdef");
+        assert_eq!(bytes(&data), b"abcdef");
         assert!(slot.is_none());
+        assert_eq!(
+            std::fs::read_dir(dir).unwrap().count(),
+            0,
+            "nothing left in the directory"
+        );
 
         // A gap.
-        Incoming::add(&mut slot, chunk(1, 6, 0, b"ab")).unwrap();
-        let err = Incoming::add(&mut slot, chunk(1, 6, 4, b"ef")).unwrap_err();
+        Incoming::add(&mut slot, dir, chunk(1, 6, 0, b"ab")).unwrap();
+        let err = Incoming::add(&mut slot, dir, chunk(1, 6, 4, b"ef")).unwrap_err();
         assert!(err.contains("does not follow the 2 of 6 bytes"), "{err}");
         assert!(slot.is_none());
         // A piece with nothing before it, and one of another leader's transfer.
-        assert!(Incoming::add(&mut slot, chunk(1, 6, 2, b"cd")).is_err());
-        Incoming::add(&mut slot, chunk(1, 6, 0, b"ab")).unwrap();
-        assert!(Incoming::add(&mut slot, chunk(2, 6, 2, b"cd")).is_err());
+        assert!(Incoming::add(&mut slot, dir, chunk(1, 6, 2, b"cd")).is_err());
+        Incoming::add(&mut slot, dir, chunk(1, 6, 0, b"ab")).unwrap();
+        assert!(Incoming::add(&mut slot, dir, chunk(2, 6, 2, b"cd")).is_err());
         // A piece past the announced size.
-        Incoming::add(&mut slot, chunk(1, 3, 0, b"ab")).unwrap();
-        assert!(Incoming::add(&mut slot, chunk(1, 3, 2, b"cd")).is_err());
+        Incoming::add(&mut slot, dir, chunk(1, 3, 0, b"ab")).unwrap();
+        assert!(Incoming::add(&mut slot, dir, chunk(1, 3, 2, b"cd")).is_err());
         // An empty snapshot is one empty piece.
-        let (_, _, data) = Incoming::add(&mut slot, chunk(1, 0, 0, b""))
+        let (_, _, data) = Incoming::add(&mut slot, dir, chunk(1, 0, 0, b""))
             .unwrap()
             .unwrap();
         assert!(data.is_empty());

@@ -12,8 +12,8 @@ use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
-use std::io;
-use std::path::PathBuf;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// What an application provides.
@@ -32,12 +32,19 @@ pub trait Machine: Send + 'static {
     /// right away with [`Machine::snapshot`]; a machine whose storage can give a consistent
     /// view on its own (SQLite's read transactions) does the copy in the job.
     fn start_snapshot(&mut self) -> io::Result<SnapshotJob> {
-        let data = self.snapshot()?;
+        let data = CopiedState::Bytes(self.snapshot()?);
         let position = self.position()?;
         Ok(Box::new(move || Ok(SnapshotCopy { data, position })))
     }
     /// Replaces the state with a snapshot (which carries its own position).
     fn install(&mut self, snapshot: &[u8]) -> io::Result<()>;
+    /// The same from a snapshot that may be in a file: the default reads it into memory and
+    /// calls [`Machine::install`]; a machine with a large state reads it from the file.
+    fn install_data(&mut self, snapshot: &SnapshotData) -> io::Result<()> {
+        let mut bytes = Vec::with_capacity(usize::try_from(snapshot.len()).unwrap_or(0));
+        snapshot.copy_to(&mut bytes)?;
+        self.install(&bytes)
+    }
     /// Whether a snapshot that starts with `head` (its first [`SNAPSHOT_HEAD`] bytes or
     /// fewer) may be installed here, asked before a leader's snapshot is handed to openraft:
     /// a refused one is answered with the error (the leader tries again later) and changes
@@ -57,8 +64,17 @@ pub type SnapshotJob = Box<dyn FnOnce() -> io::Result<SnapshotCopy> + Send>;
 
 /// A consistent copy of a machine's state and the position stored in it.
 pub struct SnapshotCopy {
-    pub data: Vec<u8>,
+    pub data: CopiedState,
     pub position: Option<Vec<u8>>,
+}
+
+/// Where a snapshot copy is.
+pub enum CopiedState {
+    /// In memory.
+    Bytes(Vec<u8>),
+    /// In a file the job wrote (the snapshot's bytes alone), which the adapter takes over: it
+    /// copies it into the snapshot file and removes it.
+    File(PathBuf),
 }
 
 /// The position stored with the data: the last applied log id and membership.
@@ -72,26 +88,57 @@ struct Position {
 #[derive(Clone)]
 struct Current {
     meta: SnapshotMeta,
-    /// The bytes, only when there is no snapshot file to read them back from (simulations):
-    /// a server keeps its snapshot on disk alone, not a second copy of its whole database
-    /// in memory for as long as it runs.
-    data: Option<Arc<SnapshotData>>,
+    /// The bytes, only when there is no snapshot file to read them back from: a server keeps
+    /// its snapshot on disk alone, not a second copy of its whole database in memory.
+    data: Option<SnapshotData>,
 }
 
-/// A snapshot file on disk: the metadata and the application's bytes.
-#[derive(Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    #[serde(with = "crate::types::bytes_as_seq")]
-    data: Vec<u8>,
+/// The most a snapshot file's header (its metadata) may take.
+const MAX_HEADER: u64 = 1 << 20;
+
+/// Writes a snapshot file: the metadata, the data's length, the data (postcard's encoding of
+/// the pair, as earlier versions wrote it whole), fsynced, then renamed into place.
+fn write_stored(path: &Path, meta: &SnapshotMeta, data: &SnapshotData) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        postcard::to_io(meta, &mut f).map_err(io::Error::other)?;
+        postcard::to_io(&data.len(), &mut f).map_err(io::Error::other)?;
+        data.copy_to(&mut f)?;
+        // into_inner flushes the buffer.
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
-/// The same, borrowed, for writing (the same encoding: a snapshot is written without copying).
-#[derive(Serialize)]
-struct StoredSnapshotRef<'a> {
-    meta: &'a SnapshotMeta,
-    #[serde(serialize_with = "crate::types::bytes_as_seq::serialize")]
-    data: &'a [u8],
+/// Opens a snapshot file: its metadata, and its data as a range of the open file (which stays
+/// readable even if a newer snapshot replaces the file).
+fn read_stored(path: &Path) -> io::Result<(SnapshotMeta, SnapshotData)> {
+    let bad = |e: &dyn std::fmt::Display| invalid(&format!("snapshot {}", path.display()), e);
+    let mut file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut head = Vec::new();
+    (&mut file)
+        .take(size.min(MAX_HEADER))
+        .read_to_end(&mut head)?;
+    let (meta, rest) = postcard::take_from_bytes::<SnapshotMeta>(&head).map_err(|e| bad(&e))?;
+    let (len, rest) = postcard::take_from_bytes::<u64>(rest).map_err(|e| bad(&e))?;
+    let offset = (head.len() - rest.len()) as u64;
+    if offset.checked_add(len) != Some(size) {
+        return Err(bad(&format!(
+            "{size} bytes on disk for {len} bytes of data after a {offset}-byte header"
+        )));
+    }
+    let data = SnapshotData::File {
+        file: Arc::new(file),
+        offset,
+        len,
+    };
+    Ok((meta, data))
 }
 
 /// The adapter: openraft's state machine over an application [`Machine`]. Cheap to clone.
@@ -131,10 +178,7 @@ impl<M: Machine> StateMachine<M> {
     ) -> io::Result<StateMachine<M>> {
         let current = match &snapshot_file {
             Some(path) => match read_stored(path) {
-                Ok(s) => Some(Current {
-                    meta: s.meta,
-                    data: None,
-                }),
+                Ok((meta, _)) => Some(Current { meta, data: None }),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e),
             },
@@ -227,7 +271,12 @@ impl<M: Machine> StateMachine<M> {
 
     /// Makes `data` the current snapshot, on disk (fsynced) or, without a file, in memory,
     /// unless the current one is newer (a snapshot installed while this one was being built).
-    async fn keep_current(&self, meta: SnapshotMeta, data: Arc<Vec<u8>>) -> io::Result<()> {
+    /// Returns the current snapshot's data as kept (the file's, when there is one).
+    async fn keep_current(
+        &self,
+        meta: SnapshotMeta,
+        data: SnapshotData,
+    ) -> io::Result<SnapshotData> {
         let (current, file, writing) = (
             self.current.clone(),
             self.snapshot_file.clone(),
@@ -243,37 +292,26 @@ impl<M: Machine> StateMachine<M> {
                     .is_some_and(|c| c.meta.last_log_id > meta.last_log_id)
             };
             if newer_kept(&*current.lock().map_err(|_| poisoned())?) {
-                return Ok(());
+                return Ok(data);
             }
-            if let Some(path) = &file {
-                let tmp = path.with_extension("tmp");
-                {
-                    let mut f = io::BufWriter::new(std::fs::File::create(&tmp)?);
-                    let stored = StoredSnapshotRef {
-                        meta: &meta,
-                        data: &data,
-                    };
-                    postcard::to_io(&stored, &mut f).map_err(io::Error::other)?;
-                    // into_inner flushes the buffer.
-                    f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            let kept = match &file {
+                Some(path) => {
+                    write_stored(path, &meta, &data)?;
+                    *current.lock().map_err(|_| poisoned())? = Some(Current { meta, data: None });
+                    read_stored(path)?.1
                 }
-                std::fs::rename(&tmp, path)?;
-                if let Some(dir) = path.parent() {
-                    std::fs::File::open(dir)?.sync_all()?;
+                None => {
+                    *current.lock().map_err(|_| poisoned())? = Some(Current {
+                        meta,
+                        data: Some(data.clone()),
+                    });
+                    data
                 }
-            }
-            let data = if file.is_some() { None } else { Some(data) };
-            *current.lock().map_err(|_| poisoned())? = Some(Current { meta, data });
-            Ok(())
+            };
+            Ok(kept)
         })
         .await
     }
-}
-
-/// Reads a snapshot file back.
-fn read_stored(path: &std::path::Path) -> io::Result<StoredSnapshot> {
-    let bytes = std::fs::read(path)?;
-    postcard::from_bytes(&bytes).map_err(|e| invalid(&format!("snapshot {}", path.display()), e))
 }
 
 fn poisoned() -> io::Error {
@@ -288,6 +326,20 @@ impl<M: Machine> RaftSnapshotBuilder<TypeConfig> for StateMachine<M> {
         // consistent, and applies go on while it is made.
         let job = self.with(|m| m.start_snapshot()).await?;
         let SnapshotCopy { data, position } = self.off_runtime(job).await?;
+        // A copy in a file is taken over: kept as the snapshot file, then removed.
+        let (data, copied) = match data {
+            CopiedState::Bytes(b) => (SnapshotData::Memory(Arc::new(b)), None),
+            CopiedState::File(path) => {
+                let file = std::fs::File::open(&path)?;
+                let len = file.metadata()?.len();
+                let data = SnapshotData::File {
+                    file: Arc::new(file),
+                    offset: 0,
+                    len,
+                };
+                (data, Some(path))
+            }
+        };
         let position: Position = match position {
             Some(p) => serde_json::from_slice(&p).map_err(|e| invalid("stored position", e))?,
             None => Position::default(),
@@ -296,11 +348,13 @@ impl<M: Machine> RaftSnapshotBuilder<TypeConfig> for StateMachine<M> {
             last_log_id: position.last_applied,
             last_membership: position.membership,
         };
-        let data = Arc::new(data);
-        self.keep_current(meta.clone(), data.clone()).await?;
+        let kept = self.keep_current(meta.clone(), data).await;
+        if let Some(path) = copied {
+            let _ = std::fs::remove_file(path);
+        }
         Ok(Snapshot {
             meta,
-            snapshot: data.as_ref().clone(),
+            snapshot: kept?,
         })
     }
 }
@@ -349,10 +403,9 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachine<M> {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
-        let data = Arc::new(snapshot);
-        let installing = data.clone();
-        self.with(move |m| m.install(&installing)).await?;
-        self.keep_current(meta.clone(), data).await
+        let installing = snapshot.clone();
+        self.with(move |m| m.install_data(&installing)).await?;
+        self.keep_current(meta.clone(), snapshot).await.map(|_| ())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
@@ -364,7 +417,7 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachine<M> {
                 data: Some(data),
             }) => Ok(Some(Snapshot {
                 meta,
-                snapshot: data.as_ref().clone(),
+                snapshot: data,
             })),
             Some(Current { data: None, .. }) => {
                 // Read back from the file, which holds the current snapshot whenever there is
@@ -375,10 +428,10 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachine<M> {
                         .lock()
                         .map_err(|_| io::Error::other("snapshot writer poisoned"))?;
                     let path = file.ok_or_else(|| io::Error::other("no snapshot file"))?;
-                    let s = read_stored(&path)?;
+                    let (meta, data) = read_stored(&path)?;
                     Ok(Some(Snapshot {
-                        meta: s.meta,
-                        snapshot: s.data,
+                        meta,
+                        snapshot: data,
                     }))
                 })
                 .await
@@ -411,11 +464,19 @@ mod tests {
         }
     }
 
-    fn held_in_memory(sm: &StateMachine<Blob>) -> Option<usize> {
+    fn held_in_memory(sm: &StateMachine<Blob>) -> Option<u64> {
         let current = sm.current.lock().unwrap();
         current
             .as_ref()
             .and_then(|c| c.data.as_ref().map(|d| d.len()))
+    }
+
+    fn bytes(data: &SnapshotData) -> Vec<u8> {
+        data.read_at(0, usize::MAX).unwrap()
+    }
+
+    fn in_file(data: &SnapshotData) -> bool {
+        matches!(data, SnapshotData::File { .. })
     }
 
     /// A server's current snapshot (a copy of its whole database) lives in its file only, and
@@ -427,18 +488,101 @@ mod tests {
         let state: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let mut sm = StateMachine::new(Blob(state.clone()), Some(file.clone()), true).unwrap();
         let built = sm.build_snapshot().await.unwrap();
-        assert_eq!(built.snapshot, state);
+        assert!(in_file(&built.snapshot));
+        assert_eq!(bytes(&built.snapshot), state);
         assert_eq!(held_in_memory(&sm), None);
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert!(in_file(&current.snapshot));
         assert_eq!(
-            (current.meta, current.snapshot),
+            (current.meta, bytes(&current.snapshot)),
             (built.meta.clone(), state.clone())
         );
 
         let mut restarted = StateMachine::new(Blob(Vec::new()), Some(file), true).unwrap();
         assert_eq!(held_in_memory(&restarted), None);
         let current = restarted.get_current_snapshot().await.unwrap().unwrap();
-        assert_eq!((current.meta, current.snapshot), (built.meta, state));
+        assert_eq!(
+            (current.meta.clone(), bytes(&current.snapshot)),
+            (built.meta, state.clone())
+        );
+        // Installing it elsewhere reads it from the file.
+        let mut other = StateMachine::new(Blob(Vec::new()), None, false).unwrap();
+        other
+            .install_snapshot(&current.meta, current.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(other.machine.lock().unwrap().0, state);
+    }
+
+    /// A machine whose copy is a file (as the store's SQL machine makes it) hands it over:
+    /// it becomes the snapshot file, never read into memory, and is removed.
+    #[tokio::test]
+    async fn a_copy_in_a_file_becomes_the_snapshot_file() {
+        struct FileCopy(PathBuf);
+        impl Machine for FileCopy {
+            fn apply(&mut self, c: &[Option<&[u8]>], _: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+                Ok(vec![Vec::new(); c.len()])
+            }
+            fn position(&mut self) -> io::Result<Option<Vec<u8>>> {
+                Ok(None)
+            }
+            fn snapshot(&mut self) -> io::Result<Vec<u8>> {
+                Err(io::Error::other("copies go through a file"))
+            }
+            fn start_snapshot(&mut self) -> io::Result<SnapshotJob> {
+                let path = self.0.clone();
+                Ok(Box::new(move || {
+                    std::fs::write(&path, b"a copy made on disk")?;
+                    Ok(SnapshotCopy {
+                        data: CopiedState::File(path),
+                        position: None,
+                    })
+                }))
+            }
+            fn install(&mut self, _: &[u8]) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy.tmp");
+        let file = dir.path().join("snapshot.bin");
+        let mut sm = StateMachine::new(FileCopy(copy.clone()), Some(file), true).unwrap();
+        let built = sm.build_snapshot().await.unwrap();
+        assert!(in_file(&built.snapshot));
+        assert_eq!(bytes(&built.snapshot), b"a copy made on disk");
+        assert!(!copy.exists(), "the copy was taken over");
+    }
+
+    /// A snapshot file written whole by an earlier version (postcard's encoding of the
+    /// metadata and the bytes together) opens as before.
+    #[test]
+    fn a_snapshot_file_of_an_earlier_version_opens() {
+        #[derive(Serialize)]
+        struct Earlier<'a> {
+            meta: &'a SnapshotMeta,
+            #[serde(serialize_with = "crate::types::bytes_as_seq::serialize")]
+            data: &'a [u8],
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot.bin");
+        let meta = SnapshotMeta::default();
+        let data = vec![7u8; 300];
+        std::fs::write(
+            &path,
+            postcard::to_allocvec(&Earlier {
+                meta: &meta,
+                data: &data,
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        let (read, got) = read_stored(&path).unwrap();
+        assert_eq!((read, bytes(&got)), (meta, data));
+        // A file cut short is refused, not read as a shorter snapshot.
+        let whole = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &whole[..whole.len() - 1]).unwrap();
+        let err = read_stored(&path).err().unwrap();
+        assert!(err.to_string().contains("bytes on disk"), "{err}");
     }
 
     /// Without a file (simulations) the memory is the only copy, and it is kept.
@@ -448,6 +592,6 @@ mod tests {
         sm.build_snapshot().await.unwrap();
         assert_eq!(held_in_memory(&sm), Some(3));
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
-        assert_eq!(current.snapshot, vec![1, 2, 3]);
+        assert_eq!(bytes(&current.snapshot), vec![1, 2, 3]);
     }
 }

@@ -143,24 +143,29 @@ impl RaftNetworkV2<TypeConfig> for Conn {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let data = snapshot.snapshot;
-        let total = data.len() as u64;
+        let total = data.len();
         let send = async {
             let mut offset = 0;
             loop {
-                let end = (offset + self.snapshot_chunk_bytes).min(data.len());
+                // Read from the snapshot file a piece at a time: a snapshot is as large as the
+                // database, and is never held in memory whole.
+                let bytes = data
+                    .read_at(offset, self.snapshot_chunk_bytes)
+                    .map_err(|e| StreamingError::Unreachable(unreachable(e)))?;
+                let end = offset + bytes.len() as u64;
                 let chunk = SnapshotChunk {
                     vote,
                     meta: snapshot.meta.clone(),
                     total,
-                    offset: offset as u64,
-                    bytes: data[offset..end].to_vec(),
+                    offset,
+                    bytes,
                 };
                 let reply: ChunkReply = self
                     .call("snapshot-chunk", &chunk, option.soft_ttl())
                     .await?;
                 match reply {
                     ChunkReply::Installed(resp) => return Ok(resp),
-                    ChunkReply::Received if end < data.len() => offset = end,
+                    ChunkReply::Received if end < total => offset = end,
                     ChunkReply::Received => {
                         return Err(StreamingError::Unreachable(unreachable(
                             "the peer received the whole snapshot but did not install it",
@@ -193,7 +198,7 @@ pub(crate) struct SnapshotChunk {
     pub total: u64,
     pub offset: u64,
     #[serde(with = "bytes_as_seq")]
-    pub bytes: SnapshotData,
+    pub bytes: Vec<u8>,
 }
 
 /// The answer to a chunk: more wanted, or (to the last one) the installed snapshot's answer.

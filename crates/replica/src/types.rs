@@ -96,8 +96,60 @@ pub type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-/// A snapshot's bytes, as the state machine wrote them.
-pub type SnapshotData = Vec<u8>;
+/// A snapshot's bytes, as the state machine wrote them: a range of an open file (a server's
+/// snapshot is a copy of its whole database, and is never held in memory whole), or bytes in
+/// memory (a state machine without a snapshot file). Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum SnapshotData {
+    Memory(std::sync::Arc<Vec<u8>>),
+    File {
+        file: std::sync::Arc<std::fs::File>,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl SnapshotData {
+    /// The snapshot's size in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            SnapshotData::Memory(b) => b.len() as u64,
+            SnapshotData::File { len, .. } => *len,
+        }
+    }
+
+    /// Whether the snapshot has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Up to `max` bytes from `at` (fewer only at the end). Reads the file: blocking.
+    pub fn read_at(&self, at: u64, max: usize) -> std::io::Result<Vec<u8>> {
+        let end = self.len().min(at.saturating_add(max as u64));
+        let n = end.saturating_sub(at) as usize;
+        match self {
+            SnapshotData::Memory(b) => Ok(b[at as usize..at as usize + n].to_vec()),
+            SnapshotData::File { file, offset, .. } => {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0; n];
+                file.read_exact_at(&mut buf, offset + at)?;
+                Ok(buf)
+            }
+        }
+    }
+
+    /// Copies the bytes to `out`, a piece at a time. Reads the file: blocking.
+    pub fn copy_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        const PIECE: usize = 1 << 20;
+        let mut at = 0;
+        while at < self.len() {
+            let piece = self.read_at(at, PIECE)?;
+            out.write_all(&piece)?;
+            at += piece.len() as u64;
+        }
+        Ok(())
+    }
+}
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
 /// The node id of a server in every group it is part of: a stable hash of its name, so ids

@@ -195,10 +195,16 @@ impl replica::Machine for SqliteMachine {
                         .map_err(io_err)?;
                 let position = machine::position(&copy).map_err(io_err)?;
                 drop(copy);
-                let data = std::fs::read(&tmp)?;
-                Ok(replica::SnapshotCopy { data, position })
+                // The copy stays in its file: the replica takes it over as its snapshot
+                // file, and a database is never read into memory whole.
+                Ok(replica::SnapshotCopy {
+                    data: replica::CopiedState::File(tmp.clone()),
+                    position,
+                })
             })();
-            let _ = std::fs::remove_file(&tmp);
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
             result
         }))
     }
@@ -216,20 +222,53 @@ impl replica::Machine for SqliteMachine {
     }
 
     fn install(&mut self, snapshot: &[u8]) -> io::Result<()> {
+        let tmp = self.path.with_extension("install.tmp");
+        std::fs::write(&tmp, snapshot)?;
+        self.install_file(&tmp)
+    }
+
+    fn install_data(&mut self, snapshot: &replica::SnapshotData) -> io::Result<()> {
+        // A piece at a time into a file of its own (the snapshot may be a range of a larger
+        // file): a database is never read into memory whole.
+        let tmp = self.path.with_extension("install.tmp");
+        let mut f = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        snapshot.copy_to(&mut f)?;
+        drop(f.into_inner().map_err(|e| e.into_error())?);
+        self.install_file(&tmp)
+    }
+}
+
+impl SqliteMachine {
+    /// Installs the database in file `tmp` (removed afterwards).
+    fn install_file(&mut self, tmp: &Path) -> io::Result<()> {
         // The snapshot replaces the live database page by page (SQLite's backup API), so open
         // readers simply see the new state.
         self.position = None;
-        let tmp = self.path.with_extension("install.tmp");
-        std::fs::write(&tmp, snapshot)?;
         let result = (|| -> rusqlite::Result<()> {
-            let src =
-                Connection::open_with_flags(&tmp, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let src = Connection::open_with_flags(tmp, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
             let backup = rusqlite::backup::Backup::new(&src, &mut self.conn)?;
             backup.run_to_completion(1024, std::time::Duration::ZERO, None)
         })();
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp);
         result.map_err(io_err)?;
         machine::init_schema(&self.conn).map_err(io_err)
+    }
+}
+
+/// A snapshot copy as the replica hands it back: the file it was written to, open.
+#[cfg(test)]
+pub(crate) fn copied(copy: &replica::SnapshotCopy) -> replica::SnapshotData {
+    match &copy.data {
+        replica::CopiedState::Bytes(b) => replica::SnapshotData::Memory(b.clone().into()),
+        replica::CopiedState::File(path) => {
+            let file = std::fs::File::open(path).expect("the copy's file");
+            let len = file.metadata().expect("the copy's size").len();
+            replica::SnapshotData::File {
+                file: file.into(),
+                offset: 0,
+                len,
+            }
+        }
     }
 }
 
@@ -278,7 +317,7 @@ mod tests {
         assert_eq!(stored(&path), None);
         add_user(&mut m, 4);
         assert_eq!(m.position().unwrap(), Some(4u64.to_be_bytes().to_vec()));
-        m.install(&copy.data).unwrap();
+        m.install_data(&copied(&copy)).unwrap();
         assert_eq!(m.position().unwrap(), Some(2u64.to_be_bytes().to_vec()));
         assert_eq!(stored(&path), m.position().unwrap());
         m.reset().unwrap();
@@ -303,7 +342,7 @@ mod tests {
             add_user(&mut m, i);
         }
         let copy = copying.join().unwrap().unwrap();
-        let position = u64::from_be_bytes(copy.position.unwrap().try_into().unwrap());
+        let position = u64::from_be_bytes(copy.position.clone().unwrap().try_into().unwrap());
         assert!(
             (200..=i).contains(&position),
             "position {position}, applied {i}"
@@ -311,7 +350,7 @@ mod tests {
 
         let mut b = SqliteMachine::open(&dir.path().join("b.sqlite")).unwrap();
         add_user(&mut b, 9_999);
-        b.install(&copy.data).unwrap();
+        b.install_data(&copied(&copy)).unwrap();
         assert_eq!(b.position().unwrap(), Some(position.to_be_bytes().to_vec()));
         let users = machine::users(&b.conn, 0).unwrap();
         assert_eq!(
