@@ -174,10 +174,16 @@ impl RaftNetworkV2<TypeConfig> for Conn {
                 }
             }
         };
-        tokio::select! {
+        let sent = tokio::select! {
             sent = send => sent,
-            closed = cancel => Err(StreamingError::Closed(closed)),
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        // openraft tries again later, without a word: say why, or a replica that never gets
+        // seeded shows no reason anywhere.
+        if let Err(e) = &sent {
+            tracing::warn!(group = %self.group, to = %self.to, bytes = total, error = %e, "sending a snapshot failed");
         }
+        sent
     }
 
     async fn transfer_leader(
