@@ -317,6 +317,10 @@ fn read_segment(path: &Path, first: u64) -> io::Result<SegmentRead> {
     Ok((seg, records, problem))
 }
 
+/// An fdatasync of the log taking this long is reported (the disk is the likely cause of a
+/// pause every commit then shares).
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(200);
+
 struct Writer {
     dir: PathBuf,
     segments: Vec<Segment>,
@@ -465,7 +469,17 @@ impl Writer {
 
     fn sync(&mut self) -> io::Result<()> {
         match &self.file {
-            Some(f) if self.sync => f.sync_data(),
+            Some(f) if self.sync => {
+                let start = std::time::Instant::now();
+                let synced = f.sync_data();
+                // Every commit waits for this: a disk that stalls shows up as a pause of the
+                // whole group, and should be named as the cause.
+                let took = start.elapsed();
+                if took >= SLOW_SYNC {
+                    tracing::warn!(log = %self.dir.display(), took_ms = took.as_millis() as u64, "slow fdatasync of the replicated log");
+                }
+                synced
+            }
             _ => Ok(()),
         }
     }
