@@ -490,6 +490,11 @@ mod tests {
         let built = sm.build_snapshot().await.unwrap();
         assert!(in_file(&built.snapshot));
         assert_eq!(bytes(&built.snapshot), state);
+        assert_eq!(
+            built.snapshot.read_at(999_998, 10).unwrap(),
+            state[999_998..]
+        );
+        assert!(built.snapshot.read_at(u64::MAX, 10).unwrap().is_empty());
         assert_eq!(held_in_memory(&sm), None);
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert!(in_file(&current.snapshot));
@@ -593,5 +598,7 @@ mod tests {
         assert_eq!(held_in_memory(&sm), Some(3));
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(bytes(&current.snapshot), vec![1, 2, 3]);
+        assert_eq!(current.snapshot.read_at(2, 10).unwrap(), vec![3]);
+        assert!(current.snapshot.read_at(10, 4).unwrap().is_empty());
     }
 }

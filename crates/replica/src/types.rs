@@ -125,6 +125,7 @@ impl SnapshotData {
 
     /// Up to `max` bytes from `at` (fewer only at the end). Reads the file: blocking.
     pub fn read_at(&self, at: u64, max: usize) -> std::io::Result<Vec<u8>> {
+        let at = at.min(self.len());
         let end = self.len().min(at.saturating_add(max as u64));
         let n = end.saturating_sub(at) as usize;
         match self {

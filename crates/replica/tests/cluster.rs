@@ -26,6 +26,20 @@ async fn three(name: &str) -> (Router, tempfile::TempDir) {
     (router, dir)
 }
 
+/// Adds `new` as a learner through leader `l` and waits until it applied everything `l` had.
+async fn add_learner_and_wait(l: &replica::Replica<Kv>, new: &replica::Replica<Kv>, what: &str) {
+    // Retry: a leader changes membership only once its first entry committed.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while l.add_learner(new.config().me.clone(), true).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let target = l.status().last_log_index.unwrap();
+    new.wait_for(WAIT, what, |s| s.applied >= Some(target))
+        .await
+        .unwrap();
+}
+
 async fn leader(router: &Router, servers: &[&str]) -> String {
     let a = router.get(servers[0]).unwrap();
     let s = a
@@ -231,18 +245,7 @@ async fn learners_promotion_demotion_removal_and_snapshot_catch_up() {
     let l = router.get(&leader(&router, &servers).await).unwrap();
     l.snapshot().await.unwrap();
     let d = start(&router, "d", dir.path(), true).await;
-    // Retry: a leader changes membership only once its first entry committed.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while l.add_learner(member("d"), true).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let target = l.status().last_log_index.unwrap();
-    d.wait_for(WAIT, "the learner catching up", |s| {
-        s.applied >= Some(target)
-    })
-    .await
-    .unwrap();
+    add_learner_and_wait(&l, &d, "the learner catching up").await;
     assert_eq!(value(&router, "d", "k0").await.as_deref(), Some("v"));
     assert_eq!(d.status().role, Role::Learner);
     l.promote(BTreeSet::from([node_id("d")])).await.unwrap();
@@ -277,17 +280,7 @@ async fn a_snapshot_larger_than_a_message_reaches_a_new_member_in_pieces() {
     // The log goes: a new member can only start from the snapshot.
     l.snapshot_and_purge(WAIT).await.unwrap();
     let d = start_configured(&router, "d", dir.path(), true, pieces).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while l.add_learner(member("d"), true).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let target = l.status().last_log_index.unwrap();
-    d.wait_for(WAIT, "the new member installing the snapshot", |s| {
-        s.applied >= Some(target)
-    })
-    .await
-    .unwrap();
+    add_learner_and_wait(&l, &d, "the new member installing the snapshot").await;
     assert_eq!(
         value(&router, "d", "k799").await.as_deref(),
         Some(long.as_str())
