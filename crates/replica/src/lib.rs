@@ -260,11 +260,8 @@ impl Incoming {
         let Some(done) = slot.take() else {
             return Err("the incoming snapshot went missing".into());
         };
-        let data = SnapshotData::File {
-            file: Arc::new(done.file),
-            offset: 0,
-            len: done.total,
-        };
+        let data = SnapshotData::whole_file(done.file)
+            .map_err(|e| format!("cannot keep an incoming snapshot: {e}"))?;
         Ok(Some((chunk.vote, chunk.meta, data)))
     }
 }

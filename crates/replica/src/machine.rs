@@ -12,7 +12,7 @@ use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -97,22 +97,31 @@ struct Current {
 const MAX_HEADER: u64 = 1 << 20;
 
 /// Writes a snapshot file: the metadata, the data's length, the data (postcard's encoding of
-/// the pair, as earlier versions wrote it whole), fsynced, then renamed into place.
-fn write_stored(path: &Path, meta: &SnapshotMeta, data: &SnapshotData) -> io::Result<()> {
+/// the pair, as earlier versions wrote it whole), fsynced, then renamed into place. Returns
+/// the data as kept there.
+fn write_stored(path: &Path, meta: &SnapshotMeta, data: &SnapshotData) -> io::Result<SnapshotData> {
     let tmp = path.with_extension("tmp");
+    let mut header = postcard::to_allocvec(meta).map_err(io::Error::other)?;
+    header.extend(postcard::to_allocvec(&data.len()).map_err(io::Error::other)?);
     {
         let mut f = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-        postcard::to_io(meta, &mut f).map_err(io::Error::other)?;
-        postcard::to_io(&data.len(), &mut f).map_err(io::Error::other)?;
+        f.write_all(&header)?;
         data.copy_to(&mut f)?;
         // into_inner flushes the buffer.
         f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
+    // Opened before the rename: the range stays this snapshot's even if a newer one replaces
+    // the file.
+    let kept = SnapshotData::File {
+        file: Arc::new(std::fs::File::open(&tmp)?),
+        offset: header.len() as u64,
+        len: data.len(),
+    };
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// Opens a snapshot file: its metadata, and its data as a range of the open file (which stays
@@ -296,9 +305,9 @@ impl<M: Machine> StateMachine<M> {
             }
             let kept = match &file {
                 Some(path) => {
-                    write_stored(path, &meta, &data)?;
+                    let kept = write_stored(path, &meta, &data)?;
                     *current.lock().map_err(|_| poisoned())? = Some(Current { meta, data: None });
-                    read_stored(path)?.1
+                    kept
                 }
                 None => {
                     *current.lock().map_err(|_| poisoned())? = Some(Current {
@@ -329,16 +338,10 @@ impl<M: Machine> RaftSnapshotBuilder<TypeConfig> for StateMachine<M> {
         // A copy in a file is taken over: kept as the snapshot file, then removed.
         let (data, copied) = match data {
             CopiedState::Bytes(b) => (SnapshotData::Memory(Arc::new(b)), None),
-            CopiedState::File(path) => {
-                let file = std::fs::File::open(&path)?;
-                let len = file.metadata()?.len();
-                let data = SnapshotData::File {
-                    file: Arc::new(file),
-                    offset: 0,
-                    len,
-                };
-                (data, Some(path))
-            }
+            CopiedState::File(path) => (
+                SnapshotData::whole_file(std::fs::File::open(&path)?)?,
+                Some(path),
+            ),
         };
         let position: Position = match position {
             Some(p) => serde_json::from_slice(&p).map_err(|e| invalid("stored position", e))?,

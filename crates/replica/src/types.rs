@@ -110,6 +110,26 @@ pub enum SnapshotData {
 }
 
 impl SnapshotData {
+    /// The whole of an open file.
+    pub fn whole_file(file: std::fs::File) -> std::io::Result<SnapshotData> {
+        let len = file.metadata()?.len();
+        Ok(SnapshotData::File {
+            file: std::sync::Arc::new(file),
+            offset: 0,
+            len,
+        })
+    }
+
+    /// Writes the bytes, a piece at a time, to a new file at `path` (a scratch copy for a
+    /// reader that needs a file of its own: not synced).
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+        self.copy_to(&mut f)?;
+        // into_inner flushes the buffer.
+        f.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
+    }
+
     /// The snapshot's size in bytes.
     pub fn len(&self) -> u64 {
         match self {

@@ -231,9 +231,7 @@ impl replica::Machine for SqliteMachine {
         // A piece at a time into a file of its own (the snapshot may be a range of a larger
         // file): a database is never read into memory whole.
         let tmp = self.path.with_extension("install.tmp");
-        let mut f = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-        snapshot.copy_to(&mut f)?;
-        drop(f.into_inner().map_err(|e| e.into_error())?);
+        snapshot.save(&tmp)?;
         self.install_file(&tmp)
     }
 }
@@ -261,13 +259,8 @@ pub(crate) fn copied(copy: &replica::SnapshotCopy) -> replica::SnapshotData {
     match &copy.data {
         replica::CopiedState::Bytes(b) => replica::SnapshotData::Memory(b.clone().into()),
         replica::CopiedState::File(path) => {
-            let file = std::fs::File::open(path).expect("the copy's file");
-            let len = file.metadata().expect("the copy's size").len();
-            replica::SnapshotData::File {
-                file: file.into(),
-                offset: 0,
-                len,
-            }
+            replica::SnapshotData::whole_file(std::fs::File::open(path).expect("the copy's file"))
+                .expect("the copy's size")
         }
     }
 }

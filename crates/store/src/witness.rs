@@ -118,9 +118,7 @@ impl replica::Machine for WitnessMachine {
         if let Some(dir) = self.scratch.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let mut f = io::BufWriter::new(std::fs::File::create(&self.scratch)?);
-        snapshot.copy_to(&mut f)?;
-        drop(f.into_inner().map_err(|e| e.into_error())?);
+        snapshot.save(&self.scratch)?;
         self.position_from_scratch()
     }
 }
