@@ -349,6 +349,7 @@ impl<M: Machine> Replica<M> {
             transport: transport.clone(),
             group: config.group.clone(),
             snapshot_chunk_bytes: config.snapshot_chunk_bytes,
+            blocking: config.blocking_machine,
         };
         let seed = match config.seed {
             Some(s) => s,
@@ -441,14 +442,17 @@ impl<M: Machine> Replica<M> {
                 self.shared
                     .last_leader_contact_ms
                     .store(now_ms(), Ordering::Relaxed);
-                let complete = {
-                    let mut slot = self
-                        .shared
+                // Written off the runtime's threads: a 4 MiB piece takes milliseconds.
+                let (shared, dir) = (self.shared.clone(), self.config.dir.clone());
+                let complete = machine::off_runtime(self.config.blocking_machine, move || {
+                    let mut slot = shared
                         .incoming
                         .lock()
-                        .map_err(|_| "snapshot receiver poisoned".to_string())?;
-                    Incoming::add(&mut slot, &self.config.dir, chunk)?
-                };
+                        .map_err(|_| io::Error::other("snapshot receiver poisoned"))?;
+                    Ok(Incoming::add(&mut slot, &dir, chunk))
+                })
+                .await
+                .map_err(|e| e.to_string())??;
                 let Some((vote, meta, data)) = complete else {
                     return encode(&Ok::<_, String>(net::ChunkReply::Received));
                 };

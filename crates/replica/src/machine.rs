@@ -150,6 +150,22 @@ fn read_stored(path: &Path) -> io::Result<(SnapshotMeta, SnapshotData)> {
     Ok((meta, data))
 }
 
+/// Runs blocking work (file I/O, the machine) on a blocking thread when `blocking` (real
+/// storage: the runtime's threads also carry every group's heartbeats), inline otherwise
+/// (simulations, which control every step).
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    blocking: bool,
+    run: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    if blocking {
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(io::Error::other)?
+    } else {
+        run()
+    }
+}
+
 /// The adapter: openraft's state machine over an application [`Machine`]. Cheap to clone.
 pub struct StateMachine<M: Machine> {
     machine: Arc<Mutex<M>>,
@@ -269,13 +285,7 @@ impl<M: Machine> StateMachine<M> {
         &self,
         run: impl FnOnce() -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
-        if self.blocking {
-            tokio::task::spawn_blocking(run)
-                .await
-                .map_err(io::Error::other)?
-        } else {
-            run()
-        }
+        off_runtime(self.blocking, run).await
     }
 
     /// Makes `data` the current snapshot, on disk (fsynced) or, without a file, in memory,

@@ -62,6 +62,8 @@ pub struct Network {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) group: String,
     pub(crate) snapshot_chunk_bytes: usize,
+    /// Read snapshot pieces on a blocking thread (real storage) or inline (simulation).
+    pub(crate) blocking: bool,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -73,6 +75,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             group: self.group.clone(),
             to: node.clone(),
             snapshot_chunk_bytes: self.snapshot_chunk_bytes.max(1),
+            blocking: self.blocking,
         }
     }
 }
@@ -83,6 +86,7 @@ pub struct Conn {
     group: String,
     to: Member,
     snapshot_chunk_bytes: usize,
+    blocking: bool,
 }
 
 fn unreachable(e: impl std::fmt::Display) -> Unreachable<TypeConfig> {
@@ -148,10 +152,13 @@ impl RaftNetworkV2<TypeConfig> for Conn {
             let mut offset = 0;
             loop {
                 // Read from the snapshot file a piece at a time: a snapshot is as large as the
-                // database, and is never held in memory whole.
-                let bytes = data
-                    .read_at(offset, self.snapshot_chunk_bytes)
-                    .map_err(|e| StreamingError::Unreachable(unreachable(e)))?;
+                // database, and is never held in memory whole. Off the runtime's threads: a
+                // piece from a cold disk takes milliseconds, and they carry the heartbeats.
+                let (piece, size) = (data.clone(), self.snapshot_chunk_bytes);
+                let bytes =
+                    crate::machine::off_runtime(self.blocking, move || piece.read_at(offset, size))
+                        .await
+                        .map_err(|e| StreamingError::Unreachable(unreachable(e)))?;
                 let end = offset + bytes.len() as u64;
                 let chunk = SnapshotChunk {
                     vote,
