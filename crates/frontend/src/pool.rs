@@ -169,6 +169,9 @@ pub struct PoolMember {
     hosting: tokio::sync::Mutex<()>,
     /// The other servers' health as this one last saw it (see `replace`).
     pub(crate) fabric: Mutex<crate::replace::Fabric>,
+    /// `<dir>/log`: the one log of every group replica this server holds, so that a commit
+    /// round costs one `fdatasync` however many groups it holds.
+    logs: store::node::LogSet,
 }
 
 impl PoolMember {
@@ -188,6 +191,13 @@ impl PoolMember {
             spec.group_replicas,
             &BTreeSet::new(),
         );
+        let logs =
+            store::node::LogSet::open(&spec.dir.join("log"), Default::default()).map_err(|e| {
+                std::io::Error::other(format!(
+                    "cannot open the routing groups' log in {}: {e}",
+                    spec.dir.join("log").display()
+                ))
+            })?;
         let mut groups = Vec::new();
         let mut clients = Vec::new();
         for p in &placed {
@@ -223,6 +233,7 @@ impl PoolMember {
             rpc_config,
             hosting: tokio::sync::Mutex::new(()),
             fabric: Mutex::default(),
+            logs,
         });
         // A group already started on another server (this server is new to the pool, or
         // lost its disk) is never started again here: its primary adds this replica.
@@ -321,6 +332,7 @@ impl PoolMember {
             election_timeout_max_ms: store::node::DEFAULT_ELECTION_TIMEOUT_MS.1,
             high_safety_mirroring: false,
             users_elsewhere: true,
+            log_set: Some(self.logs.clone()),
         };
         let node = StoreNode::open(cfg, &self.rpc_server, self.rpc.clone())
             .await

@@ -57,6 +57,10 @@ pub struct ReplicaConfig {
     pub seed: Option<u64>,
     /// How the log writes (fsync and a writer thread, except in simulations).
     pub log: wal::WalOptions,
+    /// The set of logs this replica's log goes in (a server's routing groups share one, so
+    /// a commit round costs one `fdatasync` however many groups it holds); `None`: a log of
+    /// its own, with `log`'s options.
+    pub log_set: Option<wal::LogSet>,
     /// Keep log entries another member may still need from this one: purge only through
     /// [`Replica::purge_kept_log`], below what every other member holds. For a mirroring
     /// witness, which holds no data: when the principal is lost, its log is the only copy of
@@ -102,6 +106,7 @@ impl ReplicaConfig {
             blocking_machine: true,
             seed: None,
             log: wal::WalOptions::default(),
+            log_set: None,
             keep_log_for_others: false,
             snapshot_chunk_bytes: DEFAULT_SNAPSHOT_CHUNK_BYTES,
         }
@@ -339,7 +344,8 @@ impl<M: Machine> Replica<M> {
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(io::Error::other)?);
-        let log = log::LogStore::open(&config.dir.join("log"), config.log)?;
+        let log =
+            log::LogStore::open(&config.dir.join("log"), config.log, config.log_set.as_ref())?;
         let sm = StateMachine::new(
             machine,
             Some(config.dir.join("snapshot.bin")),

@@ -41,11 +41,17 @@ fn encode<T: serde::Serialize>(v: &T) -> io::Result<String> {
 }
 
 impl LogStore {
-    /// The log in `dir`.
-    pub fn open(dir: &std::path::Path, options: crate::wal::WalOptions) -> io::Result<LogStore> {
-        Ok(LogStore {
-            wal: Wal::open_with(dir, options)?,
-        })
+    /// The log in `dir`: in `set` when given (its metadata in `dir`), else a log of its own.
+    pub fn open(
+        dir: &std::path::Path,
+        options: crate::wal::WalOptions,
+        set: Option<&crate::wal::LogSet>,
+    ) -> io::Result<LogStore> {
+        let wal = match set {
+            Some(set) => Wal::open_in(set, dir)?,
+            None => Wal::open_with(dir, options)?,
+        };
+        Ok(LogStore { wal })
     }
 
     pub(crate) fn entries(&self, from: u64, to: u64) -> io::Result<Vec<Entry>> {

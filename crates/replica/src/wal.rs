@@ -1,47 +1,72 @@
-//! The durable log under a replica: append-only segment files of checksummed records, with
-//! group commit, truncation of the tail, purge of the head, and a small metadata file (vote,
-//! committed position, purge point) replaced atomically.
+//! The durable log under replicas: append-only segment files of checksummed records, with
+//! group commit, truncation of a tail, purge of a head, and a small metadata file per log
+//! (vote, purge point) replaced atomically.
 //!
-//! Layout of `dir`:
-//! - `seg-<first index, 20 digits>.log`: records `[len u32][crc32c u32][index u64][payload]`,
-//!   the checksum covering index and payload, then zeros. A new segment starts past
-//!   `SEGMENT_BYTES`. The writer extends a segment with zeros ahead of its records
+//! One [`LogSet`] (a directory of segments and one writer thread) holds the logs of any
+//! number of replicas — a server's routing groups share one — so a commit round writes every
+//! group's records with one `write` and makes them durable with one `fdatasync`, however many
+//! groups the server holds. A log of its own ([`Wal::open`]) is a set holding one log.
+//!
+//! Layout of a set's directory:
+//! - `log-<sequence, 20 digits>.wal`: records `[len u32][crc32c u32][kind u8][key u64]
+//!   [index u64][body]`, the checksum covering kind, key, index and body, then zeros. `key`
+//!   names the log (a random number drawn when the log is created, kept in its `meta.json`).
+//!   Kinds: an *entry*; a *truncation* (the log's entries from `index` on are gone); a *copy*
+//!   (an entry moved forward out of an old segment, replacing nothing else); a *claim* (the
+//!   log's directory, relative to the set's). A new segment starts past `SEGMENT_BYTES`, with
+//!   a claim of every live log. The writer extends a segment with zeros ahead of its records
 //!   ([`PREALLOCATE_BYTES`] at a time), so an append overwrites bytes the file already has and
 //!   its `fdatasync` writes the data alone, not the inode's new size as well: on ext4 that
-//!   halves the time and CPU of the sync every commit waits for. A zero header cannot be a
-//!   record (the checksum of index 0 is not 0), so zeros to the end of the file end it.
-//! - `meta.json`: `{vote, committed, last_purged}` as opaque strings, written to a temporary
-//!   file, fsynced, renamed over the old one, and the directory fsynced.
+//!   halves the time and CPU of the sync every commit waits for. A record's kind is never 0,
+//!   so a zero header ends a segment.
+//! - A log's `meta.json` (in the log's own directory): `{vote, committed, last_purged,
+//!   purged_index, key}`, written to a temporary file, fsynced, renamed over the old one, and
+//!   the directory fsynced.
 //!
 //! On open, every segment is read back and checked. A torn or corrupt record at the end of
 //! the last segment is a crash in the middle of a write: the file is cut there (those records
 //! were never acknowledged). Anything wrong earlier is corruption: opening fails and says where.
+//! A log whose directory no longer holds its key (removed, or created again) is gone: its
+//! records are dead.
 //!
 //! All writes go through one thread, in submission order; an append's callback runs only after
-//! `fdatasync` returned, and appends queued together share one `fdatasync`.
+//! `fdatasync` returned, and appends queued together — of any log of the set — share one
+//! `fdatasync`. Segments are deleted from the oldest on, once no live record is in them (so
+//! a truncation or a claim is never outlived by what it refers to); when more than
+//! [`COPY_AFTER_SEGMENTS`] are kept and the oldest holds little that is live (a quiet group's
+//! entries), those records are copied forward so that it can go.
 //!
 //! Readers see records in memory until the writer has written them; then only the newest
-//! [`WalOptions::memory_bytes`] stay there and older ones are read back from their segment
-//! (checked again) when asked for — a lagging follower's catch-up, a restart's replay. A log
-//! that keeps 100,000 entries between snapshots therefore does not keep them all in memory.
+//! [`WalOptions::memory_bytes`] of each log stay there and older ones are read back from their
+//! segment (checked again) when asked for — a lagging follower's catch-up, a restart's replay.
+//! A log that keeps 100,000 entries between snapshots therefore does not keep them in memory.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A segment grows to about this size before a new one starts.
 pub const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// Largest record accepted (a record claiming more is corruption).
 pub const MAX_RECORD_BYTES: u32 = 256 * 1024 * 1024;
-const HEADER: usize = 4 + 4 + 8;
+const HEADER: usize = 4 + 4 + 1 + 8 + 8;
 /// Zeros written ahead of the records each time a segment runs out of them.
 pub const PREALLOCATE_BYTES: u64 = 1024 * 1024;
+/// With more segments than this, an oldest one that holds at most half a segment of live
+/// records has them copied forward and goes.
+pub const COPY_AFTER_SEGMENTS: usize = 4;
 
-/// What `meta.json` holds: opaque to the log, interpreted by the consensus layer.
+const ENTRY: u8 = 1;
+const TRUNCATE: u8 = 2;
+const COPY: u8 = 3;
+const CLAIM: u8 = 4;
+
+/// What a log's `meta.json` holds: opaque to the log, interpreted by the consensus layer,
+/// and the log's key in its set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Meta {
     pub vote: Option<String>,
@@ -49,6 +74,9 @@ pub struct Meta {
     pub last_purged: Option<String>,
     /// Index of the last purged entry (entries at or below are gone).
     pub purged_index: Option<u64>,
+    /// The log's key in its set (0: not drawn yet).
+    #[serde(default)]
+    pub key: u64,
 }
 
 /// Called once an append is durable (or failed).
@@ -56,102 +84,154 @@ pub type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
 
 enum Job {
     Append {
+        key: u64,
         records: Vec<(u64, Arc<Vec<u8>>)>,
         done: Done,
     },
     Truncate {
-        after: Option<u64>,
-        reply: mpsc::Sender<io::Result<()>>,
+        key: u64,
+        from: u64,
+        done: Done,
     },
-    Purge {
-        upto: u64,
-        reply: mpsc::Sender<io::Result<()>>,
+    Claim {
+        key: u64,
+        dir: PathBuf,
+        index: Arc<RwLock<Index>>,
+        done: Done,
     },
     Meta {
+        dir: PathBuf,
         meta: Meta,
         reply: mpsc::Sender<io::Result<()>>,
     },
+    Collect {
+        reply: mpsc::Sender<io::Result<()>>,
+    },
 }
 
-/// Where a record's bytes are.
-#[derive(Clone)]
-enum Slot {
-    /// In memory: records not written yet, and the newest written ones.
-    Memory(Arc<Vec<u8>>),
-    /// Only in segment `segment` (named by its first index), header at `offset`.
-    Disk { segment: u64, offset: u64, len: u32 },
-}
-
-/// A record the writer has written and that is still in memory.
-struct Written {
-    index: u64,
-    body: Arc<Vec<u8>>,
+/// Where a written record is: segment (by sequence number), header offset, body length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loc {
     segment: u64,
     offset: u64,
+    len: u32,
 }
 
-/// The records by index (what readers see): the log's content between purge point and end.
+/// A written record of a log: index, bytes, place.
+type Placed = (u64, Arc<Vec<u8>>, Loc);
+/// A live record to copy forward: key, index, bytes, place.
+type Live = (u64, u64, Arc<Vec<u8>>, Loc);
+/// Adjacent records on disk to read at once: segment, first header offset, end, and each
+/// record's index and length.
+type Run = (u64, u64, u64, Vec<(u64, u32)>);
+
+/// A record of a log: its bytes while in memory, its place once written (at least one).
+#[derive(Clone)]
+struct Slot {
+    body: Option<Arc<Vec<u8>>>,
+    at: Option<Loc>,
+}
+
+/// The records of one log by index (what readers see): its content between purge point and
+/// end.
 #[derive(Default)]
-struct Index {
+pub(crate) struct Index {
     entries: BTreeMap<u64, Slot>,
     /// Bytes of the records held in memory.
     resident: u64,
     /// Written records still in memory, oldest first: the first to leave it.
-    written: VecDeque<Written>,
+    written: VecDeque<(u64, Arc<Vec<u8>>)>,
 }
 
 impl Index {
-    fn insert(&mut self, index: u64, body: Arc<Vec<u8>>) {
+    fn insert(&mut self, index: u64, body: Arc<Vec<u8>>, at: Option<Loc>) {
         self.resident += body.len() as u64;
-        if let Some(Slot::Memory(old)) = self.entries.insert(index, Slot::Memory(body)) {
-            self.resident -= old.len() as u64;
+        let old = self.entries.insert(
+            index,
+            Slot {
+                body: Some(body),
+                at,
+            },
+        );
+        if let Some(Slot { body: Some(b), .. }) = old {
+            self.resident -= b.len() as u64;
         }
     }
 
-    /// Forgets the records in `removed` (cut off the end or purged from the start).
+    /// Forgets the records from `from` on.
+    fn cut_from(&mut self, from: u64) {
+        let gone = self.entries.split_off(&from);
+        self.forget(gone);
+    }
+
+    /// Forgets the records at or below `upto`.
+    fn cut_upto(&mut self, upto: u64) {
+        let kept = self.entries.split_off(&(upto.saturating_add(1)));
+        let gone = std::mem::replace(&mut self.entries, kept);
+        self.forget(gone);
+    }
+
     fn forget(&mut self, removed: BTreeMap<u64, Slot>) {
         for slot in removed.into_values() {
-            if let Slot::Memory(b) = slot {
+            if let Some(b) = slot.body {
                 self.resident -= b.len() as u64;
             }
         }
     }
 
-    /// Whether the index still holds `w`'s record, in memory (not one cut off, purged, or
+    /// Whether the index still holds this record in memory (not one cut off, purged, or
     /// appended again since).
-    fn holds(&self, w: &Written) -> bool {
-        matches!(self.entries.get(&w.index), Some(Slot::Memory(b)) if Arc::ptr_eq(b, &w.body))
+    fn holds(&self, index: u64, body: &Arc<Vec<u8>>) -> bool {
+        matches!(self.entries.get(&index), Some(Slot { body: Some(b), .. }) if Arc::ptr_eq(b, body))
     }
 
-    /// Records that `written` are on disk, then lets the oldest written records leave memory
+    /// Records where `written` records are, then lets the oldest written records leave memory
     /// until at most `limit` bytes stay. A record truncated and appended again since it was
-    /// written is a different `Arc`: its old location is never used.
-    fn on_written(&mut self, written: Vec<Written>, limit: u64) {
-        self.written.extend(written);
+    /// written is a different `Arc`: its old place is never used.
+    fn on_written(&mut self, written: Vec<Placed>, limit: u64) {
+        for (index, body, loc) in written {
+            if let Some(slot) = self.entries.get_mut(&index)
+                && matches!(&slot.body, Some(b) if Arc::ptr_eq(b, &body))
+            {
+                slot.at = Some(loc);
+                self.written.push_back((index, body));
+            }
+        }
         // Records purged or cut off since they were written leave the queue once they reach
         // its front (purged ones are there first), so their bytes are not held past them.
-        while let Some(w) = self.written.front() {
-            if self.holds(w) {
+        while let Some((i, b)) = self.written.front() {
+            if self.holds(*i, b) {
                 break;
             }
             self.written.pop_front();
         }
         while self.resident > limit {
-            let Some(w) = self.written.pop_front() else {
+            let Some((index, body)) = self.written.pop_front() else {
                 break;
             };
-            if self.holds(&w) {
-                self.resident -= w.body.len() as u64;
-                self.entries.insert(
-                    w.index,
-                    Slot::Disk {
-                        segment: w.segment,
-                        offset: w.offset,
-                        len: w.body.len() as u32,
-                    },
-                );
+            if self.holds(index, &body)
+                && let Some(slot) = self.entries.get_mut(&index)
+                && slot.at.is_some()
+            {
+                self.resident -= body.len() as u64;
+                slot.body = None;
             }
         }
+    }
+
+    /// Moves a record written at `from` to `to` (copied forward), unless it changed since.
+    fn relocate(&mut self, index: u64, from: Loc, to: Loc) {
+        if let Some(slot) = self.entries.get_mut(&index)
+            && slot.at == Some(from)
+        {
+            slot.at = Some(to);
+        }
+    }
+
+    fn uses(&self, segment: u64) -> bool {
+        self.entries
+            .values()
+            .any(|s| s.at.is_some_and(|l| l.segment == segment))
     }
 }
 
@@ -163,7 +243,8 @@ pub struct WalOptions {
     /// Do the writes on the caller's thread instead of a writer thread (simulations under a
     /// paused clock, where a thread the runtime cannot see would let the clock jump).
     pub inline: bool,
-    /// Bytes of written records kept in memory (the newest); older ones are read from disk.
+    /// Bytes of written records kept in memory per log (the newest); older ones are read
+    /// from disk.
     pub memory_bytes: u64,
 }
 
@@ -180,15 +261,43 @@ impl Default for WalOptions {
     }
 }
 
-enum Backend {
-    Thread(mpsc::Sender<Job>),
-    Inline(Arc<std::sync::Mutex<(Writer, Vec<Done>)>>),
+/// A log of the set, as the writer knows it.
+struct Group {
+    /// The log's directory (where its `meta.json` is).
+    dir: PathBuf,
+    /// The same, relative to the set's directory, as claims record it.
+    claim: String,
+    index: Arc<RwLock<Index>>,
 }
 
-/// A handle on an open log; cheap to clone.
+type Groups = Arc<Mutex<BTreeMap<u64, Group>>>;
+
+enum Backend {
+    Thread(mpsc::Sender<Job>),
+    Inline(Arc<Mutex<Writer>>),
+}
+
+/// A directory of segments shared by several logs, with the thread that writes them; cheap
+/// to clone.
+#[derive(Clone)]
+pub struct LogSet {
+    jobs: Arc<Backend>,
+    groups: Groups,
+    dir: PathBuf,
+    options: WalOptions,
+}
+
+impl std::fmt::Debug for LogSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogSet").field("dir", &self.dir).finish()
+    }
+}
+
+/// A handle on one log of a set; cheap to clone.
 #[derive(Clone)]
 pub struct Wal {
-    jobs: Arc<Backend>,
+    set: LogSet,
+    key: u64,
     index: Arc<RwLock<Index>>,
     meta: Arc<RwLock<Meta>>,
     dir: PathBuf,
@@ -198,65 +307,74 @@ fn corrupt(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-fn segment_name(first: u64) -> String {
-    format!("seg-{first:020}.log")
+fn poisoned() -> io::Error {
+    io::Error::other("log index poisoned")
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("log-{seq:020}.wal")
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// A record header's fields: body length, checksum, index.
-fn header_fields(head: &[u8; HEADER]) -> (u32, u32, u64) {
-    let [
-        l0,
-        l1,
-        l2,
-        l3,
-        c0,
-        c1,
-        c2,
-        c3,
-        i0,
-        i1,
-        i2,
-        i3,
-        i4,
-        i5,
-        i6,
-        i7,
-    ] = *head;
+/// A record header's fields: body length, checksum, kind, key, index.
+fn header_fields(head: &[u8; HEADER]) -> (u32, u32, u8, u64, u64) {
+    let (len, rest) = head.split_at(4);
+    let (crc, rest) = rest.split_at(4);
+    let (kind, rest) = rest.split_at(1);
+    let (key, index) = rest.split_at(8);
+    let u32_of = |b: &[u8]| u32::from_be_bytes(b.try_into().unwrap_or([0; 4]));
+    let u64_of = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
     (
-        u32::from_be_bytes([l0, l1, l2, l3]),
-        u32::from_be_bytes([c0, c1, c2, c3]),
-        u64::from_be_bytes([i0, i1, i2, i3, i4, i5, i6, i7]),
+        u32_of(len),
+        u32_of(crc),
+        kind[0],
+        u64_of(key),
+        u64_of(index),
     )
 }
 
-/// The checksum a record carries: of its index, then its body.
-fn checksum(index: u64, body: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&index.to_be_bytes()), body)
+/// The checksum a record carries: of its kind, key and index, then its body.
+fn checksum(kind: u8, key: u64, index: u64, body: &[u8]) -> u32 {
+    let mut head = [0u8; 17];
+    head[0] = kind;
+    head[1..9].copy_from_slice(&key.to_be_bytes());
+    head[9..].copy_from_slice(&index.to_be_bytes());
+    crc32c::crc32c_append(crc32c::crc32c(&head), body)
 }
 
-/// A segment on disk: its first index, path, and (index -> offset) of each record in it.
-struct Segment {
-    first: u64,
-    path: PathBuf,
-    offsets: Vec<(u64, u64)>,
-    len: u64,
+fn encode(buf: &mut Vec<u8>, kind: u8, key: u64, index: u64, body: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|l| *l <= MAX_RECORD_BYTES)
+        .ok_or_else(|| corrupt(format!("record {index} too large")))?;
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(&checksum(kind, key, index, body).to_be_bytes());
+    buf.push(kind);
+    buf.extend_from_slice(&key.to_be_bytes());
+    buf.extend_from_slice(&index.to_be_bytes());
+    buf.extend_from_slice(body);
+    Ok(())
 }
 
-/// A segment read back: the segment, its good records, and what was wrong after them.
-type SegmentRead = (Segment, Vec<(u64, Vec<u8>)>, Option<String>);
+/// A record read back from a segment.
+struct Record {
+    kind: u8,
+    key: u64,
+    index: u64,
+    offset: u64,
+    body: Vec<u8>,
+}
 
-/// Reads one segment, checking every record. Returns the segment, the records, and whether
-/// it ended with a bad record (and where the good part ends).
-fn read_segment(path: &Path, first: u64) -> io::Result<SegmentRead> {
+/// Reads one segment, checking every record. Returns its records, where the good part ends,
+/// and what was wrong after it, if anything.
+fn read_segment(path: &Path) -> io::Result<(Vec<Record>, u64, Option<String>)> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
     let mut pos = 0usize;
     let mut records = Vec::new();
-    let mut offsets = Vec::new();
     let mut problem = None;
     while pos < data.len() {
         let head = &data[pos..data.len().min(pos + HEADER)];
@@ -269,17 +387,17 @@ fn read_segment(path: &Path, first: u64) -> io::Result<SegmentRead> {
             }
             break;
         }
-        if data.len() - pos < HEADER {
+        let Some(head) = data
+            .get(pos..pos + HEADER)
+            .and_then(|h| <&[u8; HEADER]>::try_from(h).ok())
+        else {
             problem = Some(format!(
                 "{} bytes of a record header at offset {pos}",
                 data.len() - pos
             ));
             break;
-        }
-        let Ok(head) = <&[u8; HEADER]>::try_from(&data[pos..pos + HEADER]) else {
-            break;
         };
-        let (len, crc, index) = header_fields(head);
+        let (len, crc, kind, key, index) = header_fields(head);
         if len > MAX_RECORD_BYTES || data.len() - pos - HEADER < len as usize {
             problem = Some(format!(
                 "record at offset {pos} claims {len} bytes, {} remain",
@@ -288,38 +406,89 @@ fn read_segment(path: &Path, first: u64) -> io::Result<SegmentRead> {
             break;
         }
         let body = &data[pos + HEADER..pos + HEADER + len as usize];
-        if checksum(index, body) != crc {
+        if checksum(kind, key, index, body) != crc || !(ENTRY..=CLAIM).contains(&kind) {
             problem = Some(format!(
                 "checksum mismatch in the record at offset {pos} (index {index})"
             ));
             break;
         }
-        let expected = records
-            .last()
-            .map(|(i, _): &(u64, Vec<u8>)| i + 1)
-            .unwrap_or(first);
-        if index != expected {
-            problem = Some(format!(
-                "record at offset {pos} has index {index}, expected {expected}"
-            ));
-            break;
-        }
-        offsets.push((index, pos as u64));
-        records.push((index, body.to_vec()));
+        records.push(Record {
+            kind,
+            key,
+            index,
+            offset: pos as u64,
+            body: body.to_vec(),
+        });
         pos += HEADER + len as usize;
     }
-    let seg = Segment {
-        first,
-        path: path.to_path_buf(),
-        offsets,
-        len: pos as u64,
-    };
-    Ok((seg, records, problem))
+    Ok((records, pos as u64, problem))
+}
+
+/// `to` relative to `from` (both absolute and canonical).
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let a: Vec<Component> = from.components().collect();
+    let b: Vec<Component> = to.components().collect();
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..a.len() {
+        out.push("..");
+    }
+    for c in &b[common..] {
+        out.push(c);
+    }
+    out
+}
+
+/// Whether the log `key` is gone from `dir`: its `meta.json` is missing or names another
+/// key. Anything else (a file that cannot be read now) keeps it: only a log known to be gone
+/// loses its records.
+fn gone_from(dir: &Path, key: u64) -> bool {
+    match std::fs::read(dir.join("meta.json")) {
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+        Ok(bytes) => serde_json::from_slice::<Meta>(&bytes).is_ok_and(|m| m.key != key),
+    }
+}
+
+fn write_meta(dir: &Path, meta: &Meta, sync: bool) -> io::Result<()> {
+    let tmp = dir.join("meta.json.tmp");
+    let bytes = serde_json::to_vec(meta).map_err(io::Error::other)?;
+    {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
+        if sync {
+            f.sync_all()?;
+        }
+    }
+    std::fs::rename(&tmp, dir.join("meta.json"))?;
+    if sync { sync_dir(dir) } else { Ok(()) }
 }
 
 /// An fdatasync of the log taking this long is reported (the disk is the likely cause of a
 /// pause every commit then shares).
 const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A segment on disk: its sequence number, path and length of its records.
+struct Segment {
+    seq: u64,
+    path: PathBuf,
+    len: u64,
+}
+
+/// A record waiting in the writer's buffer.
+struct Staged {
+    key: u64,
+    index: u64,
+    /// Where its header is in the buffer.
+    at: u64,
+    /// An entry's body, to tell its log where it is once written.
+    body: Option<Arc<Vec<u8>>>,
+    /// A copy: where the record was.
+    moved_from: Option<Loc>,
+}
 
 struct Writer {
     dir: PathBuf,
@@ -329,125 +498,160 @@ struct Writer {
     allocated: u64,
     /// fsync data and directories (off only in simulations).
     sync: bool,
-    /// The readers' index, told where written records are.
-    index: Arc<RwLock<Index>>,
+    groups: Groups,
     memory_bytes: u64,
+    /// Records encoded and not yet written, all for the last segment.
+    buf: Vec<u8>,
+    staged: Vec<Staged>,
+    /// Callers waiting for the next sync.
+    pending: Vec<Done>,
+    /// A segment was started since the last collection.
+    rolled: bool,
 }
 
 impl Writer {
-    fn current(&mut self, next_index: u64) -> io::Result<&mut File> {
-        // A record that does not follow the segment's last one (the first after a snapshot
-        // installed past the end of the log, which purged everything) starts a new segment:
-        // within a segment, reading back takes a gap for a torn tail and cuts it.
-        let roll = match self.segments.last() {
-            None => true,
-            Some(s) => {
-                s.len >= SEGMENT_BYTES || s.offsets.last().is_some_and(|(i, _)| i + 1 != next_index)
-            }
-        };
-        if roll || self.file.is_none() {
-            if roll {
-                // The segment left behind may hold records of this batch: they are made
-                // durable here, since the batch's flush syncs only the new segment.
-                if let Some(old) = &self.file
-                    && self.sync
-                {
-                    old.sync_data()?;
-                }
-                let path = self.dir.join(segment_name(next_index));
-                let f = OpenOptions::new()
-                    .create(true)
-                    .truncate(true)
-                    .write(true)
-                    .open(&path)?;
-                if self.sync {
-                    f.sync_all()?;
-                }
-                self.sync_dir()?;
-                self.segments.push(Segment {
-                    first: next_index,
-                    path,
-                    offsets: Vec::new(),
-                    len: 0,
-                });
-                self.file = Some(f);
-                self.allocated = 0;
-            } else if let Some(s) = self.segments.last() {
-                let mut f = OpenOptions::new().write(true).open(&s.path)?;
-                f.seek(SeekFrom::Start(s.len))?;
-                self.allocated = f.metadata()?.len();
-                self.file = Some(f);
-            }
-        }
-        self.file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("no open segment"))
-    }
-
-    /// Writes a job's records (consecutive indexes), one write per segment they go to, then
-    /// tells the index where they are.
-    fn append(&mut self, records: &[(u64, Arc<Vec<u8>>)]) -> io::Result<()> {
-        let mut run = Vec::new();
-        let mut offsets = Vec::new();
-        let mut written = Vec::with_capacity(records.len());
-        for (index, body) in records {
-            let len = u32::try_from(body.len())
-                .map_err(|_| corrupt(format!("record {index} too large")))?;
-            let seg_len = self.segments.last().map_or(0, |s| s.len);
-            if !run.is_empty() && seg_len + run.len() as u64 >= SEGMENT_BYTES {
-                self.write_run(&mut run, &mut offsets, &mut written)?;
-            }
-            if run.is_empty() {
-                // Opens the segment, or starts the next one.
-                self.current(*index)?;
-            }
-            let h = checksum(*index, body);
-            offsets.push((*index, run.len() as u64, body.clone()));
-            run.extend_from_slice(&len.to_be_bytes());
-            run.extend_from_slice(&h.to_be_bytes());
-            run.extend_from_slice(&index.to_be_bytes());
-            run.extend_from_slice(body);
-        }
-        self.write_run(&mut run, &mut offsets, &mut written)?;
-        self.index
-            .write()
-            .map_err(|_| io::Error::other("log index poisoned"))?
-            .on_written(written, self.memory_bytes);
-        Ok(())
-    }
-
-    /// Writes `run` (records whose offsets within it are `offsets`) at the end of the open
-    /// segment, empties both, and adds the records to `written`.
-    fn write_run(
-        &mut self,
-        run: &mut Vec<u8>,
-        offsets: &mut Vec<(u64, u64, Arc<Vec<u8>>)>,
-        written: &mut Vec<Written>,
-    ) -> io::Result<()> {
-        if run.is_empty() {
+    /// Opens the last segment for appending, or starts the first.
+    fn open_file(&mut self) -> io::Result<()> {
+        if self.file.is_some() {
             return Ok(());
         }
-        let start = self.segments.last().map_or(0, |s| s.len);
-        self.write_ahead(start + run.len() as u64)?;
+        match self.segments.last() {
+            Some(s) => {
+                let f = OpenOptions::new().write(true).open(&s.path)?;
+                self.allocated = f.metadata()?.len();
+                self.file = Some(f);
+                Ok(())
+            }
+            None => self.roll(),
+        }
+    }
+
+    /// Starts a new segment (the current one made durable first: the round's sync covers only
+    /// the new one) and claims every live log in it, so that deleting older segments never
+    /// loses the claim of a log with records in newer ones.
+    fn roll(&mut self) -> io::Result<()> {
+        self.write_out()?;
+        if let Some(old) = &self.file
+            && self.sync
+        {
+            old.sync_data()?;
+        }
+        let seq = self.segments.last().map_or(1, |s| s.seq + 1);
+        let path = self.dir.join(segment_name(seq));
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)?;
+        if self.sync {
+            f.sync_all()?;
+        }
+        self.sync_dir()?;
+        self.segments.push(Segment { seq, path, len: 0 });
+        self.file = Some(f);
+        self.allocated = 0;
+        self.rolled = true;
+        let claims: Vec<(u64, String)> = self
+            .groups
+            .lock()
+            .map_err(|_| poisoned())?
+            .iter()
+            .map(|(k, g)| (*k, g.claim.clone()))
+            .collect();
+        for (key, claim) in claims {
+            self.stage(CLAIM, key, 0, claim.as_bytes(), None, None)?;
+        }
+        Ok(())
+    }
+
+    /// Encodes a record into the buffer, starting a new segment first when the current one
+    /// is full.
+    fn stage(
+        &mut self,
+        kind: u8,
+        key: u64,
+        index: u64,
+        body: &[u8],
+        entry: Option<Arc<Vec<u8>>>,
+        moved_from: Option<Loc>,
+    ) -> io::Result<()> {
+        self.open_file()?;
+        let used = self.segments.last().map_or(0, |s| s.len) + self.buf.len() as u64;
+        if used >= SEGMENT_BYTES && kind != CLAIM {
+            self.roll()?;
+        }
+        let at = self.buf.len() as u64;
+        encode(&mut self.buf, kind, key, index, body)?;
+        if entry.is_some() {
+            self.staged.push(Staged {
+                key,
+                index,
+                at,
+                body: entry,
+                moved_from,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer at the end of the last segment, then tells each log where its
+    /// records are.
+    fn write_out(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let (seq, start) = self
+            .segments
+            .last()
+            .map(|s| (s.seq, s.len))
+            .ok_or_else(|| io::Error::other("no open segment"))?;
+        self.write_ahead(start + self.buf.len() as u64)?;
         let file = self
             .file
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| io::Error::other("no open segment"))?;
-        file.write_all(run)?;
+        let written = file.write_all_at(&self.buf, start);
+        let len = self.buf.len() as u64;
+        self.buf.clear();
+        let staged = std::mem::take(&mut self.staged);
+        written?;
         if let Some(seg) = self.segments.last_mut() {
-            for (index, o, body) in offsets.drain(..) {
-                seg.offsets.push((index, start + o));
-                written.push(Written {
-                    index,
-                    body,
-                    segment: seg.first,
-                    offset: start + o,
-                });
-            }
-            seg.len += run.len() as u64;
+            seg.len += len;
         }
-        run.clear();
+        let mut by_key: BTreeMap<u64, Vec<Staged>> = BTreeMap::new();
+        for s in staged {
+            by_key.entry(s.key).or_default().push(s);
+        }
+        for (key, records) in by_key {
+            let Some(index) = self.index_of(key)? else {
+                continue;
+            };
+            let mut idx = index.write().map_err(|_| poisoned())?;
+            let mut fresh = Vec::new();
+            for s in records {
+                let Some(body) = s.body else { continue };
+                let loc = Loc {
+                    segment: seq,
+                    offset: start + s.at,
+                    len: body.len() as u32,
+                };
+                match s.moved_from {
+                    Some(from) => idx.relocate(s.index, from, loc),
+                    None => fresh.push((s.index, body, loc)),
+                }
+            }
+            idx.on_written(fresh, self.memory_bytes);
+        }
         Ok(())
+    }
+
+    fn index_of(&self, key: u64) -> io::Result<Option<Arc<RwLock<Index>>>> {
+        Ok(self
+            .groups
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(&key)
+            .map(|g| g.index.clone()))
     }
 
     /// Extends the open segment with zeros so that it holds at least `end` bytes (and
@@ -472,8 +676,8 @@ impl Writer {
             Some(f) if self.sync => {
                 let start = std::time::Instant::now();
                 let synced = f.sync_data();
-                // Every commit waits for this: a disk that stalls shows up as a pause of the
-                // whole group, and should be named as the cause.
+                // Every commit waits for this: a disk that stalls shows up as a pause of every
+                // group, and should be named as the cause.
                 let took = start.elapsed();
                 if took >= SLOW_SYNC {
                     tracing::warn!(log = %self.dir.display(), took_ms = took.as_millis() as u64, "slow fdatasync of the replicated log");
@@ -492,132 +696,291 @@ impl Writer {
         }
     }
 
-    /// Runs one job; appends wait in `pending` for the next `flush`.
-    fn run(&mut self, job: Job, pending: &mut Vec<Done>) {
+    /// Makes every staged record durable with one `fdatasync`, then tells the callers.
+    fn flush(&mut self) {
+        if self.pending.is_empty() && self.buf.is_empty() {
+            return;
+        }
+        let result = self.write_out().and_then(|()| self.sync());
+        for done in self.pending.drain(..) {
+            done(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            });
+        }
+    }
+
+    /// Runs one job; records wait in the buffer for the next `flush`.
+    fn run(&mut self, job: Job) {
         match job {
-            Job::Append { records, done } => match self.append(&records) {
-                Ok(()) => pending.push(done),
-                Err(e) => {
-                    flush(self, pending);
-                    done(Err(e));
-                }
-            },
-            Job::Truncate { after, reply } => {
-                flush(self, pending);
-                let _ = reply.send(self.truncate(after));
+            Job::Append { key, records, done } => {
+                let staged = records.into_iter().try_for_each(|(i, body)| {
+                    self.stage(ENTRY, key, i, &body, Some(body.clone()), None)
+                });
+                self.after_stage(staged, done);
             }
-            Job::Purge { upto, reply } => {
-                flush(self, pending);
-                let _ = reply.send(self.purge(upto));
+            Job::Truncate { key, from, done } => {
+                let staged = self.stage(TRUNCATE, key, from, &[], None, None);
+                self.after_stage(staged, done);
             }
-            Job::Meta { meta, reply } => {
-                flush(self, pending);
-                let _ = reply.send(write_meta(&self.dir, &meta, self.sync));
+            Job::Claim {
+                key,
+                dir,
+                index,
+                done,
+            } => {
+                let claim = relative(&self.dir, &dir).to_string_lossy().into_owned();
+                // A first segment started now claims the logs registered before this one.
+                let opened = self.open_file();
+                let registered = opened
+                    .and_then(|()| self.groups.lock().map_err(|_| poisoned()))
+                    .map(|mut g| {
+                        g.entry(key).or_insert(Group {
+                            dir,
+                            claim: claim.clone(),
+                            index,
+                        });
+                    });
+                let staged = registered
+                    .and_then(|()| self.stage(CLAIM, key, 0, claim.as_bytes(), None, None));
+                self.after_stage(staged, done);
+            }
+            Job::Meta { dir, meta, reply } => {
+                self.flush();
+                let _ = reply.send(write_meta(&dir, &meta, self.sync));
+            }
+            Job::Collect { reply } => {
+                self.flush();
+                let _ = reply.send(self.collect());
             }
         }
     }
 
-    /// Removes every record above `after` (all when `None`), from the end backwards, so a crash
-    /// in the middle leaves a shorter log, never one with a hole.
-    fn truncate(&mut self, after: Option<u64>) -> io::Result<()> {
-        let keep_below = after.map_or(0, |a| a + 1);
-        self.file = None;
-        while self.segments.last().is_some_and(|s| s.first >= keep_below) {
-            if let Some(seg) = self.segments.pop() {
-                std::fs::remove_file(&seg.path)?;
+    fn after_stage(&mut self, staged: io::Result<()>, done: Done) {
+        match staged {
+            Ok(()) => self.pending.push(done),
+            Err(e) => {
+                // What was staged with it is not known to be written: a failed round.
+                self.buf.clear();
+                self.staged.clear();
+                self.flush();
+                done(Err(e));
             }
         }
-        if let Some(seg) = self.segments.last_mut()
-            && let Some(pos) = seg.offsets.iter().position(|(i, _)| *i >= keep_below)
+    }
+
+    /// Forgets logs whose directory no longer holds their key, deletes the oldest segments
+    /// while no live record is in them, and copies the live records of a mostly dead oldest
+    /// segment forward when too many are kept.
+    fn collect(&mut self) -> io::Result<()> {
+        self.rolled = false;
         {
-            let offset = seg.offsets[pos].1;
-            seg.offsets.truncate(pos);
-            let f = OpenOptions::new().write(true).open(&seg.path)?;
-            f.set_len(offset)?;
-            if self.sync {
-                f.sync_all()?;
-            }
-            seg.len = offset;
+            let mut groups = self.groups.lock().map_err(|_| poisoned())?;
+            groups.retain(|key, g| {
+                let live = !gone_from(&g.dir, *key);
+                if !live {
+                    tracing::info!(log = %g.dir.display(), "log removed: its records in the shared log are dead");
+                }
+                live
+            });
         }
-        self.sync_dir()
+        self.delete_dead()?;
+        if self.segments.len() > COPY_AFTER_SEGMENTS
+            && let Some(head) = self.segments.first().map(|s| s.seq)
+        {
+            let live = self.live_in(head)?;
+            let bytes: u64 = live.iter().map(|(_, _, b, _)| b.len() as u64).sum();
+            if bytes <= SEGMENT_BYTES / 2 {
+                let moved = live.len();
+                for (key, index, body, from) in live {
+                    self.stage(COPY, key, index, &body, Some(body.clone()), Some(from))?;
+                }
+                self.write_out()?;
+                self.sync()?;
+                tracing::info!(
+                    segment = head,
+                    records = moved,
+                    bytes,
+                    "copied the live records of the oldest log segment forward"
+                );
+                self.delete_dead()?;
+            }
+        }
+        Ok(())
     }
 
-    /// Deletes whole segments whose records are all at or below `upto`.
-    fn purge(&mut self, upto: u64) -> io::Result<()> {
-        let mut removed = false;
+    /// Deletes the oldest segments (never the last) while no live record is in them.
+    fn delete_dead(&mut self) -> io::Result<()> {
+        let mut deleted = false;
         while self.segments.len() > 1 {
-            let next_first = self.segments[1].first;
-            if next_first <= upto + 1 {
-                let seg = self.segments.remove(0);
-                std::fs::remove_file(&seg.path)?;
-                removed = true;
-            } else {
+            let seq = self.segments[0].seq;
+            let indexes: Vec<Arc<RwLock<Index>>> = self
+                .groups
+                .lock()
+                .map_err(|_| poisoned())?
+                .values()
+                .map(|g| g.index.clone())
+                .collect();
+            let mut used = false;
+            for index in indexes {
+                if index.read().map_err(|_| poisoned())?.uses(seq) {
+                    used = true;
+                    break;
+                }
+            }
+            if used {
                 break;
             }
+            let seg = self.segments.remove(0);
+            std::fs::remove_file(&seg.path)?;
+            deleted = true;
         }
-        if removed {
+        if deleted {
             self.sync_dir()?;
         }
         Ok(())
     }
+
+    /// The live records in segment `seq`: key, index, body, place.
+    fn live_in(&self, seq: u64) -> io::Result<Vec<Live>> {
+        let groups: Vec<(u64, Arc<RwLock<Index>>)> = self
+            .groups
+            .lock()
+            .map_err(|_| poisoned())?
+            .iter()
+            .map(|(k, g)| (*k, g.index.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (key, index) in groups {
+            let idx = index.read().map_err(|_| poisoned())?;
+            for (i, slot) in &idx.entries {
+                let Some(loc) = slot.at.filter(|l| l.segment == seq) else {
+                    continue;
+                };
+                let body = match &slot.body {
+                    Some(b) => b.clone(),
+                    None => Arc::new(read_one(&self.dir, key, *i, loc)?),
+                };
+                out.push((key, *i, body, loc));
+            }
+        }
+        Ok(out)
+    }
 }
 
-fn write_meta(dir: &Path, meta: &Meta, sync: bool) -> io::Result<()> {
-    let tmp = dir.join("meta.json.tmp");
-    let bytes = serde_json::to_vec(meta).map_err(io::Error::other)?;
-    {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-        if sync {
-            f.sync_all()?;
+/// Reads back and checks one record.
+fn read_one(dir: &Path, key: u64, index: u64, loc: Loc) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    read_run(
+        dir,
+        key,
+        loc.segment,
+        loc.offset,
+        &[(index, loc.len)],
+        &mut out,
+    )?;
+    out.pop()
+        .map(|(_, b)| b.as_ref().clone())
+        .ok_or_else(|| io::Error::other("record not read"))
+}
+
+/// Reads adjacent records of log `key` starting at `start` in segment `segment`, checking
+/// each as on open.
+fn read_run(
+    dir: &Path,
+    key: u64,
+    segment: u64,
+    start: u64,
+    records: &[(u64, u32)],
+    out: &mut Vec<(u64, Arc<Vec<u8>>)>,
+) -> io::Result<()> {
+    let path = dir.join(segment_name(segment));
+    let file = File::open(&path)?;
+    let total: u64 = records
+        .iter()
+        .map(|(_, len)| HEADER as u64 + u64::from(*len))
+        .sum();
+    let mut data = vec![0u8; total as usize];
+    file.read_exact_at(&mut data, start)?;
+    let mut pos = 0usize;
+    for &(index, len) in records {
+        let bad = || {
+            corrupt(format!(
+                "log record {index} in {} at offset {} does not read back",
+                path.display(),
+                start + pos as u64
+            ))
+        };
+        let head = data
+            .get(pos..pos + HEADER)
+            .and_then(|h| <&[u8; HEADER]>::try_from(h).ok())
+            .ok_or_else(bad)?;
+        let (l, crc, kind, k, at) = header_fields(head);
+        let body = data
+            .get(pos + HEADER..pos + HEADER + len as usize)
+            .ok_or_else(bad)?;
+        if l != len || k != key || at != index || checksum(kind, k, at, body) != crc {
+            return Err(bad());
+        }
+        out.push((index, Arc::new(body.to_vec())));
+        pos += HEADER + len as usize;
+    }
+    Ok(())
+}
+
+/// Refuses a directory holding a log of the format before sets (`seg-*.log`, records
+/// without a key): opened as a new log, its entries would be silently lost while its vote
+/// stayed.
+fn refuse_earlier_format(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("seg-") && name.ends_with(".log") {
+            return Err(corrupt(format!(
+                "{} is a log segment of an earlier Tandem, which this version cannot read: \
+                 start this replica from an empty directory (it is seeded from the others)",
+                entry.path().display()
+            )));
         }
     }
-    std::fs::rename(&tmp, dir.join("meta.json"))?;
-    if sync { sync_dir(dir) } else { Ok(()) }
+    Ok(())
 }
 
-impl Wal {
-    /// Opens (or creates) the log in `dir`, checking every record.
-    pub fn open(dir: &Path) -> io::Result<Wal> {
-        Wal::open_with(dir, WalOptions::default())
-    }
+/// What replaying a set's segments found for one log.
+struct Replayed {
+    index: Index,
+    claim: Option<String>,
+}
 
-    /// Opens the log with explicit options.
-    pub fn open_with(dir: &Path, options: WalOptions) -> io::Result<Wal> {
+impl LogSet {
+    /// Opens (or creates) the set in `dir`, reading back and checking every segment.
+    pub fn open(dir: &Path, options: WalOptions) -> io::Result<LogSet> {
         std::fs::create_dir_all(dir)?;
         sync_dir(dir.parent().unwrap_or(dir))?;
-        let meta: Meta = match std::fs::read(dir.join("meta.json")) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| corrupt(format!("{}: {e}", dir.join("meta.json").display())))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Meta::default(),
-            Err(e) => return Err(e),
-        };
+        let dir = dir.canonicalize()?;
+        refuse_earlier_format(&dir)?;
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
+        for entry in std::fs::read_dir(&dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(num) = name
-                .strip_prefix("seg-")
-                .and_then(|n| n.strip_suffix(".log"))
+                .strip_prefix("log-")
+                .and_then(|n| n.strip_suffix(".wal"))
             {
-                let first = num
+                let seq = num
                     .parse::<u64>()
                     .map_err(|_| corrupt(format!("unexpected file {name} in {}", dir.display())))?;
-                names.push((first, entry.path()));
+                names.push((seq, entry.path()));
             }
         }
         names.sort();
-        let mut index = Index::default();
+        let mut logs: BTreeMap<u64, Replayed> = BTreeMap::new();
         let mut segments = Vec::new();
         let count = names.len();
-        for (i, (first, path)) in names.into_iter().enumerate() {
-            let (seg, records, problem) = read_segment(&path, first)?;
+        for (n, (seq, path)) in names.into_iter().enumerate() {
+            let (records, len, problem) = read_segment(&path)?;
             if let Some(why) = problem {
-                if i + 1 < count {
+                if n + 1 < count {
                     return Err(corrupt(format!(
                         "log segment {} is corrupt ({why}) and later segments exist: refusing to start",
                         path.display()
@@ -625,74 +988,111 @@ impl Wal {
                 }
                 tracing::warn!(segment = %path.display(), %why, "cutting the torn tail of the log (never acknowledged)");
                 let f = OpenOptions::new().write(true).open(&path)?;
-                f.set_len(seg.len)?;
+                f.set_len(len)?;
                 f.sync_all()?;
             }
-            // A gap between segments is fine where everything before it was purged.
-            if let (Some(last), Some((next, _))) =
-                (index.entries.keys().next_back(), records.first())
-                && *next != last + 1
-                && meta.purged_index.is_none_or(|p| p + 1 < *next)
-            {
-                return Err(corrupt(format!(
-                    "log segment {} starts at {next}, after {last}: a hole",
-                    path.display()
-                )));
-            }
             // Segment by segment, so a long log is never all in memory at once.
-            let mut written = Vec::with_capacity(records.len());
-            for ((i, body), (_, offset)) in records.into_iter().zip(&seg.offsets) {
-                let body = Arc::new(body);
-                index.insert(i, body.clone());
-                written.push(Written {
-                    index: i,
-                    body,
-                    segment: seg.first,
-                    offset: *offset,
+            let mut written: BTreeMap<u64, Vec<Placed>> = BTreeMap::new();
+            for r in records {
+                let log = logs.entry(r.key).or_insert(Replayed {
+                    index: Index::default(),
+                    claim: None,
                 });
+                let loc = Loc {
+                    segment: seq,
+                    offset: r.offset,
+                    len: r.body.len() as u32,
+                };
+                match r.kind {
+                    ENTRY => {
+                        if let Some(last) = log.index.entries.keys().next_back()
+                            && r.index <= *last
+                        {
+                            return Err(corrupt(format!(
+                                "log segment {} holds entry {} of log {:016x} after entry {last}: refusing to start",
+                                path.display(),
+                                r.index,
+                                r.key
+                            )));
+                        }
+                        let body = Arc::new(r.body);
+                        log.index.insert(r.index, body.clone(), None);
+                        written.entry(r.key).or_default().push((r.index, body, loc));
+                    }
+                    COPY => {
+                        let body = Arc::new(r.body);
+                        log.index.insert(r.index, body.clone(), None);
+                        written.entry(r.key).or_default().push((r.index, body, loc));
+                    }
+                    TRUNCATE => log.index.cut_from(r.index),
+                    _ => log.claim = Some(String::from_utf8_lossy(&r.body).into_owned()),
+                }
             }
-            index.on_written(written, options.memory_bytes);
-            segments.push(seg);
+            for (key, w) in written {
+                if let Some(log) = logs.get_mut(&key) {
+                    log.index.on_written(w, options.memory_bytes);
+                }
+            }
+            segments.push(Segment { seq, path, len });
         }
-        // Entries at or below the purge point may remain in a partly purged segment.
-        if let Some(p) = meta.purged_index {
-            let kept = index.entries.split_off(&(p + 1));
-            let gone = std::mem::replace(&mut index.entries, kept);
-            index.forget(gone);
+        // A log whose directory no longer holds its key is gone.
+        let mut groups = BTreeMap::new();
+        for (key, log) in logs {
+            let Some(claim) = log.claim else { continue };
+            let gdir = dir.join(&claim);
+            if !gone_from(&gdir, key) {
+                groups.insert(
+                    key,
+                    Group {
+                        dir: gdir,
+                        claim,
+                        index: Arc::new(RwLock::new(log.index)),
+                    },
+                );
+            }
         }
-        let index = Arc::new(RwLock::new(index));
-        let mut writer = Writer {
-            dir: dir.to_path_buf(),
+        let groups: Groups = Arc::new(Mutex::new(groups));
+        let writer = Writer {
+            dir: dir.clone(),
             segments,
             file: None,
             allocated: 0,
             sync: options.sync,
-            index: index.clone(),
+            groups: groups.clone(),
             memory_bytes: options.memory_bytes,
+            buf: Vec::new(),
+            staged: Vec::new(),
+            pending: Vec::new(),
+            rolled: true,
         };
         let backend = if options.inline {
-            Backend::Inline(Arc::new(std::sync::Mutex::new((writer, Vec::new()))))
+            Backend::Inline(Arc::new(Mutex::new(writer)))
         } else {
             let (tx, rx) = mpsc::channel::<Job>();
+            let mut writer = writer;
             std::thread::Builder::new()
                 .name("wal-writer".into())
                 .spawn(move || {
-                    let mut pending: Vec<Done> = Vec::new();
                     while let Ok(first) = rx.recv() {
-                        writer.run(first, &mut pending);
+                        writer.run(first);
                         while let Ok(job) = rx.try_recv() {
-                            writer.run(job, &mut pending);
+                            writer.run(job);
                         }
-                        flush(&mut writer, &mut pending);
+                        writer.flush();
+                        if writer.rolled
+                            && let Err(e) = writer.collect()
+                        {
+                            tracing::warn!(log = %writer.dir.display(), error = %e, "cannot delete old log segments");
+                        }
                     }
                 })?;
             Backend::Thread(tx)
         };
-        Ok(Wal {
+        Ok(LogSet {
             jobs: Arc::new(backend),
-            index,
-            meta: Arc::new(RwLock::new(meta)),
-            dir: dir.to_path_buf(),
+            groups,
+            dir,
+            options,
         })
     }
 
@@ -702,15 +1102,126 @@ impl Wal {
                 .send(job)
                 .map_err(|_| io::Error::other("log writer stopped")),
             Backend::Inline(w) => {
-                let mut guard = w
+                let mut writer = w
                     .lock()
                     .map_err(|_| io::Error::other("log writer poisoned"))?;
-                let (writer, pending) = &mut *guard;
-                writer.run(job, pending);
-                flush(writer, pending);
+                writer.run(job);
+                writer.flush();
+                if writer.rolled {
+                    writer.collect()?;
+                }
                 Ok(())
             }
         }
+    }
+
+    /// Submits a job and waits for its result.
+    fn call(&self, make: impl FnOnce(mpsc::Sender<io::Result<()>>) -> Job) -> io::Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.submit(make(tx))?;
+        rx.recv()
+            .map_err(|_| io::Error::other("log writer stopped"))?
+    }
+
+    /// Submits a job that ends with a sync, and waits for it.
+    fn call_synced(&self, make: impl FnOnce(Done) -> Job) -> io::Result<()> {
+        self.call(|tx| {
+            make(Box::new(move |r| {
+                let _ = tx.send(r);
+            }))
+        })
+    }
+
+    /// The set's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Segment files the set has now.
+    pub fn segments(&self) -> io::Result<usize> {
+        Ok(std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+            .count())
+    }
+}
+
+impl Wal {
+    /// Opens (or creates) a log of its own in `dir`, checking every record.
+    pub fn open(dir: &Path) -> io::Result<Wal> {
+        Wal::open_with(dir, WalOptions::default())
+    }
+
+    /// Opens a log of its own with explicit options: a set in `dir` holding this one log.
+    pub fn open_with(dir: &Path, options: WalOptions) -> io::Result<Wal> {
+        let set = LogSet::open(dir, options)?;
+        Wal::open_in(&set, dir)
+    }
+
+    /// Opens (or creates) the log whose metadata is in `dir`, in `set`. The log's records are
+    /// checked for holes; a log created again in a directory (a new `meta.json`) starts empty
+    /// whatever the set held for the one before.
+    pub fn open_in(set: &LogSet, dir: &Path) -> io::Result<Wal> {
+        std::fs::create_dir_all(dir)?;
+        let dir = dir.canonicalize()?;
+        refuse_earlier_format(&dir)?;
+        let mut meta: Meta = match std::fs::read(dir.join("meta.json")) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| corrupt(format!("{}: {e}", dir.join("meta.json").display())))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Meta::default(),
+            Err(e) => return Err(e),
+        };
+        if meta.key == 0 {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| io::Error::other(e.to_string()))?;
+            meta.key = u64::from_le_bytes(b).max(1);
+            write_meta(&dir, &meta, set.options.sync)?;
+        }
+        let key = meta.key;
+        let known = set
+            .groups
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(&key)
+            .map(|g| g.index.clone());
+        let claimed = known.is_some();
+        let index = known.unwrap_or_default();
+        {
+            let mut idx = index.write().map_err(|_| poisoned())?;
+            if let Some(p) = meta.purged_index {
+                idx.cut_upto(p);
+            }
+            // Entries follow each other, from just past the purge point when there is one.
+            let mut expect = meta.purged_index.map(|p| p + 1);
+            for i in idx.entries.keys() {
+                if expect.is_some_and(|e| e != *i) {
+                    return Err(corrupt(format!(
+                        "the log in {} has entry {i} where {} was expected: a hole",
+                        dir.display(),
+                        expect.unwrap_or_default()
+                    )));
+                }
+                expect = Some(i + 1);
+            }
+        }
+        // A new log claims its key in the set (opening an existing one writes nothing).
+        if !claimed {
+            let index = index.clone();
+            let dir = dir.clone();
+            set.call_synced(|done| Job::Claim {
+                key,
+                dir,
+                index,
+                done,
+            })?;
+        }
+        Ok(Wal {
+            set: set.clone(),
+            key,
+            index,
+            meta: Arc::new(RwLock::new(meta)),
+            dir,
+        })
     }
 
     /// Appends records (indexes must follow the last one). They are readable at once; `done`
@@ -719,10 +1230,7 @@ impl Wal {
         let records: Vec<(u64, Arc<Vec<u8>>)> =
             records.into_iter().map(|(i, b)| (i, Arc::new(b))).collect();
         {
-            let mut idx = self
-                .index
-                .write()
-                .map_err(|_| io::Error::other("log index poisoned"))?;
+            let mut idx = self.index.write().map_err(|_| poisoned())?;
             for (i, body) in &records {
                 if let Some(last) = idx.entries.keys().next_back()
                     && *i != last + 1
@@ -731,62 +1239,46 @@ impl Wal {
                         "append of index {i} after {last} would leave a hole"
                     )));
                 }
-                idx.insert(*i, body.clone());
+                idx.insert(*i, body.clone(), None);
             }
         }
-        self.submit(Job::Append { records, done })
-    }
-
-    fn call(&self, make: impl FnOnce(mpsc::Sender<io::Result<()>>) -> Job) -> io::Result<()> {
-        let (tx, rx) = mpsc::channel();
-        self.submit(make(tx))?;
-        rx.recv()
-            .map_err(|_| io::Error::other("log writer stopped"))?
+        self.set.submit(Job::Append {
+            key: self.key,
+            records,
+            done,
+        })
     }
 
     /// Removes every record above `after` (all when `None`); durable when it returns.
     pub fn truncate_after(&self, after: Option<u64>) -> io::Result<()> {
-        {
-            let mut idx = self
-                .index
-                .write()
-                .map_err(|_| io::Error::other("log index poisoned"))?;
-            let from = after.map_or(0, |a| a + 1);
-            let gone = idx.entries.split_off(&from);
-            idx.forget(gone);
-        }
-        self.call(|reply| Job::Truncate { after, reply })
+        let from = after.map_or(0, |a| a + 1);
+        self.index.write().map_err(|_| poisoned())?.cut_from(from);
+        let key = self.key;
+        self.set
+            .call_synced(|done| Job::Truncate { key, from, done })
     }
 
     /// Forgets every record at or below `upto`: the purge point is made durable first, then
-    /// whole segments are deleted.
+    /// the segments no log needs any more are deleted.
     pub fn purge(&self, upto: u64, last_purged: String) -> io::Result<()> {
         let mut meta = self.meta()?;
         meta.purged_index = Some(upto);
         meta.last_purged = Some(last_purged);
         self.save_meta(meta)?;
-        {
-            let mut idx = self
-                .index
-                .write()
-                .map_err(|_| io::Error::other("log index poisoned"))?;
-            let kept = idx.entries.split_off(&(upto + 1));
-            let gone = std::mem::replace(&mut idx.entries, kept);
-            idx.forget(gone);
-        }
-        self.call(|reply| Job::Purge { upto, reply })
+        self.index.write().map_err(|_| poisoned())?.cut_upto(upto);
+        self.set.call(|reply| Job::Collect { reply })
     }
 
     /// Replaces the metadata, durably.
-    pub fn save_meta(&self, meta: Meta) -> io::Result<()> {
-        self.call(|reply| Job::Meta {
-            meta: meta.clone(),
-            reply,
-        })?;
+    pub fn save_meta(&self, mut meta: Meta) -> io::Result<()> {
+        meta.key = self.key;
+        let dir = self.dir.clone();
+        let saved = meta.clone();
+        self.set.call(|reply| Job::Meta { dir, meta, reply })?;
         *self
             .meta
             .write()
-            .map_err(|_| io::Error::other("log meta poisoned"))? = meta;
+            .map_err(|_| io::Error::other("log meta poisoned"))? = saved;
         Ok(())
     }
 
@@ -801,31 +1293,21 @@ impl Wal {
 
     /// Records in `[from, to)`, as many as present.
     pub fn range(&self, from: u64, to: u64) -> io::Result<Vec<(u64, Arc<Vec<u8>>)>> {
-        let idx = self
-            .index
-            .read()
-            .map_err(|_| io::Error::other("log index poisoned"))?;
-        // Read under the lock: a record's segment is truncated or deleted only after the
-        // record left the index, which takes the lock.
+        let idx = self.index.read().map_err(|_| poisoned())?;
+        // Read under the lock: a record's segment is deleted only after no index refers to
+        // it, which takes the lock.
         self.load(idx.entries.range(from..to))
     }
 
     /// The last record, if any.
     pub fn last(&self) -> io::Result<Option<(u64, Arc<Vec<u8>>)>> {
-        let idx = self
-            .index
-            .read()
-            .map_err(|_| io::Error::other("log index poisoned"))?;
+        let idx = self.index.read().map_err(|_| poisoned())?;
         Ok(self.load(idx.entries.iter().next_back().into_iter())?.pop())
     }
 
     /// Bytes of records held in memory.
     pub fn resident_bytes(&self) -> io::Result<u64> {
-        Ok(self
-            .index
-            .read()
-            .map_err(|_| io::Error::other("log index poisoned"))?
-            .resident)
+        Ok(self.index.read().map_err(|_| poisoned())?.resident)
     }
 
     /// The records of `slots`, in order: those on disk are read back, one read per run of
@@ -835,105 +1317,57 @@ impl Wal {
         slots: impl Iterator<Item = (&'a u64, &'a Slot)>,
     ) -> io::Result<Vec<(u64, Arc<Vec<u8>>)>> {
         let mut out = Vec::new();
-        // Adjacent records on disk not read yet: (segment, first header offset, end, indexes).
-        let mut run: Option<(u64, u64, u64, Vec<u64>)> = None;
+        // Adjacent records on disk not read yet: segment, first header offset, end, records.
+        let mut run: Option<Run> = None;
+        let flush_run = |run: Option<Run>, out: &mut Vec<(u64, Arc<Vec<u8>>)>| match run {
+            Some((segment, start, _, records)) => {
+                read_run(&self.set.dir, self.key, segment, start, &records, out)
+            }
+            None => Ok(()),
+        };
         for (&i, slot) in slots {
-            match slot {
-                Slot::Memory(b) => {
-                    if let Some(r) = run.take() {
-                        self.read_run(r, &mut out)?;
-                    }
+            match (&slot.body, slot.at) {
+                (Some(b), _) => {
+                    flush_run(run.take(), &mut out)?;
                     out.push((i, b.clone()));
                 }
-                &Slot::Disk {
-                    segment,
-                    offset,
-                    len,
-                } => {
-                    let end = offset + HEADER as u64 + u64::from(len);
+                (None, Some(loc)) => {
+                    let end = loc.offset + HEADER as u64 + u64::from(loc.len);
                     match &mut run {
-                        Some((s, _, e, indexes)) if *s == segment && *e == offset => {
+                        Some((s, _, e, records)) if *s == loc.segment && *e == loc.offset => {
                             *e = end;
-                            indexes.push(i);
+                            records.push((i, loc.len));
                         }
                         _ => {
-                            if let Some(r) = run.replace((segment, offset, end, vec![i])) {
-                                self.read_run(r, &mut out)?;
-                            }
+                            let next = (loc.segment, loc.offset, end, vec![(i, loc.len)]);
+                            flush_run(run.replace(next), &mut out)?;
                         }
                     }
                 }
+                (None, None) => return Err(io::Error::other(format!("log record {i} is lost"))),
             }
         }
-        if let Some(r) = run {
-            self.read_run(r, &mut out)?;
-        }
+        flush_run(run, &mut out)?;
         Ok(out)
-    }
-
-    fn read_run(
-        &self,
-        (segment, start, end, indexes): (u64, u64, u64, Vec<u64>),
-        out: &mut Vec<(u64, Arc<Vec<u8>>)>,
-    ) -> io::Result<()> {
-        let path = self.dir.join(segment_name(segment));
-        let file = File::open(&path)?;
-        let mut data = vec![0u8; (end - start) as usize];
-        file.read_exact_at(&mut data, start)?;
-        let mut pos = 0usize;
-        for index in indexes {
-            let bad = || {
-                corrupt(format!(
-                    "log record {index} in {} at offset {} does not read back",
-                    path.display(),
-                    start + pos as u64
-                ))
-            };
-            let head = data
-                .get(pos..pos + HEADER)
-                .and_then(|h| <&[u8; HEADER]>::try_from(h).ok())
-                .ok_or_else(bad)?;
-            let (len, crc, at) = header_fields(head);
-            let len = len as usize;
-            let body = data.get(pos + HEADER..pos + HEADER + len).ok_or_else(bad)?;
-            if at != index || checksum(index, body) != crc {
-                return Err(bad());
-            }
-            out.push((index, Arc::new(body.to_vec())));
-            pos += HEADER + len;
-        }
-        Ok(())
     }
 
     /// The first record's index, if any.
     pub fn first_index(&self) -> io::Result<Option<u64>> {
-        let idx = self
+        Ok(self
             .index
             .read()
-            .map_err(|_| io::Error::other("log index poisoned"))?;
-        Ok(idx.entries.keys().next().copied())
+            .map_err(|_| poisoned())?
+            .entries
+            .keys()
+            .next()
+            .copied())
     }
 
-    /// The log directory.
+    /// The log's directory (its `meta.json`).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 }
-
-/// Makes pending appends durable with one `fdatasync`, then tells their callers.
-fn flush(writer: &mut Writer, pending: &mut Vec<Done>) {
-    if pending.is_empty() {
-        return;
-    }
-    let result = writer.sync();
-    for done in pending.drain(..) {
-        done(match &result {
-            Ok(()) => Ok(()),
-            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -963,22 +1397,23 @@ mod tests {
     }
 
     /// Where the records of a segment end (zeros written ahead follow).
-    fn data_end(seg: &Path, first: u64) -> u64 {
-        read_segment(seg, first).unwrap().0.len
+    fn data_end(seg: &Path) -> u64 {
+        read_segment(seg).unwrap().1
     }
+
+    /// The claim a log of its own starts its first segment with (an empty path).
+    const CLAIM0: usize = HEADER;
 
     #[test]
     fn zeros_written_ahead_end_a_segment_and_appends_overwrite_them() {
-        // A zero header is never a record: the checksum of index 0 is not 0.
-        assert_ne!(crc32c::crc32c(&0u64.to_be_bytes()), 0);
         let tmp = dir("ahead");
         let d = tmp.path().to_path_buf();
         let w = Wal::open(&d).unwrap();
         append_sync(&w, (0..=9).map(|i| (i, vec![i as u8; 100])).collect());
-        let seg = d.join(segment_name(0));
-        let (len, end) = (std::fs::metadata(&seg).unwrap().len(), data_end(&seg, 0));
-        assert_eq!(end, 10 * (HEADER as u64 + 100));
-        assert!(len >= end + PREALLOCATE_BYTES, "{len} bytes on disk");
+        let seg = d.join(segment_name(1));
+        let (len, end) = (std::fs::metadata(&seg).unwrap().len(), data_end(&seg));
+        assert_eq!(end, (CLAIM0 + 10 * (HEADER + 100)) as u64);
+        assert!(len >= PREALLOCATE_BYTES && len > end, "{len} bytes on disk");
         // The next append overwrites the zeros; the file does not grow.
         append_sync(&w, vec![(10, vec![])]);
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), len);
@@ -1002,8 +1437,8 @@ mod tests {
         // before the sync. The records after the hole were never acknowledged.
         let seg = d.join(segment_name(1));
         let mut data = std::fs::read(&seg).unwrap();
-        let end = data_end(&seg, 1) as usize;
-        let third = 2 * (HEADER + 64);
+        let end = data_end(&seg) as usize;
+        let third = CLAIM0 + 2 * (HEADER + 64);
         data[third..third + HEADER + 64].fill(0);
         std::fs::write(&seg, &data[..end + 4096]).unwrap();
         let w = Wal::open(&d).unwrap();
@@ -1013,7 +1448,7 @@ mod tests {
         // The same in a segment followed by another is corruption.
         std::fs::write(d.join(segment_name(100)), b"").unwrap();
         let mut data = std::fs::read(&seg).unwrap();
-        data[2 * (HEADER + 64)..3 * (HEADER + 64)].fill(0);
+        data[CLAIM0 + 2 * (HEADER + 64)..CLAIM0 + 3 * (HEADER + 64)].fill(0);
         std::fs::write(&seg, &data).unwrap();
         let err = Wal::open(&d)
             .err()
@@ -1047,7 +1482,7 @@ mod tests {
         drop(w);
         // Cut the last record in half, as a crash mid-write would.
         let seg = d.join(segment_name(1));
-        let len = data_end(&seg, 1);
+        let len = data_end(&seg);
         OpenOptions::new()
             .write(true)
             .open(&seg)
@@ -1072,7 +1507,7 @@ mod tests {
         drop(w);
         let seg = d.join(segment_name(1));
         let mut data = std::fs::read(&seg).unwrap();
-        let last = data_end(&seg, 1) as usize - 10;
+        let last = data_end(&seg) as usize - 10;
         data[last] ^= 1;
         std::fs::write(&seg, &data).unwrap();
         let w = Wal::open(&d).unwrap();
@@ -1081,7 +1516,7 @@ mod tests {
         // Corruption in a segment followed by another: refuse.
         std::fs::write(d.join(segment_name(100)), b"").unwrap();
         let mut data = std::fs::read(&seg).unwrap();
-        data[HEADER + 3] ^= 1;
+        data[CLAIM0 + HEADER + 3] ^= 1;
         std::fs::write(&seg, &data).unwrap();
         let err = Wal::open(&d).err().expect("corruption must refuse to open");
         assert!(err.to_string().contains("refusing to start"), "{err}");
@@ -1122,7 +1557,7 @@ mod tests {
                         .unwrap()
                         .file_name()
                         .to_string_lossy()
-                        .starts_with("seg-")
+                        .ends_with(".wal")
                 })
                 .count()
         };
@@ -1147,7 +1582,8 @@ mod tests {
         w.save_meta(m.clone()).unwrap();
         drop(w);
         let w = Wal::open(&d).unwrap();
-        assert_eq!(w.meta().unwrap(), m);
+        let back = w.meta().unwrap();
+        assert_eq!((back.vote, back.committed), (m.vote, m.committed));
     }
 
     fn open_limited(d: &Path, memory_bytes: u64) -> Wal {
@@ -1243,7 +1679,7 @@ mod tests {
         append_sync(&w, numbered(1, 5, "entry"));
         let seg = d.join(segment_name(1));
         let mut data = std::fs::read(&seg).unwrap();
-        data[2 * (HEADER + 102) + HEADER + 5] ^= 1;
+        data[CLAIM0 + 2 * (HEADER + 102) + HEADER + 5] ^= 1;
         std::fs::write(&seg, &data).unwrap();
         let err = w.range(1, 6).expect_err("a flipped bit must not read back");
         assert!(err.to_string().contains("log record 3"), "{err}");
@@ -1257,5 +1693,130 @@ mod tests {
         let w = Wal::open(&d).unwrap();
         append_sync(&w, vec![(1, vec![]), (2, vec![])]);
         assert!(w.append(vec![(4, vec![])], Box::new(|_| {})).is_err());
+    }
+
+    /// A set in `root/log` and logs `root/g<n>` in it.
+    fn set_with(root: &Path, n: usize, memory_bytes: u64) -> (LogSet, Vec<Wal>) {
+        let options = WalOptions {
+            memory_bytes,
+            ..WalOptions::default()
+        };
+        let set = LogSet::open(&root.join("log"), options).unwrap();
+        let logs = (0..n)
+            .map(|g| Wal::open_in(&set, &root.join(format!("g{g}"))).unwrap())
+            .collect();
+        (set, logs)
+    }
+
+    #[test]
+    fn logs_of_one_set_keep_their_own_records_truncations_and_purges() {
+        let tmp = dir("set");
+        let root = tmp.path();
+        let (set, logs) = set_with(root, 3, u64::MAX);
+        // Interleaved appends, queued together without waiting: one writer, one file.
+        let (tx, rx) = channel();
+        for round in 0..20u64 {
+            for (g, w) in logs.iter().enumerate() {
+                let tx = tx.clone();
+                let body = format!("log {g} entry {round}").into_bytes();
+                w.append(
+                    vec![(round + 1, body)],
+                    Box::new(move |r| tx.send(r).unwrap()),
+                )
+                .unwrap();
+            }
+        }
+        for _ in 0..60 {
+            rx.recv().unwrap().unwrap();
+        }
+        logs[1].truncate_after(Some(10)).unwrap();
+        append_sync(&logs[1], vec![(11, b"log 1 again".to_vec())]);
+        logs[2].purge(15, "lp".into()).unwrap();
+        assert_eq!(set.segments().unwrap(), 1, "one file for every log");
+        drop((set, logs));
+        let (_set, logs) = set_with(root, 3, 0);
+        assert_eq!(bodies(&logs[0]), (1..=20).collect::<Vec<_>>());
+        assert_eq!(bodies(&logs[1]), (1..=11).collect::<Vec<_>>());
+        assert_eq!(bodies(&logs[2]), (16..=20).collect::<Vec<_>>());
+        assert_eq!(&*logs[0].range(7, 8).unwrap()[0].1, b"log 0 entry 6");
+        assert_eq!(&*logs[1].last().unwrap().unwrap().1, b"log 1 again");
+        assert_eq!(&*logs[2].range(16, 17).unwrap()[0].1, b"log 2 entry 15");
+    }
+
+    #[test]
+    fn a_removed_log_loses_its_records_and_a_new_one_in_its_place_starts_empty() {
+        let tmp = dir("set-removed");
+        let root = tmp.path();
+        let (set, logs) = set_with(root, 2, u64::MAX);
+        append_sync(&logs[0], numbered(1, 5, "kept"));
+        append_sync(&logs[1], numbered(1, 5, "removed"));
+        drop(logs);
+        std::fs::remove_dir_all(root.join("g1")).unwrap();
+        let again = Wal::open_in(&set, &root.join("g1")).unwrap();
+        assert!(
+            bodies(&again).is_empty(),
+            "a log created again starts empty"
+        );
+        append_sync(&again, numbered(1, 2, "new"));
+        drop((set, again));
+        let (_set, logs) = set_with(root, 2, 0);
+        assert_eq!(contents(&logs[0]), numbered(1, 5, "kept"));
+        assert_eq!(contents(&logs[1]), numbered(1, 2, "new"));
+    }
+
+    #[test]
+    fn a_quiet_logs_records_are_copied_forward_so_old_segments_go() {
+        let tmp = dir("set-copy");
+        let root = tmp.path();
+        let (set, logs) = set_with(root, 2, 0);
+        append_sync(&logs[0], numbered(1, 10, "quiet"));
+        // The busy log writes many segments, purging as it goes (as after snapshots).
+        let big = vec![9u8; 1024 * 1024];
+        for i in 1..=120u64 {
+            append_sync(&logs[1], vec![(i, big.clone())]);
+            if i % 10 == 0 {
+                logs[1].purge(i - 1, "lp".into()).unwrap();
+            }
+        }
+        let kept = set.segments().unwrap();
+        assert!(
+            kept <= COPY_AFTER_SEGMENTS + 1,
+            "{kept} segments kept for 1 MiB of live records"
+        );
+        assert!(!set.dir().join(segment_name(1)).exists());
+        assert_eq!(contents(&logs[0]), numbered(1, 10, "quiet"));
+        drop((set, logs));
+        let (_set, logs) = set_with(root, 2, 0);
+        assert_eq!(contents(&logs[0]), numbered(1, 10, "quiet"));
+        assert_eq!(bodies(&logs[1]), vec![120]);
+        append_sync(&logs[0], numbered(11, 11, "quiet"));
+        assert_eq!(contents(&logs[0]), numbered(1, 11, "quiet"));
+    }
+
+    #[test]
+    fn a_set_moved_with_its_logs_opens_where_it_is() {
+        let tmp = dir("set-moved");
+        let (set, logs) = set_with(&tmp.path().join("before"), 2, u64::MAX);
+        append_sync(&logs[1], numbered(1, 3, "moved"));
+        drop((set, logs));
+        std::fs::rename(tmp.path().join("before"), tmp.path().join("after")).unwrap();
+        let (_set, logs) = set_with(&tmp.path().join("after"), 2, 0);
+        assert_eq!(contents(&logs[1]), numbered(1, 3, "moved"));
+    }
+
+    #[test]
+    fn a_log_of_an_earlier_version_is_refused_with_a_reason() {
+        let tmp = dir("old-format");
+        std::fs::write(tmp.path().join("seg-00000000000000000001.log"), b"x").unwrap();
+        let err = Wal::open(tmp.path())
+            .err()
+            .expect("an old log must not open");
+        assert!(err.to_string().contains("earlier Tandem"), "{err}");
+        // The same for a log opened in a set: its directory holds the old segments.
+        let (set, _) = set_with(&tmp.path().join("pool"), 0, 0);
+        let err = Wal::open_in(&set, tmp.path())
+            .err()
+            .expect("an old log must not open in a set");
+        assert!(err.to_string().contains("earlier Tandem"), "{err}");
     }
 }

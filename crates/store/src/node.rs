@@ -37,6 +37,9 @@ pub struct MemberSpec {
     pub witness: bool,
 }
 
+/// A set of logs shared by replicas on one server (see `replica::wal`).
+pub use replica::wal::LogSet;
+
 /// How a store replica is set up.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -65,6 +68,9 @@ pub struct NodeConfig {
     /// A front-end pool's routing group: the users live in the pool's store, so the group's
     /// database keeps registrations, presence and subscriptions without user rows.
     pub users_elsewhere: bool,
+    /// The set of logs the replica's log goes in (a front-end server's routing groups share
+    /// one); `None`: a log of its own.
+    pub log_set: Option<replica::wal::LogSet>,
 }
 
 /// Opens the node's database.
@@ -193,6 +199,7 @@ async fn open_replica(
     rcfg.heartbeat_ms = cfg.heartbeat_ms;
     rcfg.election_timeout_min_ms = cfg.election_timeout_min_ms;
     rcfg.election_timeout_max_ms = cfg.election_timeout_max_ms;
+    rcfg.log_set = cfg.log_set.clone();
     let transport = Arc::new(RpcTransport { pool: pool.clone() });
     Replica::open(rcfg, machine, transport).await
 }

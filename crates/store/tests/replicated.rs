@@ -66,6 +66,7 @@ impl Cluster {
             election_timeout_max_ms: 500,
             high_safety_mirroring: false,
             users_elsewhere: false,
+            log_set: None,
         };
         let node = StoreNode::open(cfg, &server, pool).await.unwrap();
         self.nodes[i] = Some((node, server));

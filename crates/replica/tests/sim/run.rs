@@ -1589,41 +1589,47 @@ fn mirror_holds(dir: &Path, index: u64, cmd: &[u8], key: &str, value: &str) -> R
     })
 }
 
-/// The payload of record `index` in the log in `dir`, read from its segment files (a
-/// segment holds consecutive records from the index in its name: see `replica::wal`).
+/// The payload of record `index` in the log in `dir`, read from its segment files (see
+/// `replica::wal`: records of the log whose key `meta.json` names, entries and copies setting
+/// an index, truncations removing the indexes from theirs on, in file order).
 fn log_record(dir: &Path, index: u64) -> std::io::Result<Option<Vec<u8>>> {
-    let mut first: Option<(u64, PathBuf)> = None;
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json"))?)
+        .map_err(std::io::Error::other)?;
+    let key = meta["key"].as_u64().unwrap_or(0);
+    let mut segments: Vec<PathBuf> = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let start = path.file_name().and_then(|n| n.to_str()).and_then(|n| {
-            n.strip_prefix("seg-")?
-                .strip_suffix(".log")?
-                .parse::<u64>()
-                .ok()
-        });
-        if let Some(start) = start
-            && start <= index
-            && first.as_ref().is_none_or(|(f, _)| *f < start)
-        {
-            first = Some((start, path));
+        if path.extension().is_some_and(|e| e == "wal") {
+            segments.push(path);
         }
     }
-    let Some((_, path)) = first else {
-        return Ok(None);
-    };
-    let data = std::fs::read(path)?;
-    let mut pos = 0;
-    // [len u32][crc32c u32][index u64][payload], big-endian.
-    while pos + 16 <= data.len() {
-        let len = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
-        let at = u64::from_be_bytes(data[pos + 8..pos + 16].try_into().unwrap());
-        let body = data.get(pos + 16..pos + 16 + len);
-        if at == index {
-            return Ok(body.map(<[u8]>::to_vec));
+    // Sequence numbers are zero-padded: name order is file order.
+    segments.sort();
+    let mut found: Option<Vec<u8>> = None;
+    for path in segments {
+        let data = std::fs::read(path)?;
+        let mut pos = 0;
+        // [len u32][crc32c u32][kind u8][key u64][index u64][payload], big-endian.
+        while pos + 25 <= data.len() {
+            let len = u32::from_be_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+            let kind = data[pos + 8];
+            let k = u64::from_be_bytes(data[pos + 9..pos + 17].try_into().unwrap());
+            let at = u64::from_be_bytes(data[pos + 17..pos + 25].try_into().unwrap());
+            if kind == 0 {
+                break;
+            }
+            let body = data.get(pos + 25..pos + 25 + len);
+            if k == key {
+                match kind {
+                    1 | 3 if at == index => found = body.map(<[u8]>::to_vec),
+                    2 if at <= index => found = None,
+                    _ => {}
+                }
+            }
+            pos += 25 + len;
         }
-        pos += 16 + len;
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// Runs one seed in a fresh runtime on a paused clock, in `base/seed-<seed>`.
