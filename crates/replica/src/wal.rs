@@ -283,7 +283,7 @@ enum Backend {
 pub struct LogSet {
     jobs: Arc<Backend>,
     groups: Groups,
-    dir: PathBuf,
+    dir: Arc<Path>,
     options: WalOptions,
 }
 
@@ -300,7 +300,8 @@ pub struct Wal {
     key: u64,
     index: Arc<RwLock<Index>>,
     meta: Arc<RwLock<Meta>>,
-    dir: PathBuf,
+    /// Shared, not copied: openraft clones a log's handle for every read.
+    dir: Arc<Path>,
 }
 
 fn corrupt(msg: String) -> io::Error {
@@ -1091,7 +1092,7 @@ impl LogSet {
         Ok(LogSet {
             jobs: Arc::new(backend),
             groups,
-            dir,
+            dir: dir.into(),
             options,
         })
     }
@@ -1220,7 +1221,7 @@ impl Wal {
             key,
             index,
             meta: Arc::new(RwLock::new(meta)),
-            dir,
+            dir: dir.into(),
         })
     }
 
@@ -1272,7 +1273,7 @@ impl Wal {
     /// Replaces the metadata, durably.
     pub fn save_meta(&self, mut meta: Meta) -> io::Result<()> {
         meta.key = self.key;
-        let dir = self.dir.clone();
+        let dir = self.dir.to_path_buf();
         let saved = meta.clone();
         self.set.call(|reply| Job::Meta { dir, meta, reply })?;
         *self
