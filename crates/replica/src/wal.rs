@@ -1745,6 +1745,32 @@ mod tests {
     }
 
     #[test]
+    fn a_round_torn_by_a_crash_is_cut_from_every_log_and_earlier_rounds_kept() {
+        let tmp = dir("set-torn");
+        let root = tmp.path();
+        let (set, logs) = set_with(root, 2, u64::MAX);
+        append_sync(&logs[0], numbered(1, 3, "a"));
+        append_sync(&logs[1], numbered(1, 3, "b"));
+        let seg = set.dir().join(segment_name(1));
+        let durable = data_end(&seg);
+        // A later round of both logs, then a crash that tore its last record.
+        append_sync(&logs[0], numbered(4, 4, "a"));
+        append_sync(&logs[1], numbered(4, 4, "b"));
+        drop((set, logs));
+        let end = data_end(&seg);
+        assert!(end > durable);
+        let mut data = std::fs::read(&seg).unwrap();
+        data[end as usize - 3] ^= 0xff;
+        std::fs::write(&seg, &data).unwrap();
+        let (_set, logs) = set_with(root, 2, 0);
+        assert_eq!(contents(&logs[0]), numbered(1, 4, "a"));
+        assert_eq!(contents(&logs[1]), numbered(1, 3, "b"));
+        // Appending goes on where the good records end.
+        append_sync(&logs[1], numbered(4, 5, "b again"));
+        assert_eq!(bodies(&logs[1]), (1..=5).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn a_removed_log_loses_its_records_and_a_new_one_in_its_place_starts_empty() {
         let tmp = dir("set-removed");
         let root = tmp.path();
