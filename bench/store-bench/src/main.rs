@@ -19,7 +19,11 @@
 //! Every write is durable before it is acknowledged, in every system: fsynced on a majority
 //! (AG, etcd), on the principal and the mirror (mirror, while the mirror is connected), or on
 //! the shared disk (FC). Nothing here turns fsync off. The systems run side by side and their
-//! steps alternate, so all of them see the same machine.
+//! steps alternate, so all of them see the same machine. Each step starts after a `sync` of
+//! the whole machine: what the step before it left in the page cache (a database that is not
+//! fsynced on every commit, as a replica's is not: its log is) is written back then, not in
+//! the middle of the next system's step, where the writeback would stall that system's
+//! fsyncs for what another system did.
 //!
 //! ```text
 //! store-bench --tandem target/release/tandem --work /tmp/dir [--duration 10] [--writers 1,16,64]
@@ -391,6 +395,9 @@ async fn run(args: &Args, servers: Vec<Server>) -> anyhow::Result<Vec<System>> {
                 s.server.label(),
                 args.duration
             ));
+            Command::new("sync")
+                .status()
+                .context("sync before a step")?;
             load(&s.target, w, Duration::from_secs(1), None).await;
             let cpu = cpu_of(s.server.children());
             let mut l = load(&s.target, w, args.duration, Some(&args.work)).await;
