@@ -506,6 +506,9 @@ struct Writer {
     staged: Vec<Staged>,
     /// Callers waiting for the next sync.
     pending: Vec<Done>,
+    /// A write of this round failed and its records were dropped: the round's callers are
+    /// told so, whatever the later writes and the sync do.
+    lost: Option<(io::ErrorKind, String)>,
     /// A segment was started since the last collection.
     rolled: bool,
 }
@@ -615,7 +618,10 @@ impl Writer {
         let len = self.buf.len() as u64;
         self.buf.clear();
         let staged = std::mem::take(&mut self.staged);
-        written?;
+        if let Err(e) = written {
+            self.lost = Some((e.kind(), e.to_string()));
+            return Err(e);
+        }
         if let Some(seg) = self.segments.last_mut() {
             seg.len += len;
         }
@@ -703,6 +709,10 @@ impl Writer {
             return;
         }
         let result = self.write_out().and_then(|()| self.sync());
+        let result = match self.lost.take() {
+            Some((kind, msg)) => Err(io::Error::new(kind, msg)),
+            None => result,
+        };
         for done in self.pending.drain(..) {
             done(match &result {
                 Ok(()) => Ok(()),
@@ -761,9 +771,8 @@ impl Writer {
         match staged {
             Ok(()) => self.pending.push(done),
             Err(e) => {
-                // What was staged with it is not known to be written: a failed round.
-                self.buf.clear();
-                self.staged.clear();
+                // The other jobs' records staged before it are written and synced (or their
+                // callers learn they were lost); this job's caller learns it failed.
                 self.flush();
                 done(Err(e));
             }
@@ -772,8 +781,15 @@ impl Writer {
 
     /// Forgets logs whose directory no longer holds their key, deletes the oldest segments
     /// while no live record is in them, and copies the live records of a mostly dead oldest
-    /// segment forward when too many are kept.
+    /// segment forward when too many are kept. Runs between rounds: a copy that failed to be
+    /// written lost no caller's record (the originals stay where they were).
     fn collect(&mut self) -> io::Result<()> {
+        let result = self.collect_round();
+        self.lost = None;
+        result
+    }
+
+    fn collect_round(&mut self) -> io::Result<()> {
         self.rolled = false;
         {
             let mut groups = self.groups.lock().map_err(|_| poisoned())?;
@@ -1064,6 +1080,7 @@ impl LogSet {
             buf: Vec::new(),
             staged: Vec::new(),
             pending: Vec::new(),
+            lost: None,
             rolled: true,
         };
         let backend = if options.inline {
