@@ -332,6 +332,7 @@ impl PoolMember {
             election_timeout_max_ms: store::node::DEFAULT_ELECTION_TIMEOUT_MS.1,
             high_safety_mirroring: false,
             users_elsewhere: true,
+            in_memory: true,
             log_set: Some(self.logs.clone()),
         };
         let node = StoreNode::open(cfg, &self.rpc_server, self.rpc.clone())

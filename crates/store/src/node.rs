@@ -8,7 +8,7 @@ use crate::model::*;
 use crate::pool::{RpcPool, RpcTransport};
 use crate::proto::*;
 use crate::replicated::{SqliteMachine, decode_outcome, encode_command};
-use crate::sqlite::Readers;
+use crate::sqlite::{Db, Readers};
 use crate::witness::{NodeMachine, WitnessMachine};
 /// Replication timing defaults, for nodes configured outside the topology (routing groups).
 pub use replica::{DEFAULT_ELECTION_TIMEOUT_MS, DEFAULT_HEARTBEAT_MS};
@@ -68,19 +68,58 @@ pub struct NodeConfig {
     /// A front-end pool's routing group: the users live in the pool's store, so the group's
     /// database keeps registrations, presence and subscriptions without user rows.
     pub users_elsewhere: bool,
+    /// Keep the database in memory, rebuilt on start from the replica's snapshot file and
+    /// log (a routing group's): a commit then costs no page writes to a file, and the log
+    /// stays the durable copy. No backups are taken of such a store.
+    pub in_memory: bool,
     /// The set of logs the replica's log goes in (a front-end server's routing groups share
     /// one); `None`: a log of its own.
     pub log_set: Option<replica::wal::LogSet>,
 }
 
-/// Opens the node's database.
-fn open_data(cfg: &NodeConfig) -> Result<SqliteMachine, StoreError> {
-    let path = cfg.dir.join("store.sqlite");
+/// Opens the node's database, `data`.
+fn open_data(cfg: &NodeConfig, data: &Db) -> Result<SqliteMachine, StoreError> {
+    let m = SqliteMachine::open_db(data.clone(), &cfg.dir.join("store.sqlite"))?;
     if cfg.users_elsewhere {
-        SqliteMachine::open_users_elsewhere(&path)
+        m.users_elsewhere()
     } else {
-        SqliteMachine::open(&path)
+        Ok(m)
     }
+}
+
+/// The copy of an in-memory database that forced service starts `generation` from, kept
+/// until that generation's first snapshot holds it (the new log does not).
+fn forced_copy(dir: &std::path::Path, generation: u64) -> PathBuf {
+    dir.join(format!("forced-g{generation}.sqlite"))
+}
+
+/// Prepares the in-memory database of a node about to open `generation`: holds it open for
+/// the node's life (a replica replaced by a new generation hands its data on), loads the
+/// forced-service copy of this generation if one is kept, and removes files that no longer
+/// mean anything (copies of other generations, a database file of an earlier version).
+fn prepare_memory(
+    cfg: &NodeConfig,
+    data: &Db,
+    generation: u64,
+) -> Result<rusqlite::Connection, StoreError> {
+    let anchor = data.open(crate::sqlite::Sync::Normal)?;
+    if let Ok(entries) = std::fs::read_dir(&cfg.dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale_copy =
+                name.starts_with("forced-g") && entry.path() != forced_copy(&cfg.dir, generation);
+            if stale_copy || name.starts_with("store.sqlite") {
+                tracing::info!(store = %cfg.store, file = %name, "removing a file the in-memory database does not use");
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    let copy = forced_copy(&cfg.dir, generation);
+    if copy.exists() {
+        tracing::warn!(store = %cfg.store, generation, "starting from the copy forced service was started from");
+        open_data(cfg, data)?.load_from(&copy)?;
+    }
+    Ok(anchor)
 }
 
 fn now_ms() -> u64 {
@@ -131,6 +170,10 @@ pub struct StoreNode {
     fenced: AtomicBool,
     /// Reader connections on the database (`None` on a witness, which has none).
     readers: Option<Readers>,
+    /// Where the database lives: its file, or memory of this node's alone.
+    data: Db,
+    /// A connection that holds an in-memory database for as long as the node lives.
+    _memory: Option<Mutex<rusqlite::Connection>>,
     watch: Mutex<Watch>,
     listener: Listener,
     /// Mirroring: whether the principal waits for the mirror now (the topology's setting
@@ -174,6 +217,7 @@ fn write_generation(dir: &std::path::Path, generation: u64) -> std::io::Result<(
 /// Opens the replica of a generation (its log under `raft` or `raft-g<n>`).
 async fn open_replica(
     cfg: &NodeConfig,
+    data: &Db,
     me: &MemberSpec,
     generation: u64,
     pool: &RpcPool,
@@ -181,7 +225,7 @@ async fn open_replica(
     let machine = if me.witness {
         NodeMachine::Witness(WitnessMachine::new(cfg.dir.clone()))
     } else {
-        NodeMachine::Data(open_data(cfg).map_err(store_err)?)
+        NodeMachine::Data(open_data(cfg, data).map_err(store_err)?)
     };
     let raft_dir = if generation == 0 {
         cfg.dir.join("raft")
@@ -235,12 +279,23 @@ impl StoreNode {
             })?;
         std::fs::create_dir_all(&cfg.dir)?;
         let generation = read_generation(&cfg.dir);
-        let db = cfg.dir.join("store.sqlite");
-        let replica = open_replica(&cfg, &me, generation, &pool).await?;
+        let data = if cfg.in_memory {
+            Db::new_memory()
+        } else {
+            Db::File(cfg.dir.join("store.sqlite"))
+        };
+        let memory = if cfg.in_memory && !me.witness {
+            Some(Mutex::new(
+                prepare_memory(&cfg, &data, generation).map_err(store_err)?,
+            ))
+        } else {
+            None
+        };
+        let replica = open_replica(&cfg, &data, &me, generation, &pool).await?;
         let readers = if me.witness {
             None
         } else {
-            Some(Readers::open(&db, 2, 8192).map_err(store_err)?)
+            Some(Readers::open_db(&data, 2, 8192).map_err(store_err)?)
         };
         let listener = Listener::new(&cfg.store, cfg.listener, cfg.rpc_server.clone());
         let high_safety = cfg.high_safety_mirroring;
@@ -250,6 +305,8 @@ impl StoreNode {
             generation: AtomicU64::new(generation),
             fenced: AtomicBool::new(false),
             readers,
+            data,
+            _memory: memory,
             watch: Mutex::default(),
             listener,
             high_safety: AtomicBool::new(high_safety),
@@ -879,6 +936,12 @@ impl StoreNode {
         if self.replica().status().role != Role::Leader {
             return Err(self.not_primary());
         }
+        if self.cfg.in_memory {
+            return Err(Refusal::Refused(format!(
+                "{} keeps its database in memory, rebuilt from its replicas' logs: it has no backups",
+                self.cfg.store
+            )));
+        }
         let (db, store, me) = (
             self.cfg.dir.join("store.sqlite"),
             self.cfg.store.clone(),
@@ -1190,7 +1253,7 @@ impl StoreNode {
         me: &MemberSpec,
     ) -> std::io::Result<Replica<NodeMachine>> {
         write_generation(&self.cfg.dir, generation)?;
-        let replica = open_replica(&self.cfg, me, generation, &self.pool).await?;
+        let replica = open_replica(&self.cfg, &self.data, me, generation, &self.pool).await?;
         if let Ok(mut r) = self.replica.lock() {
             *r = replica.clone();
         }
@@ -1282,16 +1345,21 @@ impl StoreNode {
                 )));
             }
         }
+        let new_generation = generation + 1;
         let reopened = (|| -> Result<(), StoreError> {
-            let mut m = open_data(&self.cfg)?;
-            m.forget_position()
+            let mut m = open_data(&self.cfg, &self.data)?;
+            m.forget_position()?;
+            if self.cfg.in_memory {
+                // Until the new generation's first snapshot, its state is in no file.
+                m.copy_to(&forced_copy(&self.cfg.dir, new_generation))?;
+            }
+            Ok(())
         })();
         if let Err(e) = reopened {
             return Err(Refusal::Unavailable(format!(
                 "cannot reopen the database: {e}"
             )));
         }
-        let new_generation = generation + 1;
         let replica = self
             .switch_generation(new_generation, &me)
             .await
@@ -1362,6 +1430,7 @@ impl StoreNode {
             .snapshot_and_purge(Duration::from_secs(30))
             .await
             .map_err(|e| self.refusal(e))?;
+        let _ = std::fs::remove_file(forced_copy(&self.cfg.dir, new_generation));
         report.forced = true;
         report.generation = new_generation;
         tracing::warn!(store = %self.cfg.store, generation = new_generation, lost, "forced service: this replica is the only member of a new generation");
@@ -1388,7 +1457,7 @@ impl StoreNode {
         self.release_listener().await;
         self.replica().shutdown().await;
         let wiped = (|| -> Result<(), StoreError> {
-            let mut m = open_data(&self.cfg)?;
+            let mut m = open_data(&self.cfg, &self.data)?;
             m.reset()
         })();
         if let Err(e) = wiped {

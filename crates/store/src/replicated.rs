@@ -1,12 +1,14 @@
 //! The store's state machine under replication: the same SQL machine, applied in the
 //! replicated log's order, with the log position stored in the same transaction as the data.
 //!
-//! The database is written with `synchronous=NORMAL`: the replicated log (fsynced on a majority)
-//! is the durable copy, and a process crash keeps every committed SQLite transaction anyway.
+//! The database is a file written with `synchronous=NORMAL`: the replicated log (fsynced on a
+//! majority) is the durable copy, and a process crash keeps every committed SQLite transaction
+//! anyway. A routing group's database is kept in memory instead ([`Db::Memory`]):
+//! on start it is rebuilt from the replica's snapshot file and log.
 
 use crate::machine::{self, StoreError};
 use crate::model::{Applied, Envelope};
-use crate::sqlite::{Sync, open_connection};
+use crate::sqlite::{Db, Sync};
 use rusqlite::Connection;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -32,6 +34,8 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 /// The SQL machine as a replica's [`replica::Machine`].
 pub struct SqliteMachine {
     conn: Connection,
+    db: Db,
+    /// The database's file, or for one in memory the file name its copies are made beside.
     path: PathBuf,
     /// The position stored in the database, once read or written here: this connection is
     /// the database's only writer, and the adapter asks for the position before every batch.
@@ -42,31 +46,75 @@ pub struct SqliteMachine {
 impl SqliteMachine {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<SqliteMachine, StoreError> {
+        SqliteMachine::open_db(Db::File(path.to_path_buf()), path)
+    }
+
+    /// Opens (creating if needed) `db`; `path` is its file, or for a database in memory the
+    /// file name its copies are made beside.
+    pub fn open_db(db: Db, path: &Path) -> Result<SqliteMachine, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Storage(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let conn = open_connection(path, Sync::Normal)?;
+        let conn = db.open(Sync::Normal)?;
         machine::init_schema(&conn)?;
         Ok(SqliteMachine {
             conn,
+            db,
             path: path.to_path_buf(),
             position: None,
         })
     }
 
-    /// Opens the database of a routing group, whose users live in the pool's store
+    /// Marks the database as a routing group's, whose users live in the pool's store
     /// ([`machine::set_users_elsewhere`]).
-    pub fn open_users_elsewhere(path: &Path) -> Result<SqliteMachine, StoreError> {
-        let m = SqliteMachine::open(path)?;
-        machine::set_users_elsewhere(&m.conn)?;
-        Ok(m)
+    pub fn users_elsewhere(self) -> Result<SqliteMachine, StoreError> {
+        machine::set_users_elsewhere(&self.conn)?;
+        Ok(self)
     }
 
-    /// The database file (readers open it too).
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the database lives (readers open it too).
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Runs a read on the machine's own connection.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        f(&self.conn)
+    }
+
+    /// Copies the database into the file `to` (replaced), fsynced: a standalone copy, with
+    /// the position it holds.
+    pub fn copy_to(&self, to: &Path) -> Result<(), StoreError> {
+        let tmp = to.with_extension("copy.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let written = copy_database(&self.conn, &tmp)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, to));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(StoreError::Storage(format!(
+                "cannot write {}: {e}",
+                to.display()
+            )));
+        }
+        if let Some(dir) = to.parent() {
+            crate::sqlite::sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the database with the one in the file `from` (left in place).
+    pub fn load_from(&mut self, from: &Path) -> Result<(), StoreError> {
+        let tmp = self.path.with_extension("load.tmp");
+        std::fs::copy(from, &tmp)
+            .map_err(|e| StoreError::Storage(format!("cannot copy {}: {e}", from.display())))?;
+        self.install_file(&tmp)
+            .map_err(|e| StoreError::Storage(format!("cannot load {}: {e}", from.display())))
     }
 
     /// Forgets the replicated position (the data stays): for a member that starts a new
@@ -158,37 +206,15 @@ impl replica::Machine for SqliteMachine {
         // The copy is made on a connection of its own: VACUUM INTO reads inside one read
         // transaction, a consistent view that in WAL mode does not hold up the writer, so
         // applies go on while a large database is copied. The position comes from the copy.
-        let path = self.path.clone();
+        let (path, db) = (self.path.clone(), self.db.clone());
         Ok(Box::new(move || {
             let tmp = path.with_extension("snapshot.tmp");
             let _ = std::fs::remove_file(&tmp);
             let result = (|| {
-                let reader = Connection::open_with_flags(
-                    &path,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-                .map_err(io_err)?;
-                {
-                    // SQLite's backup API in one step: a page-for-page copy inside one read
-                    // transaction (consistent; the writer goes on in WAL mode). VACUUM INTO
-                    // rebuilt every table and index instead, at several times the CPU.
-                    let mut copy = Connection::open(&tmp).map_err(io_err)?;
-                    let backup =
-                        rusqlite::backup::Backup::new(&reader, &mut copy).map_err(io_err)?;
-                    match backup.step(-1).map_err(io_err)? {
-                        rusqlite::backup::StepResult::Done => {}
-                        other => {
-                            return Err(io_err(format!("the snapshot copy stopped: {other:?}")));
-                        }
-                    }
-                    drop(backup);
-                    // The copied header says WAL, like the source's: a copy standing alone
-                    // is a rollback-journal database.
-                    let _: String = copy
-                        .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
-                        .map_err(io_err)?;
-                }
+                // Copied inside one read transaction of a connection of its own: consistent,
+                // and in WAL mode the writer goes on (in memory, it waits out the copy).
+                let reader = db.open(Sync::ReadOnly).map_err(io_err)?;
+                copy_database(&reader, &tmp)?;
                 drop(reader);
                 let copy =
                     Connection::open_with_flags(&tmp, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -251,6 +277,25 @@ impl SqliteMachine {
         result.map_err(io_err)?;
         machine::init_schema(&self.conn).map_err(io_err)
     }
+}
+
+/// Copies the database of `from` into a new file `to` as a standalone rollback-journal
+/// database: SQLite's backup API in one step, a page-for-page copy inside one read
+/// transaction (VACUUM INTO rebuilt every table and index instead, at several times the CPU).
+fn copy_database(from: &Connection, to: &Path) -> io::Result<()> {
+    let mut copy = Connection::open(to).map_err(io_err)?;
+    let backup = rusqlite::backup::Backup::new(from, &mut copy).map_err(io_err)?;
+    match backup.step(-1).map_err(io_err)? {
+        rusqlite::backup::StepResult::Done => {}
+        other => return Err(io_err(format!("the copy stopped: {other:?}"))),
+    }
+    drop(backup);
+    // The copied header says WAL when the source's does: a copy standing alone is a
+    // rollback-journal database.
+    let _: String = copy
+        .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+        .map_err(io_err)?;
+    Ok(())
 }
 
 /// A snapshot copy as the replica hands it back: the file it was written to, open.

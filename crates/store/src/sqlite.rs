@@ -4,7 +4,7 @@
 use crate::machine::{self, StoreError};
 use crate::model::{Query, QueryResult};
 use rusqlite::{Connection, OpenFlags};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use tokio::sync::oneshot;
 
@@ -64,6 +64,91 @@ pub fn open_connection(path: &Path, sync: Sync) -> Result<Connection, StoreError
     Ok(conn)
 }
 
+/// Where a database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Db {
+    /// A file, in WAL mode.
+    File(PathBuf),
+    /// Memory, shared by every connection of this process that opens the same name (SQLite's
+    /// `memdb`), and gone when the last of them closes. For a replica whose log and snapshot
+    /// file are the durable copy: the state is rebuilt from them on start.
+    Memory(String),
+}
+
+impl Db {
+    /// A new in-memory database, under a name no other of the process has: each opening of
+    /// a replica starts from nothing, as after a restart.
+    pub fn new_memory() -> Db {
+        // A name of hex digits needs no escaping in the URI.
+        Db::Memory(format!("/tandem-{:032x}", crate::node::random_id()))
+    }
+
+    /// Opens a connection to it, set up as [`open_connection`] does.
+    pub fn open(&self, sync: Sync) -> Result<Connection, StoreError> {
+        match self {
+            Db::File(path) => open_connection(path, sync),
+            Db::Memory(name) => open_memory(name, sync),
+        }
+    }
+
+    /// How errors and logs name it.
+    pub fn describe(&self) -> String {
+        match self {
+            Db::File(path) => path.display().to_string(),
+            Db::Memory(name) => format!("the in-memory database {name}"),
+        }
+    }
+}
+
+/// Waits for a lock another connection of the process holds on an in-memory database: such a
+/// lock is held for microseconds (a commit copying pages in memory, a point read), so the
+/// wait yields the thread rather than sleeping the millisecond SQLite's default handler does.
+/// Gives up after about 10 s, as a file's connections do.
+fn memory_busy(attempt: i32) -> bool {
+    if attempt < 200 {
+        std::thread::yield_now();
+        true
+    } else if attempt < 100_200 {
+        std::thread::sleep(std::time::Duration::from_micros(100));
+        true
+    } else {
+        false
+    }
+}
+
+/// Opens a connection to the in-memory database `name` (created by the first writer).
+fn open_memory(name: &str, sync: Sync) -> Result<Connection, StoreError> {
+    let access = if sync == Sync::ReadOnly {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    };
+    let uri = format!("file:{name}?vfs=memdb");
+    let mut conn = Connection::open_with_flags(
+        &uri,
+        access | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::Storage(format!("cannot open {uri}: {e}")))?;
+    conn.busy_handler(Some(memory_busy))?;
+    conn.set_prepared_statement_cache_capacity(128);
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    if sync != Sync::ReadOnly {
+        conn.execute_batch("PRAGMA page_size = 1024;")?;
+        // The rollback journal in memory too (memdb has no WAL): a reader waits out a commit,
+        // which copies a few pages in memory.
+        let mode: String = conn.query_row("PRAGMA journal_mode = MEMORY", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("memory") {
+            return Err(StoreError::Storage(format!(
+                "cannot keep the journal of {uri} in memory (got {mode})"
+            )));
+        }
+    }
+    Ok(conn)
+}
+
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 /// Reader threads, each with its own read-only connection; they see every committed write.
@@ -77,10 +162,15 @@ pub struct Readers {
 impl Readers {
     /// Starts `count` readers on the database at `path`, with `queue_depth` reads queued at most.
     pub fn open(path: &Path, count: usize, queue_depth: usize) -> Result<Readers, StoreError> {
+        Readers::open_db(&Db::File(path.to_path_buf()), count, queue_depth)
+    }
+
+    /// As [`Readers::open`], on a database wherever it lives.
+    pub fn open_db(db: &Db, count: usize, queue_depth: usize) -> Result<Readers, StoreError> {
         let (tx, rx) = mpsc::sync_channel::<ReadJob>(queue_depth.max(1));
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..count.max(1) {
-            let conn = open_connection(path, Sync::ReadOnly)?;
+            let conn = db.open(Sync::ReadOnly)?;
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("store-reader-{i}"))
@@ -98,7 +188,7 @@ impl Readers {
                 })
                 .map_err(|e| StoreError::Storage(format!("cannot start a reader thread: {e}")))?;
         }
-        let here = Arc::new(Mutex::new(open_connection(path, Sync::ReadOnly)?));
+        let here = Arc::new(Mutex::new(db.open(Sync::ReadOnly)?));
         Ok(Readers { jobs: tx, here })
     }
 
@@ -201,6 +291,52 @@ mod tests {
         assert_ne!(
             ran_on, here,
             "a busy connection sends the read to a reader thread"
+        );
+    }
+
+    /// An in-memory database is shared by the process's connections to it, is gone once the
+    /// last one closes, and a reader holding a read transaction delays a writer's commit
+    /// without failing it.
+    #[test]
+    fn an_in_memory_database_lives_while_a_connection_holds_it() {
+        let count = |c: &Connection| -> i64 {
+            c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .unwrap()
+        };
+        let db = Db::new_memory();
+        assert_ne!(db, Db::new_memory(), "every opening gets a name of its own");
+        let writer = db.open(Sync::Normal).unwrap();
+        writer
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let reader = db.open(Sync::ReadOnly).unwrap();
+        assert_eq!(count(&reader), 1);
+        assert!(
+            reader.execute("INSERT INTO t VALUES (2)", []).is_err(),
+            "a reader cannot write"
+        );
+        // A read transaction open on another thread for a while: the commit waits it out.
+        let (started, go) = std::sync::mpsc::channel();
+        let held = std::thread::spawn(move || {
+            reader.execute_batch("BEGIN").unwrap();
+            assert_eq!(count(&reader), 1);
+            started.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            reader.execute_batch("COMMIT").unwrap();
+            reader
+        });
+        go.recv().unwrap();
+        writer.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        let reader = held.join().unwrap();
+        assert_eq!(count(&reader), 2);
+        drop(reader);
+        drop(writer);
+        let again = db.open(Sync::Normal).unwrap();
+        assert!(
+            again
+                .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+                .is_err(),
+            "the data went with the last connection"
         );
     }
 }

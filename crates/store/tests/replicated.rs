@@ -25,6 +25,8 @@ struct Cluster {
     nodes: Vec<Option<(Arc<StoreNode>, rpc::RpcServer)>>,
     /// Which members are sync voters (the others are async learners).
     sync: [bool; 3],
+    /// The replicas keep their databases in memory (as a routing group's do).
+    in_memory: bool,
 }
 
 impl Cluster {
@@ -66,6 +68,7 @@ impl Cluster {
             election_timeout_max_ms: 500,
             high_safety_mirroring: false,
             users_elsewhere: false,
+            in_memory: self.in_memory,
             log_set: None,
         };
         let node = StoreNode::open(cfg, &server, pool).await.unwrap();
@@ -113,6 +116,10 @@ async fn cluster() -> Cluster {
 }
 
 async fn cluster_with(sync: [bool; 3]) -> Cluster {
+    cluster_of(sync, false).await
+}
+
+async fn cluster_of(sync: [bool; 3], in_memory: bool) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let secret = rpc::ClusterSecret::generate(dir.path().join("secret")).unwrap();
     let mut c = Cluster {
@@ -121,11 +128,26 @@ async fn cluster_with(sync: [bool; 3]) -> Cluster {
         secret,
         nodes: vec![None, None, None],
         sync,
+        in_memory,
     };
     for i in 0..3 {
         c.start(i).await;
     }
     c
+}
+
+/// The users a replica has applied, read on its own machine.
+async fn users_at(node: &StoreNode) -> Vec<String> {
+    node.replica()
+        .with_machine(|m| match m {
+            store::witness::NodeMachine::Data(d) => d
+                .read(|c| store::machine::users(c, 0))
+                .map(|us| us.into_iter().map(|u| u.aor).collect())
+                .map_err(std::io::Error::other),
+            store::witness::NodeMachine::Witness(_) => Ok(Vec::new()),
+        })
+        .await
+        .unwrap()
 }
 
 fn user(aor: &str) -> Command {
@@ -326,4 +348,122 @@ async fn forced_service_names_the_loss_and_fences_the_old_generation() {
         .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 11);
+}
+
+/// A replica whose database is in memory loses it when it stops, and rebuilds it when it
+/// starts again from what is durable: its snapshot file and the log after it. Users written
+/// before the snapshot, after it, and while it was down are all there, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_replica_rebuilds_its_state_from_its_snapshot_and_log() {
+    let mut c = cluster_of([true, true, true], true).await;
+    let client = c.client();
+    let store = Store::remote(client.clone());
+    for i in 0..20 {
+        store
+            .apply(user(&format!("sip:u{i}@example.com")))
+            .await
+            .unwrap();
+    }
+    let primary = c.primary().unwrap();
+    let other = (primary + 1) % 3;
+    let target = client.status().await.unwrap().last_log_index;
+    let (node, _) = c.nodes[other].as_ref().unwrap();
+    node.replica()
+        .wait_for(Duration::from_secs(10), "caught up", |s| {
+            s.applied >= target
+        })
+        .await
+        .unwrap();
+    node.replica()
+        .snapshot_and_purge(Duration::from_secs(10))
+        .await
+        .unwrap();
+    for i in 20..30 {
+        store
+            .apply(user(&format!("sip:u{i}@example.com")))
+            .await
+            .unwrap();
+    }
+    c.stop(other).await;
+    for i in 30..35 {
+        store
+            .apply(user(&format!("sip:u{i}@example.com")))
+            .await
+            .unwrap();
+    }
+    assert!(
+        !c.dir
+            .path()
+            .join(SERVERS[other])
+            .join("store.sqlite")
+            .exists(),
+        "an in-memory replica writes no database file"
+    );
+    c.start(other).await;
+    let target = client.status().await.unwrap().last_log_index;
+    let (node, _) = c.nodes[other].as_ref().unwrap();
+    node.replica()
+        .wait_for(Duration::from_secs(10), "rebuilt", |s| s.applied >= target)
+        .await
+        .unwrap();
+    let mut have = users_at(node).await;
+    have.sort();
+    let mut want: Vec<String> = (0..35).map(|i| format!("sip:u{i}@example.com")).collect();
+    want.sort();
+    assert_eq!(have, want);
+}
+
+/// Forced service on a replica whose database is in memory: the new generation starts from
+/// the state in memory, and once the call returns that state is durable there — the forced
+/// replica stopped and started again still has every user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_service_in_memory_keeps_the_state_across_a_restart() {
+    let mut c = cluster_of([true, true, true], true).await;
+    let client = c.client();
+    let store = Store::remote(client.clone());
+    for i in 0..10 {
+        store
+            .apply(user(&format!("sip:u{i}@example.com")))
+            .await
+            .unwrap();
+    }
+    let target = client.status().await.unwrap().last_log_index;
+    let (r3, _) = c.nodes[2].as_ref().unwrap();
+    r3.replica()
+        .wait_for(Duration::from_secs(10), "r3 caught up", |s| {
+            s.applied >= target
+        })
+        .await
+        .unwrap();
+    c.stop(0).await;
+    c.stop(1).await;
+    let bytes = client
+        .ask(
+            &c.addrs[2].to_string(),
+            "force",
+            store::proto::encode(&store::proto::ForceRequest { confirm: true }),
+        )
+        .await
+        .unwrap();
+    let report =
+        store::proto::decode::<store::proto::Reply<store::proto::ForceReport>>(&bytes, "report")
+            .unwrap()
+            .unwrap();
+    assert!(report.forced, "{report:?}");
+    assert!(
+        !c.dir.path().join("r3").join("forced-g1.sqlite").exists(),
+        "the copy the generation started from goes once its snapshot holds the state"
+    );
+    store.apply(user("sip:after@example.com")).await.unwrap();
+    c.stop(2).await;
+    c.start(2).await;
+    let (r3, _) = c.nodes[2].as_ref().unwrap();
+    r3.replica()
+        .wait_for(Duration::from_secs(10), "r3 leads again", |s| {
+            s.role == replica::Role::Leader && s.applied == s.last_log_index
+        })
+        .await
+        .unwrap();
+    assert_eq!(users_at(r3).await.len(), 11);
+    assert_eq!(store.users(0).await.unwrap().len(), 11);
 }

@@ -220,6 +220,7 @@ fn node_config(
         election_timeout_max_ms: replica::DEFAULT_ELECTION_TIMEOUT_MS.1,
         high_safety_mirroring: mirroring && high_safety,
         users_elsewhere: false,
+        in_memory: false,
         log_set: None,
     })
 }
