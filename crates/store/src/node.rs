@@ -116,8 +116,14 @@ fn prepare_memory(
     }
     let copy = forced_copy(&cfg.dir, generation);
     if copy.exists() {
-        tracing::warn!(store = %cfg.store, generation, "starting from the copy forced service was started from");
-        open_data(cfg, data)?.load_from(&copy)?;
+        // Once the generation has a snapshot, the snapshot holds the copy's state and more.
+        let snapshot = raft_dir(&cfg.dir, generation).join("snapshot.bin");
+        if snapshot.exists() {
+            let _ = std::fs::remove_file(&copy);
+        } else {
+            tracing::warn!(store = %cfg.store, generation, "starting from the copy forced service was started from");
+            open_data(cfg, data)?.load_from(&copy)?;
+        }
     }
     Ok(anchor)
 }
@@ -214,6 +220,15 @@ fn write_generation(dir: &std::path::Path, generation: u64) -> std::io::Result<(
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The directory of a generation's replica (its log and snapshot).
+fn raft_dir(dir: &std::path::Path, generation: u64) -> PathBuf {
+    if generation == 0 {
+        dir.join("raft")
+    } else {
+        dir.join(format!("raft-g{generation}"))
+    }
+}
+
 /// Opens the replica of a generation (its log under `raft` or `raft-g<n>`).
 async fn open_replica(
     cfg: &NodeConfig,
@@ -227,12 +242,11 @@ async fn open_replica(
     } else {
         NodeMachine::Data(open_data(cfg, data).map_err(store_err)?)
     };
-    let raft_dir = if generation == 0 {
-        cfg.dir.join("raft")
-    } else {
-        cfg.dir.join(format!("raft-g{generation}"))
-    };
-    let mut rcfg = ReplicaConfig::new(&group(&cfg.store, generation), member(me), raft_dir);
+    let mut rcfg = ReplicaConfig::new(
+        &group(&cfg.store, generation),
+        member(me),
+        raft_dir(&cfg.dir, generation),
+    );
     // A witness campaigns too — it may hold committed entries the mirror lacks, and then no
     // one else can win — but only to hand the mirror what it lacks and step aside (see
     // `witness::hand_over`); it never serves.
@@ -1465,12 +1479,7 @@ impl StoreNode {
                 "cannot empty the database: {e}"
             )));
         }
-        let raft_dir = if generation == 0 {
-            self.cfg.dir.join("raft")
-        } else {
-            self.cfg.dir.join(format!("raft-g{generation}"))
-        };
-        let _ = std::fs::remove_dir_all(&raft_dir);
+        let _ = std::fs::remove_dir_all(raft_dir(&self.cfg.dir, generation));
         self.switch_generation(generation, &me).await.map_err(|e| {
             Refusal::Unavailable(format!("cannot start generation {generation}: {e}"))
         })?;

@@ -466,4 +466,32 @@ async fn forced_service_in_memory_keeps_the_state_across_a_restart() {
         .unwrap();
     assert_eq!(users_at(r3).await.len(), 11);
     assert_eq!(store.users(0).await.unwrap().len(), 11);
+    // Had it stopped between starting the generation and its first snapshot, the state would
+    // be in no log and no snapshot, only in the copy forced service keeps until then: a node
+    // opening the generation starts from that copy.
+    let dir = c.dir.path().join("r3");
+    let copy = dir.join("forced-g1.sqlite");
+    let to = copy.clone();
+    r3.replica()
+        .with_machine(move |m| match m {
+            store::witness::NodeMachine::Data(d) => d.copy_to(&to).map_err(std::io::Error::other),
+            store::witness::NodeMachine::Witness(_) => Err(std::io::Error::other("a witness")),
+        })
+        .await
+        .unwrap();
+    // Without the old generation's position, as forced service writes it (a connection of
+    // its own keeps the copy's rollback journal, as a copy standing alone has).
+    rusqlite::Connection::open(&copy)
+        .unwrap()
+        .execute("DELETE FROM meta_blob WHERE key = 'position'", [])
+        .unwrap();
+    c.stop(2).await;
+    std::fs::remove_dir_all(dir.join("raft-g1")).unwrap();
+    c.start(2).await;
+    let (r3, _) = c.nodes[2].as_ref().unwrap();
+    assert_eq!(users_at(r3).await.len(), 11);
+    assert!(
+        copy.exists(),
+        "the copy is kept until the generation has a snapshot"
+    );
 }
