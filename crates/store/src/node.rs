@@ -87,6 +87,12 @@ fn open_data(cfg: &NodeConfig, data: &Db) -> Result<SqliteMachine, StoreError> {
     }
 }
 
+/// Entries between snapshots of a replica whose database is in memory (the default is
+/// 100,000). Its start applies every entry after the last snapshot again — at about 13 us an
+/// entry, 1.3 s a group for 100,000 and 21 s for a server with 16 groups — while a snapshot
+/// of a routing group's database is a copy of a few MB; so snapshots come ten times as often.
+pub const IN_MEMORY_SNAPSHOT_EVERY: u64 = 10_000;
+
 /// The copy of an in-memory database that forced service starts `generation` from, kept
 /// until that generation's first snapshot holds it (the new log does not).
 fn forced_copy(dir: &std::path::Path, generation: u64) -> PathBuf {
@@ -258,6 +264,9 @@ async fn open_replica(
     rcfg.election_timeout_min_ms = cfg.election_timeout_min_ms;
     rcfg.election_timeout_max_ms = cfg.election_timeout_max_ms;
     rcfg.log_set = cfg.log_set.clone();
+    if cfg.in_memory {
+        rcfg.snapshot_every = IN_MEMORY_SNAPSHOT_EVERY;
+    }
     let transport = Arc::new(RpcTransport { pool: pool.clone() });
     Replica::open(rcfg, machine, transport).await
 }

@@ -203,6 +203,24 @@ impl replica::Machine for SqliteMachine {
     }
 
     fn start_snapshot(&mut self) -> io::Result<replica::SnapshotJob> {
+        if let Db::Memory(_) = self.db {
+            // In memory, the database's image is read in place (a memdb serializes without a
+            // copy) and copied once, here, between two applies: a copy on a connection of its
+            // own would hold a read lock the writer's next commit, and every reader behind
+            // that commit, would wait out (memdb has no WAL).
+            let position = replica::Machine::position(self)?;
+            let image = self
+                .conn
+                .serialize(rusqlite::MAIN_DB)
+                .map_err(io_err)?
+                .to_vec();
+            return Ok(Box::new(move || {
+                Ok(replica::SnapshotCopy {
+                    data: replica::CopiedState::Bytes(image),
+                    position,
+                })
+            }));
+        }
         // The copy is made on a connection of its own: VACUUM INTO reads inside one read
         // transaction, a consistent view that in WAL mode does not hold up the writer, so
         // applies go on while a large database is copied. The position comes from the copy.
@@ -361,6 +379,32 @@ mod tests {
         m.reset().unwrap();
         assert_eq!(m.position().unwrap(), None);
         assert_eq!(stored(&path), None);
+    }
+
+    /// A database in memory snapshots the state of the position it reports, read in place,
+    /// and the snapshot installs into another database in memory.
+    #[test]
+    fn an_in_memory_snapshot_holds_its_position_and_installs_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join("store.sqlite");
+        let mut m = SqliteMachine::open_db(Db::new_memory(), &scratch).unwrap();
+        for i in 1..=50 {
+            add_user(&mut m, i);
+        }
+        let job = m.start_snapshot().unwrap();
+        // Applies after the copy was started are not in it.
+        add_user(&mut m, 51);
+        let copy = job().unwrap();
+        assert_eq!(copy.position, Some(50u64.to_be_bytes().to_vec()));
+        let mut b = SqliteMachine::open_db(Db::new_memory(), &scratch).unwrap();
+        b.install_data(&copied(&copy)).unwrap();
+        assert_eq!(b.position().unwrap(), Some(50u64.to_be_bytes().to_vec()));
+        assert_eq!(machine::users(&b.conn, 0).unwrap().len(), 50);
+        assert!(
+            !scratch.exists(),
+            "nothing of it is written to a database file"
+        );
+        assert_eq!(machine::users(&m.conn, 0).unwrap().len(), 51);
     }
 
     /// A snapshot copied while applies go on holds exactly the data of the position it
