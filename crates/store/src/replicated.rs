@@ -74,11 +74,6 @@ impl SqliteMachine {
         Ok(self)
     }
 
-    /// Where the database lives (readers open it too).
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
     /// Runs a read on the machine's own connection.
     pub fn read<T>(
         &self,

@@ -90,14 +90,6 @@ impl Db {
             Db::Memory(name) => open_memory(name, sync),
         }
     }
-
-    /// How errors and logs name it.
-    pub fn describe(&self) -> String {
-        match self {
-            Db::File(path) => path.display().to_string(),
-            Db::Memory(name) => format!("the in-memory database {name}"),
-        }
-    }
 }
 
 /// Waits for a lock another connection of the process holds on an in-memory database: such a
