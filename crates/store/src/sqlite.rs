@@ -23,16 +23,55 @@ pub enum Sync {
 /// and the query planner stability guarantee on (SQLite built with STAT4 otherwise re-prepares
 /// a statement whenever a parameter it could plan on changes — on almost every execution).
 pub fn open_connection(path: &Path, sync: Sync) -> Result<Connection, StoreError> {
-    let flags = if sync == Sync::ReadOnly {
+    let conn = open_set_up(path, false, sync, "WAL", Wait::Sleep)?;
+    if sync != Sync::ReadOnly {
+        let level = if sync == Sync::Full { "FULL" } else { "NORMAL" };
+        conn.execute_batch(&format!("PRAGMA synchronous = {level};"))?;
+        if sync == Sync::Normal {
+            // A replica's durable copy is its log; checkpoint every 128 MiB of WAL (131,072
+            // pages of 1 KiB) rather than every 1,000 pages, so hot pages (index roots, the
+            // position row) are copied back to the database once per many transactions, and
+            // the checkpoints, which stall the applying thread, are rare.
+            conn.execute_batch("PRAGMA wal_autocheckpoint = 131072;")?;
+        }
+    }
+    Ok(conn)
+}
+
+/// How a connection waits for a lock another connection holds.
+enum Wait {
+    /// SQLite's handler, sleeping between tries, for up to 10 s (a file's connections).
+    Sleep,
+    /// [`memory_busy`] (an in-memory database's).
+    Yield,
+}
+
+/// Opens `target` (a path, or with `uri` a URI) and sets it up as every connection is: the
+/// statement cache, the query planner stability guarantee, and for a writer 1 KiB pages and
+/// the journal mode `journal` (checked).
+fn open_set_up(
+    target: &Path,
+    uri: bool,
+    sync: Sync,
+    journal: &str,
+    wait: Wait,
+) -> Result<Connection, StoreError> {
+    let mut flags = if sync == Sync::ReadOnly {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn = Connection::open_with_flags(path, flags)
-        .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    if uri {
+        flags |= OpenFlags::SQLITE_OPEN_URI;
+    }
+    let mut conn = Connection::open_with_flags(target, flags)
+        .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", target.display())))?;
+    match wait {
+        Wait::Sleep => conn.busy_timeout(std::time::Duration::from_secs(10))?,
+        Wait::Yield => conn.busy_handler(Some(memory_busy))?,
+    }
     conn.set_prepared_statement_cache_capacity(128);
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
@@ -44,21 +83,15 @@ pub fn open_connection(path: &Path, sync: Sync) -> Result<Connection, StoreError
         // at random places (entity-tags, request ids), so smaller pages write less for the
         // same rows — measured 40% fewer bytes written per commit and 20% more commits/s.
         conn.execute_batch("PRAGMA page_size = 1024;")?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
+        let mode: String =
+            conn.query_row(&format!("PRAGMA journal_mode = {journal}"), [], |r| {
+                r.get(0)
+            })?;
+        if !mode.eq_ignore_ascii_case(journal) {
             return Err(StoreError::Storage(format!(
-                "cannot switch {} to WAL mode (got {mode})",
-                path.display()
+                "cannot set the journal mode of {} to {journal} (got {mode})",
+                target.display()
             )));
-        }
-        let level = if sync == Sync::Full { "FULL" } else { "NORMAL" };
-        conn.execute_batch(&format!("PRAGMA synchronous = {level};"))?;
-        if sync == Sync::Normal {
-            // A replica's durable copy is its log; checkpoint every 128 MiB of WAL (131,072
-            // pages of 1 KiB) rather than every 1,000 pages, so hot pages (index roots, the
-            // position row) are copied back to the database once per many transactions, and
-            // the checkpoints, which stall the applying thread, are rare.
-            conn.execute_batch("PRAGMA wal_autocheckpoint = 131072;")?;
         }
     }
     Ok(conn)
@@ -110,35 +143,10 @@ fn memory_busy(attempt: i32) -> bool {
 
 /// Opens a connection to the in-memory database `name` (created by the first writer).
 fn open_memory(name: &str, sync: Sync) -> Result<Connection, StoreError> {
-    let access = if sync == Sync::ReadOnly {
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
-    };
+    // The rollback journal in memory too (memdb has no WAL): a reader waits out a commit,
+    // which copies a few pages in memory.
     let uri = format!("file:{name}?vfs=memdb");
-    let mut conn = Connection::open_with_flags(
-        &uri,
-        access | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| StoreError::Storage(format!("cannot open {uri}: {e}")))?;
-    conn.busy_handler(Some(memory_busy))?;
-    conn.set_prepared_statement_cache_capacity(128);
-    conn.set_db_config(
-        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
-        true,
-    )?;
-    if sync != Sync::ReadOnly {
-        conn.execute_batch("PRAGMA page_size = 1024;")?;
-        // The rollback journal in memory too (memdb has no WAL): a reader waits out a commit,
-        // which copies a few pages in memory.
-        let mode: String = conn.query_row("PRAGMA journal_mode = MEMORY", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("memory") {
-            return Err(StoreError::Storage(format!(
-                "cannot keep the journal of {uri} in memory (got {mode})"
-            )));
-        }
-    }
-    Ok(conn)
+    open_set_up(Path::new(&uri), true, sync, "MEMORY", Wait::Yield)
 }
 
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
