@@ -150,6 +150,46 @@ async fn users_at(node: &StoreNode) -> Vec<String> {
         .unwrap()
 }
 
+/// Adds users `sip:u<i>@example.com` for every i in `range`.
+async fn add_users(store: &Store, range: std::ops::Range<u32>) {
+    for i in range {
+        store
+            .apply(user(&format!("sip:u{i}@example.com")))
+            .await
+            .unwrap();
+    }
+}
+
+/// Waits until replica `i` has applied everything the primary has written.
+async fn caught_up(c: &Cluster, client: &StoreClient, i: usize, what: &str) {
+    let target = client.status().await.unwrap().last_log_index;
+    let (node, _) = c.nodes[i].as_ref().unwrap();
+    node.replica()
+        .wait_for(Duration::from_secs(10), what, |s| s.applied >= target)
+        .await
+        .unwrap();
+}
+
+/// Asks replica `i` for forced service (`confirm`: do it; else only the report).
+async fn force(
+    c: &Cluster,
+    client: &StoreClient,
+    i: usize,
+    confirm: bool,
+) -> store::proto::ForceReport {
+    let bytes = client
+        .ask(
+            &c.addrs[i].to_string(),
+            "force",
+            store::proto::encode(&store::proto::ForceRequest { confirm }),
+        )
+        .await
+        .unwrap();
+    store::proto::decode::<store::proto::Reply<store::proto::ForceReport>>(&bytes, "report")
+        .unwrap()
+        .unwrap()
+}
+
 fn user(aor: &str) -> Command {
     Command::AddUser {
         user: User {
@@ -245,44 +285,15 @@ async fn forced_service_names_the_loss_and_fences_the_old_generation() {
     let mut c = cluster_with([true, true, false]).await;
     let client = c.client();
     let store = Store::remote(client.clone());
-    for i in 0..10 {
-        store
-            .apply(user(&format!("sip:u{i}@example.com")))
-            .await
-            .unwrap();
-    }
+    add_users(&store, 0..10).await;
     // r3 must hold them before the site goes.
-    let target = client.status().await.unwrap().last_log_index;
-    let (r3, _) = c.nodes[2].as_ref().unwrap();
-    r3.replica()
-        .wait_for(Duration::from_secs(10), "r3 caught up", |s| {
-            s.applied >= target
-        })
-        .await
-        .unwrap();
+    caught_up(&c, &client, 2, "r3 caught up").await;
     c.stop(0).await;
     c.stop(1).await;
-    let ask = |confirm: bool| {
-        let client = client.clone();
-        let addr = c.addrs[2].to_string();
-        async move {
-            let bytes = client
-                .ask(
-                    &addr,
-                    "force",
-                    store::proto::encode(&store::proto::ForceRequest { confirm }),
-                )
-                .await
-                .unwrap();
-            store::proto::decode::<store::proto::Reply<store::proto::ForceReport>>(&bytes, "report")
-                .unwrap()
-                .unwrap()
-        }
-    };
-    let report = ask(false).await;
+    let report = force(&c, &client, 2, false).await;
     assert!(!report.forced);
     assert_eq!(report.lost_transactions, 0, "r3 had everything: {report:?}");
-    let done = ask(true).await;
+    let done = force(&c, &client, 2, true).await;
     assert!(done.forced);
     assert_eq!(done.generation, 1);
     // r3 serves writes alone, and has every user.
@@ -358,39 +369,18 @@ async fn an_in_memory_replica_rebuilds_its_state_from_its_snapshot_and_log() {
     let mut c = cluster_of([true, true, true], true).await;
     let client = c.client();
     let store = Store::remote(client.clone());
-    for i in 0..20 {
-        store
-            .apply(user(&format!("sip:u{i}@example.com")))
-            .await
-            .unwrap();
-    }
+    add_users(&store, 0..20).await;
     let primary = c.primary().unwrap();
     let other = (primary + 1) % 3;
-    let target = client.status().await.unwrap().last_log_index;
+    caught_up(&c, &client, other, "caught up").await;
     let (node, _) = c.nodes[other].as_ref().unwrap();
-    node.replica()
-        .wait_for(Duration::from_secs(10), "caught up", |s| {
-            s.applied >= target
-        })
-        .await
-        .unwrap();
     node.replica()
         .snapshot_and_purge(Duration::from_secs(10))
         .await
         .unwrap();
-    for i in 20..30 {
-        store
-            .apply(user(&format!("sip:u{i}@example.com")))
-            .await
-            .unwrap();
-    }
+    add_users(&store, 20..30).await;
     c.stop(other).await;
-    for i in 30..35 {
-        store
-            .apply(user(&format!("sip:u{i}@example.com")))
-            .await
-            .unwrap();
-    }
+    add_users(&store, 30..35).await;
     assert!(
         !c.dir
             .path()
@@ -400,12 +390,8 @@ async fn an_in_memory_replica_rebuilds_its_state_from_its_snapshot_and_log() {
         "an in-memory replica writes no database file"
     );
     c.start(other).await;
-    let target = client.status().await.unwrap().last_log_index;
+    caught_up(&c, &client, other, "rebuilt").await;
     let (node, _) = c.nodes[other].as_ref().unwrap();
-    node.replica()
-        .wait_for(Duration::from_secs(10), "rebuilt", |s| s.applied >= target)
-        .await
-        .unwrap();
     let mut have = users_at(node).await;
     have.sort();
     let mut want: Vec<String> = (0..35).map(|i| format!("sip:u{i}@example.com")).collect();
@@ -421,34 +407,11 @@ async fn forced_service_in_memory_keeps_the_state_across_a_restart() {
     let mut c = cluster_of([true, true, true], true).await;
     let client = c.client();
     let store = Store::remote(client.clone());
-    for i in 0..10 {
-        store
-            .apply(user(&format!("sip:u{i}@example.com")))
-            .await
-            .unwrap();
-    }
-    let target = client.status().await.unwrap().last_log_index;
-    let (r3, _) = c.nodes[2].as_ref().unwrap();
-    r3.replica()
-        .wait_for(Duration::from_secs(10), "r3 caught up", |s| {
-            s.applied >= target
-        })
-        .await
-        .unwrap();
+    add_users(&store, 0..10).await;
+    caught_up(&c, &client, 2, "r3 caught up").await;
     c.stop(0).await;
     c.stop(1).await;
-    let bytes = client
-        .ask(
-            &c.addrs[2].to_string(),
-            "force",
-            store::proto::encode(&store::proto::ForceRequest { confirm: true }),
-        )
-        .await
-        .unwrap();
-    let report =
-        store::proto::decode::<store::proto::Reply<store::proto::ForceReport>>(&bytes, "report")
-            .unwrap()
-            .unwrap();
+    let report = force(&c, &client, 2, true).await;
     assert!(report.forced, "{report:?}");
     assert!(
         !c.dir.path().join("r3").join("forced-g1.sqlite").exists(),
